@@ -1,0 +1,191 @@
+"""The backend matrix: one ``xp`` fixture (library × device), a ``device`` fixture and
+one assertion helper, ``assert_close_to``, used by every test.
+
+Functions tagged with ``lazy_xp_function`` (below) run under ``jax.jit`` for the
+``jax-jit`` backend and must stay lazy (never compute) for ``dask``; array-api-extra's
+testing helpers do the patching.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pytest
+from array_api_extra.testing import lazy_xp_function, patch_lazy_xp_functions
+
+import xce
+
+for _name in xce.__all__:
+    if callable(getattr(xce, _name)):
+        lazy_xp_function(getattr(xce, _name))
+
+
+@dataclass(frozen=True)
+class Backend:
+    name: str
+    xp: Any
+    device: Any
+    lazy: bool  # values cannot be read inside the call (jax, dask)
+
+    def asarray(self, data: Any, dtype: Any = None) -> Any:
+        return self.xp.asarray(np.asarray(data), dtype=dtype, device=self.device)
+
+
+def _have(module: str) -> bool:
+    return importlib.util.find_spec(module) is not None
+
+
+def _cuda_available() -> bool:
+    if _have("cupy"):
+        try:
+            import cupy
+
+            return cupy.cuda.runtime.getDeviceCount() > 0
+        except Exception:
+            return False
+    return False
+
+
+def _make_backend(name: str) -> Backend:
+    if name == "numpy":
+        import array_api_compat.numpy as xp
+
+        return Backend(name, xp, "cpu", lazy=False)
+    if name == "array_api_strict":
+        if not _have("array_api_strict"):
+            pytest.skip("array-api-strict is not installed")
+        import array_api_strict as xp
+
+        return Backend(name, xp, xp.Device("CPU_DEVICE"), lazy=False)
+    if name in ("torch", "torch-cuda"):
+        if not _have("torch"):
+            pytest.skip("torch is not installed")
+        import array_api_compat.torch as xp
+        import torch
+
+        if name == "torch-cuda" and not torch.cuda.is_available():
+            pytest.skip("no CUDA device for torch")
+        return Backend(name, xp, torch.device("cuda" if name == "torch-cuda" else "cpu"), lazy=False)
+    if name in ("jax", "jax-jit"):
+        if not _have("jax"):
+            pytest.skip("jax is not installed")
+        import jax
+        import jax.numpy as xp
+
+        return Backend(name, xp, jax.devices("cpu")[0], lazy=True)
+    if name == "dask":
+        if not _have("dask"):
+            pytest.skip("dask is not installed")
+        import array_api_compat.dask.array as xp
+
+        return Backend(name, xp, "cpu", lazy=True)
+    if name == "cupy":
+        if not _cuda_available():
+            pytest.skip("cupy with a CUDA device is not available")
+        import array_api_compat.cupy as xp
+        import cupy
+
+        return Backend(name, xp, cupy.cuda.Device(0), lazy=False)
+    raise AssertionError(name)
+
+
+BACKENDS = ["numpy", "array_api_strict", "torch", "jax", "jax-jit", "dask", "cupy", "torch-cuda"]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # float64 references need JAX's x64 mode; set once for the test process only.
+    if _have("jax"):
+        import jax
+
+        jax.config.update("jax_enable_x64", True)
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest):
+    b = _make_backend(request.param)
+    if request.param in ("jax-jit", "dask"):
+        with patch_lazy_xp_functions(request, xp=b.xp):
+            yield b
+    else:
+        yield b
+
+
+@pytest.fixture
+def xp(backend: Backend):
+    return backend.xp
+
+
+@pytest.fixture
+def device(backend: Backend):
+    return backend.device
+
+
+FLOAT_DTYPES = ["float32", "float64", "float16", "bfloat16"]
+
+
+@pytest.fixture(params=FLOAT_DTYPES)
+def dtype(request: pytest.FixtureRequest, backend: Backend):
+    """A floating dtype of the backend; half precisions where the library has them."""
+    name = request.param
+    dt = getattr(backend.xp, name, None)
+    if dt is None and name == "bfloat16" and backend.name.startswith("jax"):
+        import jax.numpy as jnp
+
+        dt = jnp.bfloat16
+    if dt is None and name == "bfloat16" and backend.name.startswith("torch"):
+        import torch
+
+        dt = torch.bfloat16
+    if dt is None:
+        pytest.skip(f"{backend.name} has no {name}")
+    return dt
+
+
+def dtype_name(dtype: Any) -> str:
+    """'float32', 'bfloat16', ... for any library's dtype object."""
+    match = re.search(r"b?float(16|32|64)", str(dtype))
+    assert match, dtype
+    return match.group(0)
+
+
+# Relative tolerances against a float64 reference computed on the same (rounded) inputs.
+RTOL = {"float64": 1e-10, "float32": 2e-6, "float16": 2e-3, "bfloat16": 1.6e-2}
+ATOL = {"float64": 1e-12, "float32": 1e-6, "float16": 1e-3, "bfloat16": 1e-2}
+
+
+def to_numpy(x: Any) -> np.ndarray:
+    """Any backend's array as a NumPy array (computing Dask graphs, leaving devices)."""
+    module = type(x).__module__
+    if module.startswith("torch"):
+        x = x.detach().cpu()
+        return (x.float() if str(x.dtype) == "torch.bfloat16" else x).numpy()
+    if module.startswith("cupy"):
+        return x.get()
+    if module.startswith("dask"):
+        return np.asarray(x.compute())
+    if module.startswith("jax") and str(x.dtype) == "bfloat16":
+        return np.asarray(x.astype("float32"))
+    return np.asarray(x)
+
+
+def assert_close_to(actual: Any, expected: Any, *, dtype: Any, backend: Backend, shape: tuple | None = None) -> None:
+    """``actual`` (a ``backend`` array of ``dtype``) equals the float64 ``expected``.
+
+    Checks the library, the dtype and the shape, then the values at the dtype's tolerance.
+    NaNs must be in the same places.
+    """
+    assert type(actual).__module__.partition(".")[0] == type(backend.asarray(0.0)).__module__.partition(".")[0], (
+        f"result is a {type(actual)}, not a {backend.name} array"
+    )
+    assert actual.dtype == dtype, f"dtype {actual.dtype} != {dtype}"
+    expected = np.asarray(expected, dtype=np.float64)
+    assert tuple(actual.shape) == (expected.shape if shape is None else shape)
+    name = dtype_name(dtype)
+    np.testing.assert_allclose(
+        to_numpy(actual).astype(np.float64), expected, rtol=RTOL[name], atol=ATOL[name], equal_nan=True
+    )
