@@ -9,8 +9,8 @@ testing helpers do the patching.
 from __future__ import annotations
 
 import importlib
-import inspect
 import importlib.util
+import inspect
 import re
 from dataclasses import dataclass
 from typing import Any

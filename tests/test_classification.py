@@ -6,12 +6,13 @@ import itertools
 
 import numpy as np
 import pytest
+
+import xce
+
 from conftest import assert_close_to, dtype_name
 from reference import cross_entropy as ref_cross_entropy
 from reference import nll_loss as ref_nll_loss
 from reference import rounded
-
-import xce
 
 lazy_xp_modules = [xce]
 

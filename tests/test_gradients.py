@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 import xce
+
 from reference import cross_entropy_grad
 
 GRAD_CONFIGS = list(itertools.product([False, True], [False, True], [0.0, 0.2], ["mean", "sum"], [False, True]))

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import xce
+
 from conftest import assert_close_to, dtype_name
 from reference import rounded
 

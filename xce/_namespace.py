@@ -14,6 +14,7 @@ import array_api_compat
 __all__ = [
     "compute_dtype",
     "device_of",
+    "has_values",
     "index_dtype",
     "is_lazy",
     "library_name",
@@ -26,10 +27,12 @@ Namespace = Any
 
 # Keyed by the tuple of argument types: resolving a namespace costs microseconds,
 # which matters for small calls (an 8x10 loss is dominated by dispatch).
-_NAMESPACE_CACHE: dict[tuple[type, ...], Namespace] = {}
+_NAMESPACE_CACHE: dict[tuple[tuple[str, ...], tuple[type, ...]], Namespace] = {}
 _LAZY_CACHE: dict[type, bool] = {}
 _INDEX_DTYPE_CACHE: dict[int, Any] = {}
 _KNOWN_LIBRARIES = {"numpy", "torch", "cupy", "jax", "jaxlib", "dask", "array_api_strict"}
+# Positional array arguments that may never be None (optional ones such as ``weight`` may).
+_REQUIRED = frozenset({"input", "target", "x"})
 
 
 def library_name(x: object) -> str:
@@ -45,16 +48,19 @@ def namespace(names: tuple[str, ...], *arrays: Array | None, xp: Namespace | Non
     """Resolve the array namespace of ``arrays`` once per public call.
 
     ``names`` labels each positional array for error messages. ``None`` entries
-    (optional arguments) are skipped. ``xp``, when given, is returned unchecked.
+    (optional arguments) are skipped, except for the required ``input``, ``target`` and
+    ``x``. ``xp``, when given, is returned unchecked.
     """
     if xp is not None:
         return xp
-    key = tuple(type(a) for a in arrays)
+    # The names are part of the key: (array, None) is valid for ("input", "weight") but
+    # not for ("input", "target").
+    key = (names, tuple(type(a) for a in arrays))
     try:
         return _NAMESPACE_CACHE[key]
     except KeyError:
         pass
-    present = [(n, a) for n, a in zip(names, arrays) if a is not None]
+    present = [(n, a) for n, a in zip(names, arrays) if a is not None or n in _REQUIRED]
     for name, a in present:
         if not array_api_compat.is_array_api_obj(a):
             raise TypeError(
@@ -63,7 +69,7 @@ def namespace(names: tuple[str, ...], *arrays: Array | None, xp: Namespace | Non
             )
     spaces = [array_api_compat.array_namespace(a) for _, a in present]
     if len({id(ns) for ns in spaces}) > 1:
-        described = ", ".join(f"{n} is a {_library(ns)} array" for (n, _), ns in zip(present, spaces))
+        described = ", ".join(f"{n} is {_a(_library(ns))} array" for (n, _), ns in zip(present, spaces))
         raise TypeError(
             f"arrays from different libraries cannot be mixed ({described}); convert them "
             "all to one library first."
@@ -71,6 +77,10 @@ def namespace(names: tuple[str, ...], *arrays: Array | None, xp: Namespace | Non
     resolved = array_api_compat.array_namespace(*(a for _, a in present))
     _NAMESPACE_CACHE[key] = resolved
     return resolved
+
+
+def _a(word: str) -> str:
+    return f"an {word}" if word[:1] in "aeiou" else f"a {word}"
 
 
 def is_lazy(x: Array) -> bool:
@@ -94,14 +104,27 @@ def device_of(x: Array) -> Any:
     return array_api_compat.device(x)
 
 
+def has_values(x: Array) -> bool:
+    """False for arrays that carry no data at all (PyTorch's ``meta`` device).
+
+    Such arrays are not lazy (their type is eager) but value checks must skip them.
+    """
+    return not getattr(x, "is_meta", False)
+
+
 def index_dtype(xp: Namespace) -> Any:
-    """The namespace's default indexing dtype (int64, or int32 for JAX without x64)."""
+    """The namespace's default indexing dtype (int64, or int32 for JAX without x64).
+
+    Not cached for JAX: its answer follows the ``jax_enable_x64`` flag, which users may
+    toggle between calls (a cached int64 would then be truncated, with a warning).
+    """
     key = id(xp)
     try:
         return _INDEX_DTYPE_CACHE[key]
     except KeyError:
         dtype = xp.__array_namespace_info__().default_dtypes()["indexing"]
-        _INDEX_DTYPE_CACHE[key] = dtype
+        if _library(xp) != "jax":
+            _INDEX_DTYPE_CACHE[key] = dtype
         return dtype
 
 

@@ -10,7 +10,7 @@ and the result is returned in the input's dtype.
 from __future__ import annotations
 
 from ._namespace import Array, Namespace, compute_dtype, device_of, namespace
-from ._validate import check_floating
+from ._validate import check_axes, check_floating
 
 __all__ = ["log_softmax", "logsumexp", "softmax"]
 
@@ -56,6 +56,7 @@ def logsumexp(
     """
     xp = namespace(("x",), x, xp=xp)
     check_floating(x, "x", xp=xp)
+    axis = check_axes(x, axis)
     work = _upcast(x, xp=xp)
     m = finite_max(work, axis, xp=xp)
     out = xp.log(xp.sum(xp.exp(work - m), axis=axis, keepdims=True)) + m
@@ -76,6 +77,7 @@ def log_softmax(x: Array, /, *, axis: int = -1, xp: Namespace | None = None) -> 
     """
     xp = namespace(("x",), x, xp=xp)
     check_floating(x, "x", xp=xp)
+    axis = check_axes(x, axis)
     work = _upcast(x, xp=xp)
     shifted, lse = shifted_logsumexp(work, axis, xp=xp)
     out = shifted - lse
@@ -93,6 +95,7 @@ def softmax(x: Array, /, *, axis: int = -1, xp: Namespace | None = None) -> Arra
     """
     xp = namespace(("x",), x, xp=xp)
     check_floating(x, "x", xp=xp)
+    axis = check_axes(x, axis)
     work = _upcast(x, xp=xp)
     e = xp.exp(work - finite_max(work, axis, xp=xp))
     out = e / xp.sum(e, axis=axis, keepdims=True)

@@ -11,7 +11,7 @@ import math
 import operator
 from typing import Any
 
-from ._namespace import Array, Namespace, device_of
+from ._namespace import Array, Namespace, device_of, has_values
 
 REDUCTIONS = ("none", "mean", "sum")
 
@@ -44,6 +44,11 @@ def check_integer(value: object, name: str) -> int:
     try:
         return operator.index(value)  # type: ignore[arg-type]
     except TypeError:
+        if hasattr(value, "shape"):  # an array, e.g. a traced value under jax.jit
+            raise TypeError(
+                f"{name} must be a Python int, not an array ({type(value).__name__}); under jax.jit pass it "
+                f"as a static argument (static_argnames=('{name}',))."
+            ) from None
         raise TypeError(f"{name} must be an integer; got {type(value).__name__} {value!r}.") from None
 
 
@@ -99,6 +104,13 @@ def check_weight(weight: Array | None, n_classes: int, x: Array, *, xp: Namespac
 
 def check_index_target(target: Array, x: Array, axis: int, *, xp: Namespace, lazy: bool) -> None:
     expected = tuple(x.shape[:axis]) + tuple(x.shape[axis + 1 :])
+    if tuple(target.shape) == tuple(x.shape):
+        # Only reached from functions without a probability-target path (nll_loss).
+        raise ValueError(
+            f"target has input's shape {tuple(x.shape)} (class probabilities or one-hot), which this "
+            f"function does not accept; pass integer class indices of shape {expected} (dtype "
+            f"{target.dtype} received)."
+        )
     if xp.isdtype(target.dtype, "real floating"):
         raise ValueError(
             f"a floating-point target must have input's shape {tuple(x.shape)} (class probabilities); "
@@ -134,19 +146,120 @@ def check_probability_target(target: Array, x: Array, ignore_index: int, *, xp: 
 
 
 def check_target_range(target: Array, n_classes: int, ignored: Array | None, *, xp: Namespace) -> None:
-    """Eager only: every non-ignored index lies in [0, n_classes)."""
-    bad = (target < 0) | (target >= n_classes)
+    """Eager only: every non-ignored index lies in [0, n_classes).
+
+    Comparisons a dtype cannot fail are skipped: besides saving a pass, comparing a uint8
+    array with 300 overflows (array-api-strict) or wraps (PyTorch) the Python scalar.
+    """
+    if not has_values(target) or 0 in tuple(target.shape):
+        return
+    info = xp.iinfo(target.dtype)
+    checks = []
+    if info.min < 0:
+        checks.append(target < 0)
+    if info.max >= n_classes:
+        checks.append(target >= n_classes)
+    if not checks:
+        return
+    bad = checks[0] if len(checks) == 1 else checks[0] | checks[1]
     if ignored is not None:
         bad = bad & ~ignored
     if bool(xp.any(bad)):
         value = _first(target, bad, xp=xp)
         raise IndexError(
             f"target contains class index {value}, outside [0, {n_classes - 1}] for {n_classes} classes "
-            "(and not equal to ignore_index)."
+            "(and not equal to ignore_index). Class indices must lie in [0, C); mark positions to skip "
+            "with ignore_index."
         )
+
+
+def check_axes(x: Array, axis: object, name: str = "axis") -> int | tuple[int, ...] | None:
+    """Normalise a reduction axis (int, tuple of ints or None) for ``x``; non-negative result.
+
+    Out-of-range or repeated axes raise ``ValueError`` naming the argument on every backend
+    (the libraries' own errors differ: ``AxisError``, ``IndexError``, ``RuntimeError``, or
+    silently a wrong shape on Dask). A 0-d ``x`` accepts axis 0 and -1, as NumPy and PyTorch do.
+    """
+    if axis is None:
+        return None
+    ndim = x.ndim
+    span = max(ndim, 1)
+    single = not isinstance(axis, tuple)
+    axes = (axis,) if single else axis
+    out = []
+    for a in axes:
+        a = check_integer(a, name)
+        if not -span <= a < span:
+            raise ValueError(
+                f"{name}={axis} is out of range for an array with {ndim} dimensions (shape {tuple(x.shape)}); "
+                f"expected an integer in [{-span}, {span - 1}]."
+            )
+        out.append(a % span if ndim else a)
+    if len(set(out)) != len(out):
+        raise ValueError(f"{name}={axis} repeats an axis (shape {tuple(x.shape)}); list each axis once.")
+    return out[0] if single else tuple(out)
 
 
 def _first(values: Array, mask: Array, *, xp: Namespace) -> Any:
     flat_mask = xp.reshape(mask, (-1,))
     position = int(xp.argmax(xp.astype(flat_mask, xp.int32)))
     return int(xp.reshape(values, (-1,))[position])
+
+
+# --- checks added for the binary / divergence / label helpers and the loss objects ----------
+
+
+def check_real(value: object, name: str, *, minimum: float | None = None, hint: str = "") -> float:
+    """A finite Python number, at least ``minimum`` when given (focal γ, z-loss, poly ε...)."""
+    bound = "" if minimum is None else f" >= {minimum}"
+    if isinstance(value, bool) or (not isinstance(value, (int, float)) and not hasattr(value, "__float__")):
+        raise TypeError(f"{name} must be a float{bound}; got {type(value).__name__} {value!r}.")
+    try:
+        out = float(value)  # type: ignore[arg-type]
+    except TypeError as e:  # a traced array: hyper-parameters are static
+        raise TypeError(
+            f"{name} must be a Python float{bound}, not an array; under jax.jit pass it as a static "
+            f"argument (static_argnames=('{name}',))."
+        ) from e
+    if not math.isfinite(out) or (minimum is not None and out < minimum):
+        raise ValueError(f"{name} must be a finite float{bound}; got {value!r}.{hint}")
+    return out
+
+
+def check_choice(value: object, name: str, allowed: tuple[str, ...]) -> str:
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {', '.join(map(repr, allowed))}; got {value!r}.")
+    return value  # type: ignore[return-value]
+
+
+def check_same_shape(target: Array, x: Array, name: str = "target") -> None:
+    if tuple(target.shape) != tuple(x.shape):
+        raise ValueError(
+            f"{name} must have input's shape {tuple(x.shape)} (one value per element); got shape "
+            f"{tuple(target.shape)}."
+        )
+
+
+def check_broadcastable(arr: Array | None, x: Array, name: str, *, xp: Namespace, lazy: bool, hint: str = "") -> None:
+    """``arr`` is floating and broadcasts to ``x``'s shape without changing it (elementwise weights)."""
+    if arr is None:
+        return
+    check_floating(arr, name, xp=xp)
+    shape = tuple(x.shape)
+    ok = arr.ndim <= len(shape) and all(a in (1, s) for a, s in zip(reversed(tuple(arr.shape)), reversed(shape)))
+    if not ok:
+        raise ValueError(f"{name} of shape {tuple(arr.shape)} does not broadcast to input's shape {shape}.{hint}")
+    if not lazy:
+        check_same_device(x, arr, name)
+
+
+def check_values_in(x: Array, low: float, high: float, name: str, *, xp: Namespace, error: type = ValueError,
+                    hint: str = "") -> None:
+    """Eager only: every value of ``x`` lies in ``[low, high]`` (NaN counts as outside)."""
+    bad = ~((x >= low) & (x <= high))
+    if bool(xp.any(bad)):
+        flat = xp.reshape(bad, (-1,))
+        position = int(xp.argmax(xp.astype(flat, xp.int32)))
+        value = xp.reshape(x, (-1,))[position]
+        value = float(value) if xp.isdtype(x.dtype, "real floating") else int(value)
+        raise error(f"{name} must lie in [{low}, {high}]; got {value}.{hint}")

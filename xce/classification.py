@@ -1,4 +1,5 @@
-"""Multi-class losses on logits or log-probabilities: ``cross_entropy`` and ``nll_loss``.
+"""Multi-class losses on logits or log-probabilities: ``cross_entropy``, ``nll_loss``,
+``softmax_focal_loss`` and ``poly1_cross_entropy``.
 
 Notation (as in the docs): ``x`` logits with classes along ``axis``, ``C`` classes,
 ``ℓ = log_softmax(x)``, ``y`` the target, ``w`` per-class weights, ``ε`` label smoothing.
@@ -10,21 +11,24 @@ from typing import NamedTuple
 
 from ._namespace import Array, Namespace, compute_dtype, index_dtype, is_lazy, namespace, take_along_class_axis
 from ._reduce import reduce_loss
-from ._softmax import shifted_logsumexp
+from ._softmax import finite_max, shifted_logsumexp
 from ._validate import (
+    check_choice,
     check_classes,
     check_floating,
     check_fraction,
     check_index_target,
     check_integer,
     check_probability_target,
+    check_real,
     check_reduction,
     check_target_range,
     check_weight,
     class_axis,
 )
+from .labels import SMOOTHING_MODES, uniform_equivalent
 
-__all__ = ["cross_entropy", "nll_loss"]
+__all__ = ["cross_entropy", "nll_loss", "poly1_cross_entropy", "softmax_focal_loss"]
 
 _NAMES = ("input", "target", "weight")
 
@@ -38,6 +42,8 @@ def cross_entropy(
     label_smoothing: float = 0.0,
     *,
     axis: int | None = None,
+    label_smoothing_mode: str = "uniform",
+    z_loss: float = 0.0,
     xp: Namespace | None = None,
 ) -> Array:
     r"""Cross entropy between logits and class-index or class-probability targets.
@@ -62,7 +68,20 @@ def cross_entropy(
       ``"mean"`` divides by the number of positions.
 
     Label smoothing follows Szegedy et al., "Rethinking the Inception Architecture for
-    Computer Vision" (2016), in PyTorch's uniform convention.
+    Computer Vision" (2016). ``label_smoothing_mode="uniform"`` is PyTorch's convention
+    (ε/C to every class, as above). ``"off_target"`` (fairseq, Megatron-LM) puts 1-ε on
+    the target and ε/(C-1) on every other class; it is the uniform formula with
+    :math:`\varepsilon' = \varepsilon\,C/(C-1)`, so weights, ``ignore_index`` and the
+    ``"mean"`` denominator behave identically in both modes (for probability targets,
+    :math:`q = (1-\varepsilon')\,y + \varepsilon'/C`).
+
+    **z-loss** (PaLM, Chowdhery et al. 2022): ``z_loss=z > 0`` adds
+    :math:`z\,(\log\sum_c e^{x_{i,c}})^2` to every position that is not ignored (0 at
+    ignored ones, in ``"none"`` too). It is *not* multiplied by the class weights: with
+    ``"mean"`` the cross-entropy part is divided by :math:`\sum w_{y_i}` as above and the
+    z part by the **number** of non-ignored positions (probability targets: the number of
+    positions, like the cross-entropy part), so ``z`` means the same with or without
+    ``weight``. ``"sum"`` adds the two sums.
 
     Parameters
     ----------
@@ -81,6 +100,10 @@ def cross_entropy(
     axis : int, optional
         The class axis. ``None`` is PyTorch's rule: 0 for 1-D ``input``, else 1. Use
         ``axis=-1`` for ``(batch, time, vocab)`` logits.
+    label_smoothing_mode : {"uniform", "off_target"}, default "uniform"
+        How ``label_smoothing`` spreads its mass (see above). ``"off_target"`` needs C >= 2.
+    z_loss : float >= 0, default 0.0
+        Coefficient of the PaLM z-loss on :math:`\log Z = \mathrm{logsumexp}(x)`.
     xp : namespace, optional
         The array namespace, to skip inference.
 
@@ -103,24 +126,35 @@ def cross_entropy(
     >>> logits = np.asarray([[2.0, 1.0, 0.1], [0.5, 2.0, 0.3]])
     >>> round(float(xce.cross_entropy(logits, np.asarray([0, 2]))), 4)
     1.2288
+    >>> x8 = np.asarray([[1.0, 8.0, 1.0], [1.0, 1.0, 8.0]])
+    >>> round(float(xce.cross_entropy(x8, np.asarray([1, 2]), label_smoothing=0.05,
+    ...                               label_smoothing_mode="off_target")), 4)
+    0.3518
     """
     xp = namespace(_NAMES, input, target, weight, xp=xp)
     reduction = check_reduction(reduction)
     eps = check_fraction(label_smoothing, "label_smoothing")
+    mode = check_choice(label_smoothing_mode, "label_smoothing_mode", SMOOTHING_MODES)
+    z = check_real(z_loss, "z_loss", minimum=0.0)
     ignore_index = check_integer(ignore_index, "ignore_index")
     ax = class_axis(input, axis)
     check_floating(input, "input", xp=xp)
     n_classes = check_classes(input, ax)
+    eps = uniform_equivalent(eps, mode, n_classes, "label_smoothing")
     lazy = is_lazy(input)
     check_weight(weight, n_classes, input, xp=xp, lazy=lazy)
 
     work = _as_compute(input, xp=xp)
     w = None if weight is None else xp.astype(weight, work.dtype)
     shifted, lse = shifted_logsumexp(work, ax, xp=xp)
+    # log Z² for the z-loss; the max is taken again only when asked for.
+    z_term = None if z == 0.0 else z * xp.squeeze(lse + finite_max(work, ax, xp=xp), axis=ax) ** 2
 
     if tuple(target.shape) == tuple(input.shape):
         check_probability_target(target, input, ignore_index, xp=xp, lazy=lazy)
         loss = _probability_target_loss(shifted, lse, xp.astype(target, work.dtype), w, eps, ax, xp=xp)
+        if z_term is not None:
+            loss = loss + z_term  # same count denominator as the cross-entropy part
         out = reduce_loss(loss, reduction, xp=xp)
     else:
         check_index_target(target, input, ax, xp=xp, lazy=lazy)
@@ -134,6 +168,10 @@ def cross_entropy(
             loss = (1.0 - eps) * loss + (eps / n_classes) * _uniform_smoothing_term(shifted, lse, w, ax, xp=xp)
         loss = _mask(loss, index, xp=xp)
         out = reduce_loss(loss, reduction, denominator=_denominator(w_y, index, xp=xp), xp=xp)
+        if z_term is not None:
+            # Unweighted: averaged over the non-ignored positions whatever the class weights.
+            z_term = _mask(z_term, index, xp=xp)
+            out = out + reduce_loss(z_term, reduction, denominator=_denominator(None, index, xp=xp), xp=xp)
     return out if out.dtype == input.dtype else xp.astype(out, input.dtype)
 
 
@@ -177,6 +215,163 @@ def nll_loss(
     index = _prepare_index(target, n_classes, ignore_index, xp=xp, lazy=lazy)
     loss = -take_along_class_axis(work, index.safe, ax, xp=xp)
     w_y = None if weight is None else _gather_weight(xp.astype(weight, work.dtype), index.safe, xp=xp)
+    if w_y is not None:
+        loss = w_y * loss
+    loss = _mask(loss, index, xp=xp)
+    out = reduce_loss(loss, reduction, denominator=_denominator(w_y, index, xp=xp), xp=xp)
+    return out if out.dtype == input.dtype else xp.astype(out, input.dtype)
+
+
+def softmax_focal_loss(
+    input: Array,
+    target: Array,
+    gamma: float = 2.0,
+    weight: Array | None = None,
+    ignore_index: int = -100,
+    reduction: str = "mean",
+    *,
+    axis: int | None = None,
+    xp: Namespace | None = None,
+) -> Array:
+    r"""Multi-class (softmax) focal loss on logits and class-index targets.
+
+    Lin et al., "Focal Loss for Dense Object Detection" (ICCV 2017), with the softmax
+    probability of the target class :math:`p_{i,y} = e^{\ell_{i,y_i}}`:
+
+    .. math::
+       l_i = -w_{y_i}\,(1 - p_{i,y})^\gamma\,\ell_{i,y_i},
+
+    0 where :math:`y_i` equals ``ignore_index``; reduced exactly like :func:`cross_entropy`'s
+    index path (``"mean"`` divides by :math:`\sum_{i \text{ not ignored}} w_{y_i}`), so
+    ``gamma=0`` gives ``cross_entropy``. :math:`1 - p` is computed as
+    :math:`-\mathrm{expm1}(\ell)`, accurate when :math:`p \to 1`. Class-index targets only;
+    per-class α is the ``weight`` argument.
+
+    Parameters
+    ----------
+    input : array
+        Logits, classes along ``axis`` (PyTorch's rule when None). Half precision is computed in float32.
+    target : array
+        Integer class indices, ``input``'s shape without the class axis.
+    gamma : float >= 0, default 2.0
+    weight : array, optional
+        Per-class weights, shape ``(C,)``.
+    ignore_index : int, default -100
+    reduction : {"mean", "sum", "none"}, default "mean"
+    axis : int, optional
+    xp : namespace, optional
+
+    Returns
+    -------
+    array
+        As :func:`cross_entropy`. Out-of-range targets raise ``IndexError`` on eager arrays
+        and give NaN under JAX and Dask.
+
+    Examples
+    --------
+    >>> import numpy as np, xce
+    >>> logits = np.asarray([[2.0, 1.0, 0.1], [0.5, 2.0, 0.3]])
+    >>> round(float(xce.softmax_focal_loss(logits, np.asarray([0, 2]))), 4)
+    0.7966
+    """
+    xp = namespace(_NAMES, input, target, weight, xp=xp)
+    reduction = check_reduction(reduction)
+    gamma = check_real(gamma, "gamma", minimum=0.0)
+    log_p, w_y, index = _target_log_prob(input, target, weight, ignore_index, axis, "softmax_focal_loss", xp=xp)
+    one_minus_p = -xp.expm1(log_p)
+    # Rounding can leave log p a hair above 0; a negative base would make a fractional power NaN.
+    one_minus_p = xp.where(one_minus_p > 0.0, one_minus_p, 0.0)
+    loss = -(one_minus_p**gamma) * log_p
+    return _reduce_index_loss(loss, w_y, index, reduction, input, xp=xp)
+
+
+def poly1_cross_entropy(
+    input: Array,
+    target: Array,
+    epsilon: float = 1.0,
+    weight: Array | None = None,
+    ignore_index: int = -100,
+    reduction: str = "mean",
+    *,
+    axis: int | None = None,
+    xp: Namespace | None = None,
+) -> Array:
+    r"""Poly-1 cross entropy: cross entropy plus ε times the first polynomial term.
+
+    Leng et al., "PolyLoss: A Polynomial Expansion Perspective of Classification Loss
+    Functions" (ICLR 2022):
+
+    .. math::
+       l_i = w_{y_i}\,\bigl(-\ell_{i,y_i} + \varepsilon\,(1 - p_{i,y})\bigr),
+
+    0 where :math:`y_i` equals ``ignore_index``, reduced like :func:`cross_entropy`'s index
+    path. The class weight multiplies the whole per-position loss (so ``"mean"`` stays a
+    weighted mean of Poly-1 losses). ``epsilon=0`` gives ``cross_entropy``; the paper
+    recommends :math:`\varepsilon \ge -1` (any finite value is accepted). Class-index
+    targets only (optax's ``poly_loss_cross_entropy`` is the dense-label form).
+
+    Parameters
+    ----------
+    input : array
+        Logits, classes along ``axis`` (PyTorch's rule when None). Half precision is computed in float32.
+    target : array
+        Integer class indices, ``input``'s shape without the class axis.
+    epsilon : float, default 1.0
+    weight : array, optional
+        Per-class weights, shape ``(C,)``.
+    ignore_index : int, default -100
+    reduction : {"mean", "sum", "none"}, default "mean"
+    axis : int, optional
+    xp : namespace, optional
+
+    Returns
+    -------
+    array
+        As :func:`cross_entropy`.
+
+    Examples
+    --------
+    >>> import numpy as np, xce
+    >>> logits = np.asarray([[2.0, 1.0, 0.1], [0.5, 2.0, 0.3]])
+    >>> round(float(xce.poly1_cross_entropy(logits, np.asarray([0, 2]))), 4)
+    1.8343
+    """
+    xp = namespace(_NAMES, input, target, weight, xp=xp)
+    reduction = check_reduction(reduction)
+    epsilon = check_real(epsilon, "epsilon")
+    log_p, w_y, index = _target_log_prob(input, target, weight, ignore_index, axis, "poly1_cross_entropy", xp=xp)
+    loss = epsilon * -xp.expm1(log_p) - log_p
+    return _reduce_index_loss(loss, w_y, index, reduction, input, xp=xp)
+
+
+def _target_log_prob(
+    input: Array, target: Array, weight: Array | None, ignore_index: int, axis: int | None, name: str, *, xp: Namespace
+) -> tuple[Array, Array | None, _Index]:
+    """Checks of the index-only losses, then (log p_y, w_y, index) in the compute dtype."""
+    ignore_index = check_integer(ignore_index, "ignore_index")
+    ax = class_axis(input, axis)
+    check_floating(input, "input", xp=xp)
+    n_classes = check_classes(input, ax)
+    lazy = is_lazy(input)
+    check_weight(weight, n_classes, input, xp=xp, lazy=lazy)
+    if tuple(target.shape) == tuple(input.shape):
+        raise ValueError(
+            f"{name} takes class-index targets (input's shape without the class axis); got a target of input's "
+            f"shape {tuple(input.shape)}. Convert probabilities with argmax, or use cross_entropy for soft targets."
+        )
+    check_index_target(target, input, ax, xp=xp, lazy=lazy)
+    work = _as_compute(input, xp=xp)
+    shifted, lse = shifted_logsumexp(work, ax, xp=xp)
+    index = _prepare_index(target, n_classes, ignore_index, xp=xp, lazy=lazy)
+    log_p = take_along_class_axis(shifted, index.safe, ax, xp=xp) - xp.squeeze(lse, axis=ax)
+    w_y = None if weight is None else _gather_weight(xp.astype(weight, work.dtype), index.safe, xp=xp)
+    return log_p, w_y, index
+
+
+def _reduce_index_loss(
+    loss: Array, w_y: Array | None, index: _Index, reduction: str, input: Array, *, xp: Namespace
+) -> Array:
+    """Weight, mask and reduce per-position losses exactly as cross_entropy's index path."""
     if w_y is not None:
         loss = w_y * loss
     loss = _mask(loss, index, xp=xp)

@@ -1,0 +1,272 @@
+"""Loss objects: the functions' configuration held in a callable, ``nn.CrossEntropyLoss`` style.
+
+Framework-agnostic: an object is not a ``torch.nn.Module`` and holds no parameters, only the
+keyword arguments of its function. The scalar configuration is validated when the object is
+built, with the same checks the function runs; arrays (``weight``, ``pos_weight``) are checked
+against the input at call time, when its shape is known.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+from ._namespace import Array
+from ._validate import REDUCTIONS, check_choice, check_fraction, check_integer, check_real, check_reduction
+from .binary import (
+    binary_cross_entropy,
+    binary_cross_entropy_with_logits,
+    check_alpha,
+    multilabel_soft_margin_loss,
+    sigmoid_focal_loss,
+)
+from .classification import cross_entropy, nll_loss, softmax_focal_loss
+from .divergence import kl_div
+from .labels import SMOOTHING_MODES
+
+__all__ = [
+    "BCELoss",
+    "BCEWithLogitsLoss",
+    "CrossEntropyLoss",
+    "KLDivLoss",
+    "MultiLabelSoftMarginLoss",
+    "NLLLoss",
+    "SigmoidFocalLoss",
+    "SoftmaxFocalLoss",
+]
+
+
+class _Loss:
+    """``__call__(input, target)`` forwards to ``_function`` with the stored keyword arguments."""
+
+    _function: ClassVar[Callable[..., Array]]
+
+    def __init__(self, **config: Any) -> None:
+        self._config = config
+
+    def __call__(self, input: Array, target: Array) -> Array:
+        return type(self)._function(input, target, **self._config)
+
+    def __getattr__(self, name: str) -> Any:
+        # Read-only access to the configuration: loss.reduction, loss.weight, ...
+        config = self.__dict__.get("_config", {})
+        if name in config:
+            return config[name]
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({', '.join(f'{k}={_show(v)}' for k, v in self._config.items())})"
+
+
+def _show(value: Any) -> str:
+    """Arrays as library, shape and dtype (their values would flood the repr)."""
+    if hasattr(value, "shape") and hasattr(value, "dtype"):
+        return f"<{type(value).__module__.partition('.')[0]} array shape={tuple(value.shape)} dtype={value.dtype}>"
+    return repr(value)
+
+
+class CrossEntropyLoss(_Loss):
+    """:func:`xce.cross_entropy` with its configuration held.
+
+    Examples
+    --------
+    >>> import numpy as np, xce
+    >>> loss = xce.CrossEntropyLoss(label_smoothing=0.05)
+    >>> loss
+    CrossEntropyLoss(weight=None, ignore_index=-100, reduction='mean', label_smoothing=0.05, axis=None, \
+label_smoothing_mode='uniform', z_loss=0.0)
+    >>> round(float(loss(np.asarray([[1.0, 8.0, 1.0], [1.0, 1.0, 8.0]]), np.asarray([1, 2]))), 4)
+    0.2352
+    """
+
+    _function = staticmethod(cross_entropy)
+
+    def __init__(
+        self,
+        weight: Array | None = None,
+        ignore_index: int = -100,
+        reduction: str = "mean",
+        label_smoothing: float = 0.0,
+        *,
+        axis: int | None = None,
+        label_smoothing_mode: str = "uniform",
+        z_loss: float = 0.0,
+    ) -> None:
+        super().__init__(
+            weight=weight,
+            ignore_index=check_integer(ignore_index, "ignore_index"),
+            reduction=check_reduction(reduction),
+            label_smoothing=check_fraction(label_smoothing, "label_smoothing"),
+            axis=_axis(axis),
+            label_smoothing_mode=check_choice(label_smoothing_mode, "label_smoothing_mode", SMOOTHING_MODES),
+            z_loss=check_real(z_loss, "z_loss", minimum=0.0),
+        )
+
+
+class NLLLoss(_Loss):
+    """:func:`xce.nll_loss` with its configuration held.
+
+    Examples
+    --------
+    >>> import numpy as np, xce
+    >>> float(xce.NLLLoss()(np.asarray([[2.0, 3.0, 1.0], [3.0, 7.0, 9.0]]), np.asarray([1, 2])))
+    -6.0
+    """
+
+    _function = staticmethod(nll_loss)
+
+    def __init__(
+        self, weight: Array | None = None, ignore_index: int = -100, reduction: str = "mean", *, axis: int | None = None
+    ) -> None:
+        super().__init__(
+            weight=weight,
+            ignore_index=check_integer(ignore_index, "ignore_index"),
+            reduction=check_reduction(reduction),
+            axis=_axis(axis),
+        )
+
+
+class BCELoss(_Loss):
+    """:func:`xce.binary_cross_entropy` with its configuration held.
+
+    Examples
+    --------
+    >>> import numpy as np, xce
+    >>> p, y = np.asarray([[0.6, 0.1], [0.3, 0.8]]), np.asarray([[0.0, 1.0], [1.0, 0.0]])
+    >>> round(float(xce.BCELoss()(p, y)), 4)
+    1.5081
+    """
+
+    _function = staticmethod(binary_cross_entropy)
+
+    def __init__(self, weight: Array | None = None, reduction: str = "mean", *, label_smoothing: float = 0.0) -> None:
+        super().__init__(
+            weight=weight,
+            reduction=check_reduction(reduction),
+            label_smoothing=check_fraction(label_smoothing, "label_smoothing"),
+        )
+
+
+class BCEWithLogitsLoss(_Loss):
+    """:func:`xce.binary_cross_entropy_with_logits` with its configuration held.
+
+    Examples
+    --------
+    >>> import numpy as np, xce
+    >>> x, y = np.asarray([[0.6, 0.1], [0.3, 0.8]]), np.asarray([[0.0, 1.0], [1.0, 0.0]])
+    >>> round(float(xce.BCEWithLogitsLoss()(x, y)), 4)
+    0.8518
+    """
+
+    _function = staticmethod(binary_cross_entropy_with_logits)
+
+    def __init__(
+        self,
+        weight: Array | None = None,
+        reduction: str = "mean",
+        pos_weight: Array | None = None,
+        *,
+        label_smoothing: float = 0.0,
+    ) -> None:
+        super().__init__(
+            weight=weight,
+            reduction=check_reduction(reduction),
+            pos_weight=pos_weight,
+            label_smoothing=check_fraction(label_smoothing, "label_smoothing"),
+        )
+
+
+class MultiLabelSoftMarginLoss(_Loss):
+    """:func:`xce.multilabel_soft_margin_loss` with its configuration held.
+
+    Examples
+    --------
+    >>> import numpy as np, xce
+    >>> x, y = np.asarray([[0.6, 0.1], [0.3, 0.8]]), np.asarray([[0.0, 1.0], [1.0, 0.0]])
+    >>> round(float(xce.MultiLabelSoftMarginLoss()(x, y)), 4)
+    0.8518
+    """
+
+    _function = staticmethod(multilabel_soft_margin_loss)
+
+    def __init__(self, weight: Array | None = None, reduction: str = "mean") -> None:
+        super().__init__(weight=weight, reduction=check_reduction(reduction))
+
+
+class KLDivLoss(_Loss):
+    """:func:`xce.kl_div` with its configuration held.
+
+    Examples
+    --------
+    >>> import numpy as np, xce
+    >>> loss = xce.KLDivLoss(reduction="batchmean")
+    >>> loss
+    KLDivLoss(reduction='batchmean', log_target=False)
+    >>> float(loss(np.log(np.asarray([[0.5, 0.5]])), np.asarray([[0.5, 0.5]])))
+    0.0
+    """
+
+    _function = staticmethod(kl_div)
+
+    def __init__(self, reduction: str = "mean", log_target: bool = False) -> None:
+        if not isinstance(log_target, bool):
+            raise TypeError(f"log_target must be a bool; got {type(log_target).__name__} {log_target!r}.")
+        super().__init__(reduction=check_reduction(reduction, (*REDUCTIONS, "batchmean")), log_target=log_target)
+
+
+class SigmoidFocalLoss(_Loss):
+    """:func:`xce.sigmoid_focal_loss` with its configuration held (default reduction ``"none"``).
+
+    Examples
+    --------
+    >>> import numpy as np, xce
+    >>> loss = xce.SigmoidFocalLoss(reduction="sum")
+    >>> loss
+    SigmoidFocalLoss(alpha=0.25, gamma=2.0, reduction='sum')
+    >>> round(float(loss(np.asarray([0.0]), np.asarray([1.0]))), 4)
+    0.0433
+    """
+
+    _function = staticmethod(sigmoid_focal_loss)
+
+    def __init__(self, alpha: float = 0.25, gamma: float = 2.0, reduction: str = "none") -> None:
+        super().__init__(
+            alpha=check_alpha(alpha),
+            gamma=check_real(gamma, "gamma", minimum=0.0),
+            reduction=check_reduction(reduction),
+        )
+
+
+class SoftmaxFocalLoss(_Loss):
+    """:func:`xce.softmax_focal_loss` with its configuration held.
+
+    Examples
+    --------
+    >>> import numpy as np, xce
+    >>> loss = xce.SoftmaxFocalLoss(gamma=0.0)
+    >>> round(float(loss(np.asarray([[2.0, 1.0, 0.1], [0.5, 2.0, 0.3]]), np.asarray([0, 2]))), 4)
+    1.2288
+    """
+
+    _function = staticmethod(softmax_focal_loss)
+
+    def __init__(
+        self,
+        gamma: float = 2.0,
+        weight: Array | None = None,
+        ignore_index: int = -100,
+        reduction: str = "mean",
+        *,
+        axis: int | None = None,
+    ) -> None:
+        super().__init__(
+            gamma=check_real(gamma, "gamma", minimum=0.0),
+            weight=weight,
+            ignore_index=check_integer(ignore_index, "ignore_index"),
+            reduction=check_reduction(reduction),
+            axis=_axis(axis),
+        )
+
+
+def _axis(axis: int | None) -> int | None:
+    return None if axis is None else check_integer(axis, "axis")
