@@ -240,3 +240,38 @@ def test_mixed_libraries_are_rejected():
     torch = pytest.importorskip("torch")
     with pytest.raises(TypeError, match="input is a numpy array, target is a torch array"):
         xce.cross_entropy(np.zeros((2, 3)), torch.tensor([0, 1]))
+
+
+ENGINE_CONFIGS = [
+    # (shape, axis, probabilities, weighted, eps, z)
+    ((13, 7), None, False, True, 0.2, 0.0),
+    ((13, 7), None, True, True, 0.1, 0.0),
+    ((5, 6, 4), None, False, False, 0.3, 1e-3),
+    ((3, 4, 9), -1, False, True, 0.0, 0.0),
+    ((6, 5, 2, 3), None, True, False, 0.0, 1e-2),
+    ((9,), None, False, True, 0.1, 0.0),
+]
+
+
+@pytest.mark.parametrize(("shape", "axis", "probabilities", "weighted", "eps", "z"), ENGINE_CONFIGS)
+@pytest.mark.parametrize("blocks", [{"block_rows": 2}, {"block_rows": 3, "class_chunk": 2}, {"threads": 2}])
+def test_blocked_engine_equals_fused(backend, shape, axis, probabilities, weighted, eps, z, blocks):
+    """Forcing the blocked engine (tiny blocks, class chunks, threads) changes nothing but rounding."""
+    if backend.lazy:
+        pytest.skip("the blocked engine runs on eager arrays only")
+    xp = backend.xp
+    x, target, probs, weight, _ = _case(shape, axis, seed=11)
+    t = probs if probabilities else target
+    kwargs = {"axis": axis, "label_smoothing": eps, "z_loss": z, "reduction": "none"}
+    args = (backend.asarray(x, xp.float64), backend.asarray(t, xp.float64 if probabilities else xp.int64))
+    w = backend.asarray(weight, xp.float64) if weighted else None
+    with xce.config(enabled=False):
+        fused = xce.cross_entropy(*args, weight=w, **kwargs)
+    with xce.config(enabled=True, **blocks):
+        blocked = xce.cross_entropy(*args, weight=w, **kwargs)
+        focal = xce.softmax_focal_loss(*args, weight=w, axis=axis) if not probabilities else None
+    assert_close_to(blocked, np.asarray(fused), dtype=xp.float64, backend=backend)
+    if focal is not None:
+        with xce.config(enabled=False):
+            assert_close_to(focal, float(xce.softmax_focal_loss(*args, weight=w, axis=axis)),
+                            dtype=xp.float64, backend=backend)

@@ -72,3 +72,21 @@ def test_masked_logits_have_finite_gradients():
     x = torch.tensor([[0.0, -float("inf"), 1.0], [2.0, 1.0, -float("inf")]], dtype=torch.float64, requires_grad=True)
     xce.cross_entropy(x, torch.tensor([0, 1])).backward()
     assert torch.isfinite(x.grad).all(), x.grad
+
+
+@pytest.mark.parametrize(("weighted", "ignore", "eps", "reduction", "probabilities"), GRAD_CONFIGS[::3])
+def test_torch_large_inputs_route_to_the_analytic_backward(weighted, ignore, eps, reduction, probabilities):
+    """With the engine on, torch autograd goes through xce.adapters.torch: same gradients."""
+    torch = pytest.importorskip("torch")
+    x, target, weight = _inputs(probabilities)
+    kwargs = {"label_smoothing": eps, "reduction": reduction}
+    if ignore and not probabilities:
+        kwargs["ignore_index"] = 3
+    w = weight if weighted else None
+    xt = torch.tensor(x, requires_grad=True)
+    with xce.config(enabled=True, block_rows=2):
+        loss = xce.cross_entropy(xt, torch.tensor(target), weight=None if w is None else torch.tensor(w), **kwargs)
+    assert "CrossEntropy" in type(loss.grad_fn).__name__, loss.grad_fn
+    loss.backward()
+    np.testing.assert_allclose(xt.grad.numpy(), cross_entropy_grad(x, target, weight=w, **kwargs), rtol=1e-10,
+                               atol=1e-12)

@@ -4,6 +4,7 @@ The same functions run on NumPy, PyTorch, JAX (including ``jax.jit``), CuPy, Das
 other Array API library, with PyTorch's ``torch.nn.functional`` semantics.
 """
 
+from ._engine import config
 from ._softmax import log_softmax, logsumexp, softmax
 from .binary import (
     binary_cross_entropy,
@@ -13,7 +14,9 @@ from .binary import (
 )
 from .classification import cross_entropy, nll_loss, poly1_cross_entropy, softmax_focal_loss
 from .divergence import kl_div
+from .grad import value_and_grad
 from .labels import one_hot, smooth_labels
+from .linear import linear_cross_entropy
 from .objects import (
     BCELoss,
     BCEWithLogitsLoss,
@@ -24,6 +27,7 @@ from .objects import (
     SigmoidFocalLoss,
     SoftmaxFocalLoss,
 )
+from .parallel import merge_shard_statistics, shard_statistics, vocab_parallel_cross_entropy
 
 __version__ = "0.1.0"
 
@@ -39,16 +43,22 @@ __all__ = [
     "__version__",
     "binary_cross_entropy",
     "binary_cross_entropy_with_logits",
+    "config",
     "cross_entropy",
     "kl_div",
+    "linear_cross_entropy",
     "log_softmax",
     "logsumexp",
+    "merge_shard_statistics",
     "multilabel_soft_margin_loss",
     "nll_loss",
     "one_hot",
     "poly1_cross_entropy",
+    "shard_statistics",
     "sigmoid_focal_loss",
     "smooth_labels",
     "softmax",
     "softmax_focal_loss",
+    "value_and_grad",
+    "vocab_parallel_cross_entropy",
 ]

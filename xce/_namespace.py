@@ -148,5 +148,9 @@ def take_along_class_axis(x: Array, index: Array, axis: int, *, xp: Namespace) -
     n_classes = x.shape[axis]
     shape = [1] * x.ndim
     shape[axis] = n_classes
-    classes = xp.reshape(xp.arange(n_classes, dtype=index.dtype, device=device_of(x)), tuple(shape))
+    classes = xp.arange(n_classes, dtype=index.dtype, device=device_of(x))
+    chunks = getattr(x, "chunks", None)
+    if chunks is not None:  # Dask: class ids chunked like x, so no task builds a full-vocabulary block
+        classes = classes.rechunk((chunks[axis],))
+    classes = xp.reshape(classes, tuple(shape))
     return xp.sum(xp.where(index == classes, x, 0.0), axis=axis)

@@ -263,3 +263,29 @@ def check_values_in(x: Array, low: float, high: float, name: str, *, xp: Namespa
         value = xp.reshape(x, (-1,))[position]
         value = float(value) if xp.isdtype(x.dtype, "real floating") else int(value)
         raise error(f"{name} must lie in [{low}, {high}]; got {value}.{hint}")
+
+
+def check_linear_shapes(hidden: Array, weight: Array, target: Array, bias: Array | None, *, xp: Namespace) -> None:
+    """``linear_cross_entropy``: hidden ``(..., D)``, weight ``(V, D)``, target ``hidden.shape[:-1]``, bias ``(V,)``."""
+    check_floating(hidden, "hidden", xp=xp)
+    check_floating(weight, "weight", xp=xp)
+    if hidden.ndim < 1:
+        raise ValueError("hidden must have a feature axis (the last one); got a 0-d array. Pass shape (N, D).")
+    if weight.ndim != 2 or weight.shape[1] != hidden.shape[-1]:
+        raise ValueError(
+            f"weight must have shape (V, D) = (vocabulary, {hidden.shape[-1]}) to match hidden's last axis; got "
+            f"shape {tuple(weight.shape)}. It is the (out_features, in_features) matrix of a linear layer."
+        )
+    if hidden.dtype != weight.dtype:
+        raise TypeError(f"hidden ({hidden.dtype}) and weight ({weight.dtype}) must have the same dtype; cast one.")
+    if bias is not None:
+        check_floating(bias, "bias", xp=xp)
+        if tuple(bias.shape) != (weight.shape[0],):
+            raise ValueError(f"bias must have shape ({weight.shape[0]},), one entry per class; got "
+                             f"{tuple(bias.shape)}.")
+    expected = tuple(hidden.shape[:-1])
+    if not xp.isdtype(target.dtype, "integral"):
+        raise TypeError(f"target must hold integer class indices of shape {expected}; got dtype {target.dtype}.")
+    if tuple(target.shape) != expected:
+        raise ValueError(f"target shape {tuple(target.shape)} does not match hidden's shape {tuple(hidden.shape)} "
+                         f"without its last axis; expected {expected}.")

@@ -7,11 +7,22 @@ Notation (as in the docs): ``x`` logits with classes along ``axis``, ``C`` class
 
 from __future__ import annotations
 
-from typing import NamedTuple
+import math
+from typing import Any, NamedTuple
 
-from ._namespace import Array, Namespace, compute_dtype, index_dtype, is_lazy, namespace, take_along_class_axis
+from . import _engine
+from ._engine import RowStats
+from ._namespace import (
+    Array,
+    Namespace,
+    compute_dtype,
+    device_of,
+    index_dtype,
+    is_lazy,
+    namespace,
+    take_along_class_axis,
+)
 from ._reduce import reduce_loss
-from ._softmax import finite_max, shifted_logsumexp
 from ._validate import (
     check_choice,
     check_classes,
@@ -26,6 +37,7 @@ from ._validate import (
     check_weight,
     class_axis,
 )
+from .adapters import for_array
 from .labels import SMOOTHING_MODES, uniform_equivalent
 
 __all__ = ["cross_entropy", "nll_loss", "poly1_cross_entropy", "softmax_focal_loss"]
@@ -132,6 +144,13 @@ def cross_entropy(
     0.3518
     """
     xp = namespace(_NAMES, input, target, weight, xp=xp)
+    if _engine.supports(input):
+        # Large eager inputs under autograd: the adapter's analytic backward saves O(N), not
+        # the blocked forward's temporaries (torch; other libraries have no such adapter).
+        adapter = for_array(input)
+        if adapter is not None and adapter.needs_autograd(input):
+            return adapter.cross_entropy(input, target, weight, ignore_index, reduction, label_smoothing, axis=axis,
+                                         label_smoothing_mode=label_smoothing_mode, z_loss=z_loss)
     reduction = check_reduction(reduction)
     eps = check_fraction(label_smoothing, "label_smoothing")
     mode = check_choice(label_smoothing_mode, "label_smoothing_mode", SMOOTHING_MODES)
@@ -144,33 +163,33 @@ def cross_entropy(
     lazy = is_lazy(input)
     check_weight(weight, n_classes, input, xp=xp, lazy=lazy)
 
-    work = _as_compute(input, xp=xp)
-    w = None if weight is None else xp.astype(weight, work.dtype)
-    shifted, lse = shifted_logsumexp(work, ax, xp=xp)
-    # log Z² for the z-loss; the max is taken again only when asked for.
-    z_term = None if z == 0.0 else z * xp.squeeze(lse + finite_max(work, ax, xp=xp), axis=ax) ** 2
+    dtype = compute_dtype(input.dtype, xp=xp)
+    w = None if weight is None else xp.astype(weight, dtype)
 
     if tuple(target.shape) == tuple(input.shape):
         check_probability_target(target, input, ignore_index, xp=xp, lazy=lazy)
-        loss = _probability_target_loss(shifted, lse, xp.astype(target, work.dtype), w, eps, ax, xp=xp)
-        if z_term is not None:
-            loss = loss + z_term  # same count denominator as the cross-entropy part
+        st = _softmax_stats(input, ax, xp=xp, lazy=lazy, weight=w, probs=target, smoothing=eps, dtype=dtype)
+        loss = st.prob_mass * st.lse - st.prob_dot  # -Σ_c w_c q_c ℓ_c
+        if z > 0.0:
+            loss = loss + z * (st.lse + st.shift) ** 2  # same count denominator as the cross-entropy part
         out = reduce_loss(loss, reduction, xp=xp)
     else:
         check_index_target(target, input, ax, xp=xp, lazy=lazy)
         index = _prepare_index(target, n_classes, ignore_index, xp=xp, lazy=lazy)
-        lse = xp.squeeze(lse, axis=ax)
-        loss = lse - take_along_class_axis(shifted, index.safe, ax, xp=xp)  # -ℓ[y]
+        st = _softmax_stats(input, ax, xp=xp, lazy=lazy, index=index.safe, weight=w, class_sum=eps > 0.0, dtype=dtype)
+        loss = st.lse - st.target  # -ℓ[y]
         w_y = None if w is None else _gather_weight(w, index.safe, xp=xp)
         if w_y is not None:
             loss = w_y * loss
         if eps > 0.0:
-            loss = (1.0 - eps) * loss + (eps / n_classes) * _uniform_smoothing_term(shifted, lse, w, ax, xp=xp)
+            # -Σ_c w_c ℓ_c = Σ_c w_c (lse - s_c), from per-position sums only.
+            total_weight = n_classes if w is None else xp.sum(w)
+            loss = (1.0 - eps) * loss + (eps / n_classes) * (total_weight * st.lse - st.class_sum)
         loss = _mask(loss, index, xp=xp)
         out = reduce_loss(loss, reduction, denominator=_denominator(w_y, index, xp=xp), xp=xp)
-        if z_term is not None:
+        if z > 0.0:
             # Unweighted: averaged over the non-ignored positions whatever the class weights.
-            z_term = _mask(z_term, index, xp=xp)
+            z_term = _mask(z * (st.lse + st.shift) ** 2, index, xp=xp)
             out = out + reduce_loss(z_term, reduction, denominator=_denominator(None, index, xp=xp), xp=xp)
     return out if out.dtype == input.dtype else xp.astype(out, input.dtype)
 
@@ -360,12 +379,11 @@ def _target_log_prob(
             f"shape {tuple(input.shape)}. Convert probabilities with argmax, or use cross_entropy for soft targets."
         )
     check_index_target(target, input, ax, xp=xp, lazy=lazy)
-    work = _as_compute(input, xp=xp)
-    shifted, lse = shifted_logsumexp(work, ax, xp=xp)
+    dtype = compute_dtype(input.dtype, xp=xp)
     index = _prepare_index(target, n_classes, ignore_index, xp=xp, lazy=lazy)
-    log_p = take_along_class_axis(shifted, index.safe, ax, xp=xp) - xp.squeeze(lse, axis=ax)
-    w_y = None if weight is None else _gather_weight(xp.astype(weight, work.dtype), index.safe, xp=xp)
-    return log_p, w_y, index
+    st = _softmax_stats(input, ax, xp=xp, lazy=lazy, index=index.safe, dtype=dtype)
+    w_y = None if weight is None else _gather_weight(xp.astype(weight, dtype), index.safe, xp=xp)
+    return st.target - st.lse, w_y, index
 
 
 def _reduce_index_loss(
@@ -436,42 +454,46 @@ def _denominator(w_y: Array | None, index: _Index, *, xp: Namespace) -> Array | 
     """Per-position weights of the ``"mean"`` denominator; None means 'count positions'."""
     if index.ignored is None:
         return w_y
-    kept = w_y if w_y is not None else xp.ones(index.ignored.shape, dtype=xp.float32, device=_device(index.safe))
+    kept = w_y if w_y is not None else xp.ones(index.ignored.shape, dtype=xp.float32, device=device_of(index.safe))
     return xp.where(index.ignored, 0.0, kept)
-
-
-def _device(x: Array):
-    from ._namespace import device_of
-
-    return device_of(x)
-
-
-def _uniform_smoothing_term(shifted: Array, lse: Array, w: Array | None, ax: int, *, xp: Namespace) -> Array:
-    r""":math:`-\sum_c w_c \ell_c`, from the shifted logits: :math:`\sum_c w_c\,(lse - s_c)`."""
-    if w is None:
-        return shifted.shape[ax] * lse - xp.sum(shifted, axis=ax)
-    w_b = _broadcast_classes(w, shifted.ndim, ax, xp=xp)
-    return xp.sum(w) * lse - xp.sum(w_b * shifted, axis=ax)
-
-
-def _probability_target_loss(
-    shifted: Array, lse: Array, q: Array, w: Array | None, eps: float, ax: int, *, xp: Namespace
-) -> Array:
-    if eps > 0.0:
-        q = (1.0 - eps) * q + eps / shifted.shape[ax]
-    if w is not None:
-        q = q * _broadcast_classes(w, shifted.ndim, ax, xp=xp)
-    neg_log_p = lse - shifted
-    # 0 · (-log p) is 0 even where log p = -inf (masked logits with no target mass).
-    return xp.sum(xp.where(q == 0.0, 0.0, q * neg_log_p), axis=ax)
-
-
-def _broadcast_classes(w: Array, ndim: int, ax: int, *, xp: Namespace) -> Array:
-    shape = [1] * ndim
-    shape[ax] = w.shape[0]
-    return xp.reshape(w, tuple(shape))
 
 
 def _as_compute(x: Array, *, xp: Namespace) -> Array:
     dtype = compute_dtype(x.dtype, xp=xp)
     return x if dtype == x.dtype else xp.astype(x, dtype)
+
+
+def _softmax_stats(
+    x: Array,
+    ax: int,
+    *,
+    xp: Namespace,
+    lazy: bool,
+    index: Array | None = None,
+    weight: Array | None = None,
+    class_sum: bool = False,
+    probs: Array | None = None,
+    smoothing: float = 0.0,
+    dtype: Any,
+) -> RowStats:
+    """Per-position softmax statistics of ``x`` along ``ax``, shaped like ``x`` without ``ax``.
+
+    ``x`` is viewed as ``(A, C)`` or ``(A, C, B)`` (the axes before and after the class
+    axis flattened) so one engine serves every layout; eager arrays large enough go through
+    the blocked engine, the rest (JAX, Dask, small inputs) through the same math as one block.
+    """
+    n_classes = x.shape[ax]
+    outer, inner = math.prod(x.shape[:ax]), math.prod(x.shape[ax + 1 :])
+    shape = (outer, n_classes) if inner == 1 else (outer, n_classes, inner)
+    out_shape = tuple(x.shape[:ax]) + tuple(x.shape[ax + 1 :])
+
+    def view(a: Array | None, s: tuple[int, ...]) -> Array | None:
+        return a if a is None or tuple(a.shape) == s else xp.reshape(a, s)
+
+    x3 = view(x, shape)
+    idx3 = view(index, shape[:1] + shape[2:])
+    probs3 = view(probs, shape)
+    compute = _engine.row_stats if not lazy and _engine.supports(x) else _engine.fused_stats
+    st = compute(x3, idx3, xp=xp, weight=weight, class_sum=class_sum, probs=probs3, smoothing=smoothing,
+                 compute_dtype=dtype)
+    return RowStats(*(view(f, out_shape) for f in st))

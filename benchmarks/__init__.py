@@ -1,0 +1,8 @@
+"""xce's benchmark suite: ``python -m benchmarks [--quick] [--huge]`` from the repository root.
+
+Times xce against the native losses (``torch.nn.functional.cross_entropy``, optax under
+``jax.jit``, plain NumPy, SciPy) and against a one-pass floor (one ``sum`` over the logits
+on the same backend), interleaved in one run; measures peak extra memory; writes a
+Markdown table, a JSON dump and a PNG plot to ``benchmarks/results/``.
+See ``docs/performance.md``.
+"""

@@ -1,0 +1,228 @@
+"""The blocked engine (xce._engine) equals the fused, unblocked formula on every eager backend."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import numpy as np
+import pytest
+
+from xce import _engine
+from xce._engine import config, plan, row_stats, supports
+from xce._softmax import shifted_logsumexp
+
+EAGER = ["numpy", "torch", "array_api_strict"]
+DTYPES = ["float32", "float64", "float16"]
+# float16 inputs are computed in float32 on both paths.
+RTOL = {"float32": 3e-6, "float64": 1e-13, "float16": 3e-6}
+
+
+def _xp(name):
+    if name == "numpy":
+        import array_api_compat.numpy as xp
+    elif name == "torch":
+        pytest.importorskip("torch")
+        import array_api_compat.torch as xp
+    else:
+        if importlib.util.find_spec("array_api_strict") is None:
+            pytest.skip("array-api-strict is not installed")
+        import array_api_strict as xp
+    return xp
+
+
+def _np(a):
+    if type(a).__module__.startswith("torch"):
+        return a.numpy()
+    return np.asarray(a)
+
+
+def _reference(x, index, weight, probs, smoothing, xp):
+    """The unblocked (fused) statistics: whole-array upcast, one shifted_logsumexp."""
+    dtype = xp.float32 if xp.finfo(x.dtype).bits < 32 else x.dtype
+    work = xp.astype(x, dtype)
+    shifted, lse = shifted_logsumexp(work, 1, xp=xp)
+    out = {"lse": xp.squeeze(lse, axis=1)}
+    out["target"] = xp.squeeze(xp.take_along_axis(shifted, xp.expand_dims(index, axis=1), axis=1), axis=1)
+    w_shape = (1, -1) if x.ndim == 2 else (1, -1, 1)
+    w = None if weight is None else xp.reshape(weight, w_shape)
+    out["class_sum"] = xp.sum(shifted if w is None else shifted * w, axis=1)
+    if probs is not None:
+        q = xp.astype(probs, dtype)
+        if smoothing:
+            q = (1.0 - smoothing) * q + smoothing / x.shape[1]
+        if w is not None:
+            q = q * w
+        out["prob_dot"] = xp.sum(xp.where(q == 0.0, xp.zeros_like(q), q * shifted), axis=1)
+        out["prob_mass"] = xp.sum(q, axis=1)
+    return out
+
+
+def _data(shape, dtype_name, seed=0, scale=4.0, offset=0.0):
+    rng = np.random.default_rng(seed)
+    x = (rng.normal(scale=scale, size=shape) + offset).astype(dtype_name)
+    index = rng.integers(0, shape[1], size=(shape[0], *shape[2:]))
+    weight = rng.uniform(0.2, 2.0, size=shape[1])
+    probs = rng.dirichlet(np.ones(shape[1]), size=(shape[0], *shape[2:]))
+    probs = np.moveaxis(probs, -1, 1) if len(shape) == 3 else probs
+    probs[probs < 0.2 / shape[1]] = 0.0  # some exact zeros
+    return x, index, weight, probs
+
+
+def _check(stats, ref, dtype_name, fields=("lse", "target", "class_sum", "prob_dot", "prob_mass")):
+    for f in fields:
+        got = getattr(stats, f)
+        if ref.get(f) is None:
+            continue
+        assert got is not None, f
+        expected = _np(ref[f]).astype(np.float64)
+        scale = np.maximum(1.0, np.abs(expected))
+        err = np.abs(_np(got).astype(np.float64) - expected) / scale
+        # Relative to max(1, |value|): sums of C terms carry C-sized rounding.
+        n_classes = 1 if f in ("lse", "target") else 8
+        assert np.all((err <= RTOL[dtype_name] * n_classes * 4) | (expected == _np(got))), (f, err.max())
+
+
+@pytest.mark.parametrize("name", EAGER)
+@pytest.mark.parametrize("dtype_name", DTYPES)
+@pytest.mark.parametrize(
+    ("shape", "block_rows", "class_chunk"),
+    [
+        ((37, 10), 4, None),  # several blocks, one class chunk
+        ((37, 10), 1, None),
+        ((37, 10), 100, None),  # one block
+        ((13, 50), 5, 7),  # classes in chunks of 7 (last one partial)
+        ((13, 50), 5, 1),  # one class per chunk
+        ((9, 12, 5), 2, None),  # (A, C, B): class axis in the middle
+        ((9, 12, 5), 2, 5),
+    ],
+)
+@pytest.mark.parametrize("weighted", [False, True])
+def test_blocked_equals_unblocked(name, dtype_name, shape, block_rows, class_chunk, weighted):
+    xp = _xp(name)
+    if not hasattr(xp, dtype_name):
+        pytest.skip(f"{name} has no {dtype_name}")
+    x_np, index_np, weight_np, probs_np = _data(shape, dtype_name, offset=30.0)
+    x = xp.asarray(x_np)
+    index = xp.asarray(index_np)
+    dtype = xp.float32 if dtype_name == "float16" else x.dtype
+    weight = xp.asarray(weight_np, dtype=dtype) if weighted else None
+    probs = xp.asarray(probs_np, dtype=x.dtype)
+    ref = _reference(x, index, weight, probs, 0.1, xp)
+    with config(block_rows=block_rows, class_chunk=class_chunk, threads=2, enabled=True):
+        stats = row_stats(x, index, xp=xp, weight=weight, class_sum=True, probs=probs, smoothing=0.1)
+    assert stats.lse.dtype == dtype
+    assert tuple(stats.lse.shape) == (shape[0], *shape[2:])
+    _check(stats, ref, dtype_name)
+    # shift + lse is the logsumexp of the logits either way.
+    shift = _np(stats.shift).astype(np.float64)
+    full = np.log(np.sum(np.exp(x_np.astype(np.float64) - np.expand_dims(shift, 1)), axis=1)) + shift
+    np.testing.assert_allclose(shift + _np(stats.lse), full, rtol=1e-5 if dtype_name != "float64" else 1e-12)
+
+
+@pytest.mark.parametrize("name", EAGER)
+def test_unchunked_blocking_is_bitwise_identical(name):
+    """Rows are independent: block boundaries change nothing, not even rounding."""
+    xp = _xp(name)
+    x_np, index_np, _, _ = _data((64, 300), "float32", seed=3)
+    x, index = xp.asarray(x_np), xp.asarray(index_np)
+    ref = _reference(x, index, None, None, 0.0, xp)
+    for block_rows in (1, 7, 64):
+        with config(block_rows=block_rows, threads=2, enabled=True):
+            stats = row_stats(x, index, xp=xp)
+        np.testing.assert_array_equal(_np(stats.lse), _np(ref["lse"]))
+        np.testing.assert_array_equal(_np(stats.target), _np(ref["target"]))
+        assert stats.class_sum is None and stats.prob_dot is None
+
+
+@pytest.mark.parametrize("name", EAGER)
+@pytest.mark.parametrize("class_chunk", [None, 2])
+def test_infinities_match_the_fused_formula(name, class_chunk):
+    xp = _xp(name)
+    inf = np.inf
+    x_np = np.asarray(
+        [
+            [-inf, -inf, -inf, -inf],  # all -inf: lse -inf
+            [0.0, -inf, 1.0, -inf],  # some -inf
+            [-inf, -inf, 2.0, 3.0],  # -inf first chunk, then finite
+            [1.0, 2.0, 3.0, 4.0],
+            [1.0, inf, 0.0, 0.0],  # +inf: lse +inf
+        ],
+        dtype=np.float32,
+    )
+    x = xp.asarray(x_np)
+    index = xp.asarray(np.asarray([0, 2, 3, 1, 2]))
+    ref = _reference(x, index, None, None, 0.0, xp)
+    with config(block_rows=2, class_chunk=class_chunk, enabled=True):
+        stats = row_stats(x, index, xp=xp)
+    np.testing.assert_allclose(_np(stats.lse), _np(ref["lse"]), rtol=1e-6)
+    np.testing.assert_allclose(_np(stats.target), _np(ref["target"]), rtol=1e-6)
+
+
+@pytest.mark.parametrize("name", EAGER)
+def test_no_rows(name):
+    xp = _xp(name)
+    x = xp.zeros((0, 5), dtype=xp.float32)
+    index = xp.zeros((0,), dtype=xp.int64)
+    stats = row_stats(x, index, xp=xp, class_sum=True)
+    assert tuple(stats.lse.shape) == (0,) and tuple(stats.target.shape) == (0,)
+    assert tuple(stats.class_sum.shape) == (0,) and stats.prob_dot is None
+
+
+def test_plan_defaults_and_overrides():
+    import array_api_compat.numpy as xp
+
+    x = np.zeros((4096, 32000), np.float32)  # never touched: plan looks at shapes only
+    p = plan(x, xp=xp)
+    assert p.class_chunk == 32000
+    assert p.block_rows * 32000 * 4 <= _engine._BLOCK_BYTES and p.block_rows >= 1
+    assert 1 <= p.threads <= 8
+    half = np.zeros((4096, 32000), np.float16)
+    assert plan(half, xp=xp).block_rows == p.block_rows  # sized in the float32 compute dtype
+    huge_row = np.zeros((2, 1 << 20), np.float32)
+    assert plan(huge_row, xp=xp).class_chunk < (1 << 20)
+    with config(block_rows=3, class_chunk=100, threads=1):
+        assert plan(x, xp=xp) == (3, 100, 1)
+        with config(threads=2):  # nesting keeps the outer settings
+            assert plan(x, xp=xp) == (3, 100, 2)
+    assert plan(x, xp=xp) == p
+
+
+def test_supports_only_eager_arrays():
+    x = np.zeros((1000, 100), np.float32)
+    assert supports(x)
+    assert not supports(np.zeros((2, 3), np.float32))  # small: fused formula
+    with config(enabled=True):
+        assert supports(np.zeros((2, 3), np.float32))
+    with config(enabled=False):
+        assert not supports(x)
+    if importlib.util.find_spec("jax") is not None:
+        import jax.numpy as jnp
+
+        with config(enabled=True):
+            assert not supports(jnp.zeros((1000, 100)))
+    if importlib.util.find_spec("dask") is not None:
+        import dask.array as da
+
+        with config(enabled=True):
+            assert not supports(da.zeros((1000, 100)))
+
+
+@pytest.mark.parametrize("bad", [{"block_rows": 0}, {"threads": -1}, {"class_chunk": 1.5}, {"block_rows": True}])
+def test_config_rejects_bad_values(bad):
+    with pytest.raises(ValueError, match="positive integer"), config(**bad):
+        pass
+
+
+def test_no_oversubscription_inside_workers():
+    """A call made from inside an engine worker runs its blocks in that worker."""
+    import array_api_compat.numpy as xp
+
+    x = np.zeros((100, 10), np.float32)
+    seen = []
+
+    def inner(_):
+        seen.append(plan(x, xp=xp).threads)
+
+    with config(threads=2):
+        list(_engine._pool(2).map(inner, range(4)))
+    assert seen == [1, 1, 1, 1]
