@@ -225,7 +225,9 @@ def _block(
         lse = xp.log(xp.sum(xp.exp(s), axis=1, keepdims=True))
         target = None
         if index is not None:
-            target = xp.expand_dims(take_along_class_axis(s, index, 1, xp=xp), axis=1)
+            # Gathered from xb, not s: s then only feeds reductions, which XLA fuses without
+            # materialising it (same value: the subtraction is elementwise either way).
+            target = xp.expand_dims(take_along_class_axis(xb, index, 1, xp=xp), axis=1) - shift
         csum = None
         if class_sum:
             csum = xp.sum(s if w_all is None else s * w_all, axis=1, keepdims=True)

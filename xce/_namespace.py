@@ -30,6 +30,7 @@ Namespace = Any
 _NAMESPACE_CACHE: dict[tuple[tuple[str, ...], tuple[type, ...]], Namespace] = {}
 _LAZY_CACHE: dict[type, bool] = {}
 _INDEX_DTYPE_CACHE: dict[int, Any] = {}
+_COMPUTE_DTYPE_CACHE: dict[tuple[int, Any], Any] = {}
 _KNOWN_LIBRARIES = {"numpy", "torch", "cupy", "jax", "jaxlib", "dask", "array_api_strict"}
 # Positional array arguments that may never be None (optional ones such as ``weight`` may).
 _REQUIRED = frozenset({"input", "target", "x"})
@@ -130,9 +131,16 @@ def index_dtype(xp: Namespace) -> Any:
 
 def compute_dtype(dtype: Any, *, xp: Namespace) -> Any:
     """The dtype to accumulate in: float32 for half precision, else ``dtype`` itself."""
-    if xp.finfo(dtype).bits < 32:
-        return xp.float32
-    return dtype
+    key = (id(xp), dtype)
+    try:
+        return _COMPUTE_DTYPE_CACHE[key]
+    except KeyError:
+        pass
+    except TypeError:  # an unhashable dtype object
+        return xp.float32 if xp.finfo(dtype).bits < 32 else dtype
+    out = xp.float32 if xp.finfo(dtype).bits < 32 else dtype
+    _COMPUTE_DTYPE_CACHE[key] = out
+    return out
 
 
 def take_along_class_axis(x: Array, index: Array, axis: int, *, xp: Namespace) -> Array:

@@ -17,6 +17,7 @@ from ._namespace import (
     Namespace,
     compute_dtype,
     device_of,
+    has_values,
     index_dtype,
     is_lazy,
     namespace,
@@ -416,6 +417,8 @@ def _prepare_index(target: Array, n_classes: int, ignore_index: int, *, xp: Name
         if invalid is not None and ignored is not None:
             invalid = invalid & ~ignored
     else:
+        if ignored is not None and has_values(target) and not bool(xp.any(ignored)):
+            ignored = None  # nothing ignored: skip three full-size `where`s (small calls are dispatch-bound)
         check_target_range(target, n_classes, ignored, xp=xp)
     drop = ignored if invalid is None else invalid if ignored is None else ignored | invalid
     safe = target if drop is None else xp.where(drop, 0, target)

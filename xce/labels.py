@@ -73,15 +73,17 @@ def one_hot(
     lazy = is_lazy(target)
     info = xp.iinfo(target.dtype)
     can_be_invalid = info.min < 0 or info.max >= num_classes  # skip comparisons a dtype cannot fail
+    # Compare in the indexing dtype: int8 cannot hold num_classes=200 (torch and JAX would wrap it).
+    wide = target if target.dtype == index_dtype(xp) else xp.astype(target, index_dtype(xp))
     if not lazy and can_be_invalid:
-        check_values_in(target, 0, num_classes - 1, "target", xp=xp, error=IndexError,
+        check_values_in(wide, 0, num_classes - 1, "target", xp=xp, error=IndexError,
                         hint=f" one_hot needs indices in [0, {num_classes - 1}] for num_classes={num_classes}.")
     axis %= ndim
     shape = [1] * ndim
     shape[axis] = num_classes
     # Class ids in the indexing dtype: a uint8 target may have more than 256 classes.
     classes = xp.reshape(xp.arange(num_classes, dtype=index_dtype(xp), device=device), tuple(shape))
-    index = xp.expand_dims(target, axis=axis)
+    index = xp.expand_dims(wide, axis=axis)
     out = xp.astype(index == classes, dtype)
     if lazy and can_be_invalid and xp.isdtype(dtype, "real floating"):
         # Unread values: an out-of-range index gives a NaN vector, not a plausible all-zero one.
