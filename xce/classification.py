@@ -152,31 +152,19 @@ def cross_entropy(
         if adapter is not None and adapter.needs_autograd(input):
             return adapter.cross_entropy(input, target, weight, ignore_index, reduction, label_smoothing, axis=axis,
                                          label_smoothing_mode=label_smoothing_mode, z_loss=z_loss)
-    reduction = check_reduction(reduction)
-    eps = check_fraction(label_smoothing, "label_smoothing")
-    mode = check_choice(label_smoothing_mode, "label_smoothing_mode", SMOOTHING_MODES)
-    z = check_real(z_loss, "z_loss", minimum=0.0)
-    ignore_index = check_integer(ignore_index, "ignore_index")
-    ax = class_axis(input, axis)
-    check_floating(input, "input", xp=xp)
-    n_classes = check_classes(input, ax)
-    eps = uniform_equivalent(eps, mode, n_classes, "label_smoothing")
-    lazy = is_lazy(input)
-    check_weight(weight, n_classes, input, xp=xp, lazy=lazy)
-
+    args = check_cross_entropy_arguments(input, target, weight, ignore_index, reduction, label_smoothing, axis,
+                                         label_smoothing_mode, z_loss, xp=xp)
+    reduction, eps, z, ax, n_classes, lazy, index = args
     dtype = compute_dtype(input.dtype, xp=xp)
     w = None if weight is None else xp.astype(weight, dtype)
 
-    if tuple(target.shape) == tuple(input.shape):
-        check_probability_target(target, input, ignore_index, xp=xp, lazy=lazy)
+    if index is None:  # probability targets
         st = _softmax_stats(input, ax, xp=xp, lazy=lazy, weight=w, probs=target, smoothing=eps, dtype=dtype)
         loss = st.prob_mass * st.lse - st.prob_dot  # -Σ_c w_c q_c ℓ_c
         if z > 0.0:
             loss = loss + z * (st.lse + st.shift) ** 2  # same count denominator as the cross-entropy part
         out = reduce_loss(loss, reduction, xp=xp)
     else:
-        check_index_target(target, input, ax, xp=xp, lazy=lazy)
-        index = _prepare_index(target, n_classes, ignore_index, xp=xp, lazy=lazy)
         st = _softmax_stats(input, ax, xp=xp, lazy=lazy, index=index.safe, weight=w, class_sum=eps > 0.0, dtype=dtype)
         loss = st.lse - st.target  # -ℓ[y]
         w_y = None if w is None else _gather_weight(w, index.safe, xp=xp)
@@ -396,6 +384,50 @@ def _reduce_index_loss(
     loss = _mask(loss, index, xp=xp)
     out = reduce_loss(loss, reduction, denominator=_denominator(w_y, index, xp=xp), xp=xp)
     return out if out.dtype == input.dtype else xp.astype(out, input.dtype)
+
+
+class CrossEntropyArguments(NamedTuple):
+    reduction: str
+    eps: float  # in the uniform convention (off_target already converted)
+    z: float
+    ax: int
+    n_classes: int
+    lazy: bool
+    index: _Index | None  # None for probability targets
+
+
+def check_cross_entropy_arguments(
+    input: Array,
+    target: Array,
+    weight: Array | None,
+    ignore_index: int,
+    reduction: str,
+    label_smoothing: float,
+    axis: int | None,
+    label_smoothing_mode: str,
+    z_loss: float,
+    *,
+    xp: Namespace,
+) -> CrossEntropyArguments:
+    """Every check of :func:`cross_entropy`'s arguments, shared with its gradient."""
+    reduction = check_reduction(reduction)
+    eps = check_fraction(label_smoothing, "label_smoothing")
+    mode = check_choice(label_smoothing_mode, "label_smoothing_mode", SMOOTHING_MODES)
+    z = check_real(z_loss, "z_loss", minimum=0.0)
+    ignore_index = check_integer(ignore_index, "ignore_index")
+    ax = class_axis(input, axis)
+    check_floating(input, "input", xp=xp)
+    n_classes = check_classes(input, ax)
+    eps = uniform_equivalent(eps, mode, n_classes, "label_smoothing")
+    lazy = is_lazy(input)
+    check_weight(weight, n_classes, input, xp=xp, lazy=lazy)
+    if tuple(target.shape) == tuple(input.shape):
+        check_probability_target(target, input, ignore_index, xp=xp, lazy=lazy)
+        index = None
+    else:
+        check_index_target(target, input, ax, xp=xp, lazy=lazy)
+        index = _prepare_index(target, n_classes, ignore_index, xp=xp, lazy=lazy)
+    return CrossEntropyArguments(reduction, eps, z, ax, n_classes, lazy, index)
 
 
 # --- shared pieces of the index-target path ------------------------------------------------

@@ -58,21 +58,18 @@ from ._namespace import (
 from ._softmax import finite_max
 from ._validate import (
     check_broadcastable,
-    check_choice,
     check_classes,
     check_floating,
     check_fraction,
     check_index_target,
     check_integer,
-    check_probability_target,
     check_real,
     check_reduction,
     check_values_in,
     check_weight,
     class_axis,
 )
-from .classification import _denominator, _gather_weight, _Index, _prepare_index
-from .labels import SMOOTHING_MODES, uniform_equivalent
+from .classification import _denominator, _gather_weight, _Index, _prepare_index, check_cross_entropy_arguments
 
 __all__ = [
     "binary_cross_entropy_grad",
@@ -175,23 +172,9 @@ def cross_entropy_grad(
     [[-0.5, 0.5], [0.0, 0.0]]
     """
     xp = namespace(_NAMES, input, target, weight, cotangent, xp=xp)
-    reduction = check_reduction(reduction)
-    eps = check_fraction(label_smoothing, "label_smoothing")
-    mode = check_choice(label_smoothing_mode, "label_smoothing_mode", SMOOTHING_MODES)
-    z = check_real(z_loss, "z_loss", minimum=0.0)
-    ignore_index = check_integer(ignore_index, "ignore_index")
-    ax = class_axis(input, axis)
-    check_floating(input, "input", xp=xp)
-    n_classes = check_classes(input, ax)
-    eps = uniform_equivalent(eps, mode, n_classes, "label_smoothing")
-    lazy = is_lazy(input)
-    check_weight(weight, n_classes, input, xp=xp, lazy=lazy)
-    if tuple(target.shape) == tuple(input.shape):
-        check_probability_target(target, input, ignore_index, xp=xp, lazy=lazy)
-        index = None
-    else:
-        check_index_target(target, input, ax, xp=xp, lazy=lazy)
-        index = _prepare_index(target, n_classes, ignore_index, xp=xp, lazy=lazy)
+    args = check_cross_entropy_arguments(input, target, weight, ignore_index, reduction, label_smoothing, axis,
+                                         label_smoothing_mode, z_loss, xp=xp)
+    reduction, eps, z, ax, _, _, index = args
     return ce_backward(input, target, index, weight, reduction, eps, ax, z, cotangent, None, xp=xp)
 
 
