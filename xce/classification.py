@@ -154,6 +154,14 @@ def cross_entropy(
                                          label_smoothing_mode=label_smoothing_mode, z_loss=z_loss)
     args = check_cross_entropy_arguments(input, target, weight, ignore_index, reduction, label_smoothing, axis,
                                          label_smoothing_mode, z_loss, xp=xp)
+    return cross_entropy_with_stats(input, target, weight, args, xp=xp)[0]
+
+
+def cross_entropy_with_stats(
+    input: Array, target: Array, weight: Array | None, args: CrossEntropyArguments, *, xp: Namespace
+) -> tuple[Array, RowStats]:
+    """:func:`cross_entropy` of checked arguments, and the per-position softmax statistics
+    it was computed from (``st.shift + st.lse`` is the logsumexp an analytic backward needs)."""
     reduction, eps, z, ax, n_classes, lazy, index = args
     dtype = compute_dtype(input.dtype, xp=xp)
     w = None if weight is None else xp.astype(weight, dtype)
@@ -180,7 +188,7 @@ def cross_entropy(
             # Unweighted: averaged over the non-ignored positions whatever the class weights.
             z_term = _mask(z * (st.lse + st.shift) ** 2, index, xp=xp)
             out = out + reduce_loss(z_term, reduction, denominator=_denominator(None, index, xp=xp), xp=xp)
-    return out if out.dtype == input.dtype else xp.astype(out, input.dtype)
+    return (out if out.dtype == input.dtype else xp.astype(out, input.dtype)), st
 
 
 def nll_loss(
