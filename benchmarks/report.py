@@ -134,7 +134,8 @@ def _plot(cases: dict[str, list], path: Path, info: dict[str, Any]) -> Path | No
         rs = cases[case]
         names = [r.impl for r in rs]
         times = [r.median_s * 1e3 for r in rs]
-        colors = [{"xce": "C0", "engine": "C2", "reference": "C1", "floor": "C7"}[r.kind] for r in rs]
+        palette = {"xce": "C0", "engine": "C2", "reference": "C1", "floor": "C7", "exp-floor": "C8"}
+        colors = [palette[r.kind] for r in rs]
         ax.barh(names, times, color=colors)
         ax.set_xscale("log")
         ax.invert_yaxis()

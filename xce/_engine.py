@@ -33,7 +33,8 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, NamedTuple
 
-from ._namespace import Array, Namespace, device_of, library_name, take_along_class_axis
+from ._namespace import Array, Namespace, device_of, library_name, take_along_class_axis, write_into, writes_into
+from ._namespace import compute_dtype as default_compute_dtype
 from ._softmax import finite_max
 
 __all__ = ["RowStats", "config", "fused_stats", "plan", "row_stats", "supports"]
@@ -213,27 +214,35 @@ def _block(
     class_chunk: int,
     dtype: Any,
     xp: Namespace,
+    work: Array | None = None,
 ) -> tuple[Array | None, ...]:
-    """Statistics of one block ``x`` (rows × C [× B]); reductions along axis 1, kept."""
+    """Statistics of one block ``x`` (rows × C [× B]); reductions along axis 1, kept.
+
+    ``work``, when given, is a buffer of ``x``'s shape in ``dtype`` that receives the
+    shifted logits and then their exponentials (reused from block to block).
+    """
     n_classes = x.shape[1]
     w_shape = (1, -1, 1) if x.ndim == 3 else (1, -1)
     w_all = None if weight is None else xp.reshape(weight, w_shape)
     if class_chunk >= n_classes:
-        xb = x if x.dtype == dtype else xp.astype(x, dtype)
-        shift = finite_max(xb, 1, xp=xp)
-        s = xb - shift
-        lse = xp.log(xp.sum(xp.exp(s), axis=1, keepdims=True))
+        # The max of half-precision values is exact, so it is taken before the upcast; the
+        # subtraction then promotes: no float32 copy of the block besides s itself.
+        shift = _cast(finite_max(x, 1, xp=xp), dtype, xp=xp)
+        s = write_into("subtract", work, x, shift, xp=xp)
         target = None
         if index is not None:
-            # Gathered from xb, not s: s then only feeds reductions, which XLA fuses without
+            # Gathered from x, not s: s then only feeds reductions, which XLA fuses without
             # materialising it (same value: the subtraction is elementwise either way).
-            target = xp.expand_dims(take_along_class_axis(xb, index, 1, xp=xp), axis=1) - shift
+            raw = xp.expand_dims(take_along_class_axis(x, index, 1, xp=xp), axis=1)
+            target = _cast(raw, dtype, xp=xp) - shift
         csum = None
         if class_sum:
             csum = xp.sum(s if w_all is None else s * w_all, axis=1, keepdims=True)
         pdot = pmass = None
         if probs is not None:
             pdot, pmass = _prob_terms(s, probs, w_all, smoothing, n_classes, dtype, xp=xp)
+        # In place when there is a buffer: s is not needed after this.
+        lse = xp.log(xp.sum(write_into("exp", work, s, xp=xp), axis=1, keepdims=True))
         return shift, lse, target, csum, pdot, pmass
 
     # Classes in chunks: online logsumexp. The running shift only grows (a +inf max is
@@ -244,7 +253,7 @@ def _block(
     for c0 in range(0, n_classes, class_chunk):
         c1 = min(c0 + class_chunk, n_classes)
         xc = x[:, c0:c1, ...]
-        xc = xc if xc.dtype == dtype else xp.astype(xc, dtype)
+        xc = _cast(xc, dtype, xp=xp)
         cmax = xp.max(xc, axis=1, keepdims=True)
         raw_max = cmax if raw_max is None else xp.maximum(raw_max, cmax)
         new_shift = xp.where(xp.isfinite(raw_max), raw_max, 0.0)
@@ -268,13 +277,17 @@ def _block(
     target = None
     if index is not None:
         raw = xp.expand_dims(take_along_class_axis(x, index, 1, xp=xp), axis=1)
-        target = (raw if raw.dtype == dtype else xp.astype(raw, dtype)) - shift
+        target = _cast(raw, dtype, xp=xp) - shift
     delta = ref - shift  # Σ w (x - shift) = Σ w (x - ref) + W (ref - shift)
     if class_sum:
         csum = csum + delta * (n_classes if w_all is None else xp.sum(weight))
     if probs is not None:
         pdot = pdot + delta * pmass
     return shift, lse, target, csum, pdot, pmass
+
+
+def _cast(a: Array, dtype: Any, *, xp: Namespace) -> Array:
+    return a if a.dtype == dtype else xp.astype(a, dtype)
 
 
 def _prob_terms(
@@ -353,15 +366,25 @@ def row_stats(
     """
     if x.ndim not in (2, 3):
         raise ValueError(f"row_stats wants a (A, C) or (A, C, B) array; got shape {tuple(x.shape)}.")
-    dtype = compute_dtype
-    if dtype is None:
-        dtype = xp.float32 if xp.finfo(x.dtype).bits < 32 else x.dtype
+    dtype = compute_dtype if compute_dtype is not None else default_compute_dtype(x.dtype, xp=xp)
     p = plan(x, xp=xp, compute_dtype=dtype)
     rows = x.shape[0]
     starts = list(range(0, rows, p.block_rows))
 
+    # One buffer per worker thread for the block's shifted logits and exponentials: fresh
+    # block-sized allocations each block may be unmapped and faulted in again every time.
+    buffers: dict[int, Array] = {}
+    reuse = p.class_chunk >= x.shape[1] and writes_into(x)
+
     def run(i0: int) -> tuple[Array | None, ...]:
         i1 = min(i0 + p.block_rows, rows)
+        work = None
+        if reuse:
+            work = buffers.get(threading.get_ident())
+            if work is None:
+                work = xp.empty((p.block_rows, *x.shape[1:]), dtype=dtype, device=device_of(x))
+                buffers[threading.get_ident()] = work
+            work = work[: i1 - i0, ...]
         return _block(
             x[i0:i1, ...],
             None if index is None else index[i0:i1, ...],
@@ -372,6 +395,7 @@ def row_stats(
             class_chunk=p.class_chunk,
             dtype=dtype,
             xp=xp,
+            work=work,
         )
 
     pooled = p.threads > 1 and len(starts) > 1
@@ -393,7 +417,7 @@ def row_stats(
             fields.append(None)
             continue
         joined = col[0] if len(col) == 1 else xp.concat(col, axis=0)
-        fields.append(xp.squeeze(joined, axis=1))
+        fields.append(joined[:, 0, ...])
     return RowStats(*fields)
 
 
@@ -414,9 +438,8 @@ def fused_stats(
     No Python loop, so it traces into a single ``jax.jit`` program and keeps Dask's own
     chunking; same arguments and results as :func:`row_stats`.
     """
-    dtype = compute_dtype
-    if dtype is None:
-        dtype = xp.float32 if xp.finfo(x.dtype).bits < 32 else x.dtype
+    dtype = compute_dtype if compute_dtype is not None else default_compute_dtype(x.dtype, xp=xp)
     fields = _block(x, index, weight, probs, class_sum=class_sum, smoothing=smoothing,
                     class_chunk=x.shape[1], dtype=dtype, xp=xp)
-    return RowStats(*(None if f is None else xp.squeeze(f, axis=1) for f in fields))
+    # Indexing drops the kept axis: cheaper than a wrapped squeeze for dispatch-bound calls.
+    return RowStats(*(None if f is None else f[:, 0, ...] for f in fields))

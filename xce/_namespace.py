@@ -22,6 +22,7 @@ __all__ = [
     "namespace",
     "take_along_class_axis",
     "write_into",
+    "writes_into",
 ]
 
 Array = Any
@@ -152,6 +153,10 @@ def take_along_class_axis(x: Array, index: Array, axis: int, *, xp: Namespace) -
 
     ``index`` has ``x``'s shape without ``axis`` and holds valid, non-negative indices.
     """
+    if library_name(x) == "torch":
+        # array-api-compat's version first maps negative indices (three more ops, which
+        # dominate a small call); these indices are valid and non-negative.
+        return sys.modules["torch"].take_along_dim(x, index.unsqueeze(axis), dim=axis).squeeze(axis)
     index = xp.expand_dims(index, axis=axis)
     if hasattr(xp, "take_along_axis"):
         return xp.squeeze(xp.take_along_axis(x, index, axis=axis), axis=axis)
@@ -168,7 +173,13 @@ def take_along_class_axis(x: Array, index: Array, axis: int, *, xp: Namespace) -
     return xp.sum(xp.where(index == classes, x, 0.0), axis=axis)
 
 
-def write_into(name: str, out: Array, *args: Array | float, xp: Namespace) -> Array:
+def writes_into(x: Array) -> bool:
+    """Whether :func:`write_into` can reuse a buffer for results computed from ``x``."""
+    lib = library_name(x)
+    return lib in _OUT_LIBRARIES and not (lib == "torch" and _records_autograd((x,)))
+
+
+def write_into(name: str, out: Array | None, *args: Array | float, xp: Namespace) -> Array:
     """``xp.<name>(*args)``, written into ``out`` where the library can; returns the result.
 
     The standard has no ``out=``, so every elementwise call allocates its result. In a loop
@@ -178,8 +189,10 @@ def write_into(name: str, out: Array, *args: Array | float, xp: Namespace) -> Ar
     PyTorch in our measurements). NumPy, CuPy and PyTorch accept ``out=`` (``out`` may be one
     of ``args``); other namespaces, and PyTorch while autograd records, get a new array.
     ``name`` is a function both the standard and those libraries spell the same way
-    (``"exp"``, ``"subtract"``, ``"multiply"``, ``"matmul"``).
+    (``"exp"``, ``"subtract"``, ``"multiply"``, ``"matmul"``). ``out=None`` allocates.
     """
+    if out is None:
+        return getattr(xp, name)(*args)
     lib = library_name(out)
     if lib in _OUT_LIBRARIES and not (lib == "torch" and _records_autograd(args)):
         return getattr(sys.modules[lib], name)(*args, out=out)

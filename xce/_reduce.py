@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ._namespace import Array, Namespace, device_of
+from ._namespace import Array, Namespace
 
 
 def reduce_loss(loss: Array, reduction: str, *, denominator: Array | None = None, xp: Namespace) -> Array:
@@ -21,7 +21,7 @@ def reduce_loss(loss: Array, reduction: str, *, denominator: Array | None = None
         count = 1
         for n in loss.shape:
             count *= n
-        # An array division (not Python's) so that 0/0 gives NaN instead of raising.
-        return total / xp.asarray(float(count), dtype=total.dtype, device=device_of(total))
+        # total is an array, so this is the array's division: 0/0 gives NaN instead of raising.
+        return total / float(count)
     return total / xp.sum(denominator)
 

@@ -456,9 +456,13 @@ def _prepare_index(target: Array, n_classes: int, ignore_index: int, *, xp: Name
         invalid = _out_of_range(target, n_classes, info, xp=xp)
         if invalid is not None and ignored is not None:
             invalid = invalid & ~ignored
+    elif _all_valid(target, n_classes, ignore_index, xp=xp):
+        # The common case, settled by two reductions: no position ignored, none out of range
+        # (small calls are dispatch-bound; this skips a comparison, two masks and three `where`s).
+        ignored = None
     else:
         if ignored is not None and has_values(target) and not bool(xp.any(ignored)):
-            ignored = None  # nothing ignored: skip three full-size `where`s (small calls are dispatch-bound)
+            ignored = None
         check_target_range(target, n_classes, ignored, xp=xp)
     drop = ignored if invalid is None else invalid if ignored is None else ignored | invalid
     safe = target if drop is None else xp.where(drop, 0, target)
@@ -466,6 +470,14 @@ def _prepare_index(target: Array, n_classes: int, ignore_index: int, *, xp: Name
     if safe.dtype != dtype:
         safe = xp.astype(safe, dtype)
     return _Index(safe, ignored, invalid)
+
+
+def _all_valid(target: Array, n_classes: int, ignore_index: int, *, xp: Namespace) -> bool:
+    """Eager: every index lies in [0, n_classes) and none equals ``ignore_index``."""
+    if not has_values(target) or 0 in tuple(target.shape):
+        return False
+    lo, hi = int(xp.min(target)), int(xp.max(target))
+    return lo >= 0 and hi < n_classes and not lo <= ignore_index <= hi
 
 
 def _out_of_range(target: Array, n_classes: int, info, *, xp: Namespace) -> Array | None:
