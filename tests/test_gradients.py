@@ -90,3 +90,116 @@ def test_torch_large_inputs_route_to_the_analytic_backward(weighted, ignore, eps
     loss.backward()
     np.testing.assert_allclose(xt.grad.numpy(), cross_entropy_grad(x, target, weight=w, **kwargs), rtol=1e-10,
                                atol=1e-12)
+
+
+def test_torch_adapter_forward_computes_the_logsumexp_once(monkeypatch):
+    """The forward's one sweep gives the loss and the saved logsumexp; backward reuses it."""
+    torch = pytest.importorskip("torch")
+    import xce._engine as engine
+    import xce.grad as G
+
+    calls = []
+    row_stats = engine.row_stats
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return row_stats(*args, **kwargs)
+
+    def refused(*args, **kwargs):
+        raise AssertionError("row_logsumexp: a second pass over the logits")
+
+    monkeypatch.setattr(engine, "row_stats", counted)
+    monkeypatch.setattr(G, "row_logsumexp", refused)
+    x = torch.randn(12, 9, dtype=torch.float64, requires_grad=True)
+    t = torch.randint(0, 9, (12,))
+    with xce.config(enabled=True, block_rows=5):
+        loss = xce.cross_entropy(x, t, label_smoothing=0.1)
+        assert len(calls) == 1
+        loss.backward()
+    assert len(calls) == 1
+    expected = torch.func.grad(lambda v: torch.nn.functional.cross_entropy(v, t, label_smoothing=0.1))(x.detach())
+    np.testing.assert_allclose(x.grad.numpy(), expected.numpy(), rtol=1e-10, atol=1e-13)
+
+
+def _torch_case(torch, shape, axis, weighted, ignore, probabilities, seed=3):
+    g = torch.Generator().manual_seed(seed)
+    n_classes = shape[axis]
+    x = torch.randn(shape, generator=g, dtype=torch.float64) * 3.0
+    x[0, ...] = 0.0  # a row of ties
+    per_position = shape[:axis] + shape[axis + 1 :] if axis != -1 else shape[:-1]
+    if probabilities:
+        target = torch.softmax(torch.randn(shape, generator=g, dtype=torch.float64), dim=axis)
+    else:
+        target = torch.randint(0, n_classes, per_position, generator=g)
+        if ignore:
+            target.view(-1)[::4] = -100
+    weight = torch.rand(n_classes, generator=g, dtype=torch.float64) + 0.5 if weighted else None
+    if weighted:
+        weight[1] = 0.0  # a zero weight: a zero per-row coefficient
+    return x, target, weight
+
+
+# (shape, axis): (R, C) with few and with many classes (the per-row target assignment), and
+# (B, T, C) classes last (flattened to rows), and (N, C, d) classes off the last axis.
+BLOCKED_LAYOUTS = [((37, 11), 1), ((13, 4100), 1), ((3, 7, 11), -1), ((9, 11, 4), 1)]
+
+
+@pytest.mark.parametrize(("shape", "axis"), BLOCKED_LAYOUTS)
+@pytest.mark.parametrize(("weighted", "ignore", "eps", "reduction", "probabilities"),
+                         [(False, False, 0.0, "mean", False), (True, True, 0.1, "mean", False),
+                          (True, False, 0.2, "none", False), (False, True, 0.1, "sum", False),
+                          (True, False, 0.1, "mean", True), (False, False, 0.0, "none", True)])
+def test_blocked_backward_matches_torch_autograd(shape, axis, weighted, ignore, eps, reduction, probabilities):
+    """ce_backward's blocked path (small blocks forced) == autograd through F.cross_entropy,
+    including a random-sign cotangent for "none" (negative per-row scales)."""
+    torch = pytest.importorskip("torch")
+    F = torch.nn.functional
+    x, target, weight = _torch_case(torch, shape, axis, weighted, ignore, probabilities)
+    kw = {"weight": weight, "reduction": reduction, "label_smoothing": eps}
+    a, b = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+    with xce.config(enabled=True, block_rows=4):
+        loss = xce.cross_entropy(a, target, axis=axis, **kw)
+    assert "CrossEntropy" in type(loss.grad_fn).__name__
+    moved = b if axis == 1 else torch.movedim(b, -1, 1)
+    ref = F.cross_entropy(moved, torch.movedim(target, -1, 1) if probabilities and axis == -1 else target, **kw)
+    np.testing.assert_allclose(loss.detach().numpy(), ref.detach().numpy(), rtol=1e-12, atol=1e-14)
+    g = torch.randn(ref.shape, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    with xce.config(enabled=True, block_rows=4):
+        loss.backward(g)
+    ref.backward(g)
+    np.testing.assert_allclose(a.grad.numpy(), b.grad.numpy(), rtol=1e-10, atol=1e-13)
+
+
+@pytest.mark.parametrize(("shape", "axis"), BLOCKED_LAYOUTS)
+@pytest.mark.parametrize("probabilities", [False, True])
+def test_blocked_backward_equals_unblocked_with_z_loss(shape, axis, probabilities):
+    torch = pytest.importorskip("torch")
+    from xce.grad import cross_entropy_grad
+
+    x, target, weight = _torch_case(torch, shape, axis, True, not probabilities, probabilities)
+    kw = {"weight": weight, "label_smoothing": 0.1, "z_loss": 0.05, "axis": axis}
+    with xce.config(enabled=False):
+        whole = cross_entropy_grad(x, target, **kw)  # one block: the unblocked formula
+    a = x.clone().requires_grad_(True)
+    with xce.config(enabled=True, block_rows=4):
+        xce.cross_entropy(a, target, **kw).backward()
+        blocked = cross_entropy_grad(x, target, **kw)  # no saved lse: softmax per block
+    np.testing.assert_allclose(a.grad.numpy(), whole.numpy(), rtol=1e-10, atol=1e-13)
+    np.testing.assert_allclose(blocked.numpy(), whole.numpy(), rtol=1e-13, atol=1e-15)
+
+
+def test_blocked_backward_bfloat16_matches_torch():
+    torch = pytest.importorskip("torch")
+    F = torch.nn.functional
+    g = torch.Generator().manual_seed(4)
+    x = (torch.randn(21, 4100, generator=g) * 3.0).to(torch.bfloat16)
+    t = torch.randint(0, 4100, (21,), generator=g)
+    t[3] = -100
+    a, b = x.clone().requires_grad_(True), x.float().requires_grad_(True)
+    with xce.config(enabled=True, block_rows=4):
+        xce.cross_entropy(a, t, label_smoothing=0.1).backward()
+    F.cross_entropy(b, t, label_smoothing=0.1).backward()
+    assert a.grad.dtype == torch.bfloat16
+    np.testing.assert_allclose(a.grad.float().numpy(), b.grad.to(torch.bfloat16).float().numpy(), rtol=1e-2,
+                               atol=1e-7)
+    assert (a.grad[3] == 0).all()

@@ -40,9 +40,11 @@ scale (cotangent over the reduction's denominator) and :math:`e_y` the one-hot t
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
+from . import _engine
 from . import binary as _binary
 from . import classification as _cls
 from ._namespace import (
@@ -54,6 +56,8 @@ from ._namespace import (
     is_lazy,
     namespace,
     take_along_class_axis,
+    write_into,
+    writes_into,
 )
 from ._softmax import finite_max
 from ._validate import (
@@ -198,8 +202,10 @@ def ce_backward(
     ``index`` is ``_prepare_index``'s result (None for probability targets), ``eps`` the
     uniform-equivalent smoothing, ``lse`` the per-position logsumexp in the compute dtype
     with the class axis kept (recomputed when None). On eager arrays with the classes off
-    axis 0, large inputs are processed in blocks of rows written into the result, so the
-    temporaries are O(block), not O(input) (``blocked=False`` turns that off).
+    axis 0, large inputs are processed in blocks of rows (:func:`_ce_blocked`), each formed
+    in place in the preallocated result, so the temporaries are O(block), not O(input), and
+    none is allocated afresh per block where the library takes ``out=`` (``blocked=False``,
+    used under ``create_graph``, turns that off: in-place writes would not be differentiable).
     """
     dtype = compute_dtype(input.dtype, xp=xp)
     w = None if weight is None else xp.astype(weight, dtype)
@@ -212,36 +218,233 @@ def ce_backward(
         w_y = None if w is None else _gather_weight(w, index.safe, xp=xp)
         s = _scale(cotangent, reduction, like, _denominator(w_y, index, xp=xp), dtype, xp=xp)
         s_z = _scale(cotangent, reduction, like, _denominator(None, index, xp=xp), dtype, xp=xp) if z > 0.0 else 0.0
-    rows = _block_rows(input, ax) if blocked and not is_lazy(input) else None
-    if rows is None or rows >= input.shape[0]:
+    if not blocked or is_lazy(input) or _block_rows(input, ax, xp=xp) is None:
         return _to_input(_ce_block(input, target, index, w, eps, ax, z, s, s_z, lse, xp=xp), input, xp=xp)
-    out = xp.empty(tuple(input.shape), dtype=input.dtype, device=device_of(input))
-    for i0 in range(0, input.shape[0], rows):
-        i1 = min(i0 + rows, input.shape[0])
-        blk = _Index(*(None if a is None else a[i0:i1, ...] for a in index)) if index is not None else None
-        out[i0:i1, ...] = _to_input(
-            _ce_block(input[i0:i1, ...], target[i0:i1, ...] if index is None else None, blk, w, eps, ax, z,
-                      _rows(s, i0, i1), _rows(s_z, i0, i1), None if lse is None else lse[i0:i1, ...], xp=xp),
-            input[i0:i1, ...], xp=xp)
-    return out
+    return _ce_blocked(input, target, index, w, eps, ax, z, s, s_z, lse, dtype, xp=xp)
 
 
-# Elements of one block of the blocked backward: a few compute-dtype temporaries of this size
-# (16 MiB in float32) stay small next to the gradient itself.
+# Elements of one block of the blocked backward (16 MiB in float32): it fits a typical L3, so
+# the in-place passes after the first re-read it from cache, and PyTorch splits each op over
+# its intra-op threads. Float32/float64 blocks are formed in the result itself, so the size
+# costs no memory there; half precision keeps one float32 buffer of this size. (On a CPU
+# shared with other processes fewer, larger ops wait less for descheduled threads.) GPUs use
+# the engine's larger blocks.
 _BLOCK_ELEMENTS = 1 << 22
 
 
-def _block_rows(input: Array, ax: int) -> int | None:
-    if input.ndim < 2 or ax == 0:
+def _block_rows(input: Array, ax: int, *, xp: Namespace) -> int | None:
+    """Rows per block of the blocked backward (None: not blocked, as under
+    ``xce.config(enabled=False)``); ``xce.config(block_rows=)`` when set. Rows are the
+    positions of ``(R, C)`` when the classes are the last axis, else slices along axis 0."""
+    opts = _engine._options()
+    if input.ndim < 2 or ax == 0 or opts.get("enabled") is False:
         return None
-    per_row = 1
-    for n in input.shape[1:]:
-        per_row *= n
-    return max(1, _BLOCK_ELEMENTS // max(per_row, 1))
+    rows = opts.get("block_rows")
+    if rows is not None:
+        return rows
+    per_row = input.shape[-1] if ax == input.ndim - 1 else math.prod(input.shape[1:])
+    itemsize = xp.finfo(compute_dtype(input.dtype, xp=xp)).bits // 8
+    elements = _BLOCK_ELEMENTS
+    if _engine._block_bytes(input) == _engine._BLOCK_BYTES_GPU:  # a GPU: the engine's GPU block size
+        elements = max(elements, _engine._BLOCK_BYTES_GPU // itemsize)
+    return max(1, elements // max(per_row, 1))
 
 
 def _rows(s: Array | float, i0: int, i1: int) -> Array | float:
     return s if isinstance(s, float) or s.ndim == 0 else s[i0:i1, ...]
+
+
+def _ce_blocked(
+    input: Array, target: Array, index: _Index | None, w: Array | None, eps: float, ax: int, z: float,
+    s: Array | float, s_z: Array | float, lse: Array | None, dtype: Any, *, xp: Namespace,
+) -> Array:
+    """The cross-entropy gradient written block by block into one array of ``input``'s shape.
+
+    Classes on the last axis: ``input`` is viewed as ``(R, C)``; otherwise blocks are slices
+    along axis 0. Each block is formed in place, in the result's own block (compute dtype ==
+    input dtype) or in one reused compute-dtype buffer (half precision), with ``out=`` where
+    the library has it: ``a·p`` with ``p = exp(x - lse)`` and ``a`` the per-row coefficient
+    (one exp pass, ``exp(x - (lse - log a))``, when every ``a > 0`` and ``lse`` was saved),
+    then ``-c`` at the target positions only (no one-hot), the smoothing term, and zeros at
+    dropped rows. Probability targets use a second buffer for ``q``.
+    """
+    shape = tuple(input.shape)
+    last = ax == input.ndim - 1
+    n_classes = shape[ax]
+    if last:  # (R, C): per-position arrays flattened to (R,)
+        n_rows = math.prod(shape[:-1])
+        x = xp.reshape(input, (n_rows, n_classes))
+
+        def flat(a: Any) -> Any:
+            return a if a is None or isinstance(a, float) or a.ndim == 0 else xp.reshape(a, (n_rows,))
+
+        t = None if index is not None else xp.reshape(target, (n_rows, n_classes))
+        index = None if index is None else _Index(*(flat(a) for a in index))
+        s, s_z = flat(s), flat(s_z)
+        lse = None if lse is None else xp.reshape(lse, (n_rows, 1))
+        cax = 1
+    else:
+        n_rows, x, t, cax = shape[0], input, target, ax
+    rows = max(1, min(_block_rows(input, ax, xp=xp) or n_rows, n_rows))
+    device = device_of(input)
+    out = xp.empty(tuple(x.shape), dtype=input.dtype, device=device)
+    inplace = writes_into(input)
+    direct = inplace and dtype == input.dtype  # the result's block is the buffer
+    buffers: dict[str, Array] = {}
+
+    def buffer(name: str, n: int) -> Array | None:
+        """A reused compute-dtype block (None where the library has no ``out=``)."""
+        if not inplace:
+            return None
+        b = buffers.get(name)
+        if b is None:
+            b = buffers[name] = xp.empty((rows, *x.shape[1:]), dtype=dtype, device=device)
+        return b if n == rows else b[:n, ...]
+
+    w_c = None if w is None else _broadcast_classes(w, x.ndim, cax, xp=xp)
+    if index is not None:
+        w_sum = float(n_classes) if w is None else xp.sum(w)
+        loop = last and n_classes >= _LOOP_CLASSES and not _on_gpu(input)
+        classes = None
+        if not loop:
+            cshape = [1] * x.ndim
+            cshape[cax] = n_classes
+            classes = xp.reshape(xp.arange(n_classes, dtype=index.safe.dtype, device=device), tuple(cshape))
+    for i0 in range(0, n_rows, rows):
+        i1 = min(i0 + rows, n_rows)
+        xb, ob = x[i0:i1, ...], out[i0:i1, ...]
+        gb = ob if direct else buffer("g", i1 - i0)
+        sb, szb = _rows(s, i0, i1), _rows(s_z, i0, i1)
+        lse_b = None if lse is None else lse[i0:i1, ...]
+        fresh = lse_b is None  # no saved lse: the softmax (and lse) of the block first
+        if fresh:
+            gb, lse_b = _softmax_into(gb, xb, None, cax, dtype, xp=xp)
+        if index is None:  # probability targets: q = w ⊙ ((1-ε) y + ε/C)
+            qb = write_into("multiply", buffer("q", i1 - i0), t[i0:i1, ...], 1.0 - eps, xp=xp)
+            if qb.dtype != dtype:  # no out=: the product kept the target's dtype
+                qb = xp.astype(qb, dtype)
+            if eps > 0.0:
+                qb = write_into("add", qb, qb, eps / n_classes, xp=xp)
+            if w_c is not None:
+                qb = write_into("multiply", qb, qb, w_c, xp=xp)
+            coef = xp.sum(qb, axis=cax)
+            if z > 0.0:
+                coef = coef + 2.0 * z * xp.squeeze(lse_b, axis=cax)
+            gb = _scaled_softmax_into(gb, xb, None if fresh else lse_b, _expand(sb * coef, cax, xp=xp), cax, dtype,
+                                      xp=xp)
+            if not (isinstance(sb, float) and sb == 1.0):
+                qb = write_into("multiply", qb, qb, _expand(sb, cax, xp=xp), xp=xp)
+            gb = write_into("subtract", gb, gb, qb, xp=xp)
+        else:
+            safe = index.safe[i0:i1, ...]
+            w_y = None if w is None else _gather_weight(w, safe, xp=xp)
+            wy = 1.0 if w_y is None else w_y
+            coef_p = (1.0 - eps) * wy
+            if eps > 0.0:
+                coef_p = coef_p + (eps / n_classes) * w_sum
+            coef_p = sb * coef_p
+            if z > 0.0:
+                coef_p = coef_p + szb * (2.0 * z) * xp.squeeze(lse_b, axis=cax)
+            gb = _scaled_softmax_into(gb, xb, None if fresh else lse_b, _expand(coef_p, cax, xp=xp), cax, dtype,
+                                      xp=xp)
+            gb = _subtract_at(gb, safe, sb * (1.0 - eps) * wy, classes, cax, xp=xp)
+            if eps > 0.0:
+                sb_c = _expand(sb, cax, xp=xp)
+                if w_c is None or isinstance(sb_c, float) or sb_c.ndim == 0:
+                    u = sb_c * (eps / n_classes) if w_c is None else sb_c * ((eps / n_classes) * w_c)
+                else:  # per-row scale times per-class weight: a block, formed in a second buffer
+                    u = write_into("multiply", buffer("u", i1 - i0), sb_c, (eps / n_classes) * w_c, xp=xp)
+                gb = write_into("subtract", gb, gb, u, xp=xp)
+            gb = _zero_dropped(gb, index, i0, i1, cax, xp=xp)
+        if gb is not ob:
+            out[i0:i1, ...] = gb if inplace else _to_input(gb, xb, xp=xp)
+    return out if tuple(out.shape) == shape else xp.reshape(out, shape)
+
+
+# Classes per row from which the target positions of a CPU block are assigned one row at a
+# time (a few µs each) rather than through a block-sized boolean mask (two passes over it).
+_LOOP_CLASSES = 4096
+
+
+def _on_gpu(x: Array) -> bool:
+    return _engine._block_bytes(x) == _engine._BLOCK_BYTES_GPU
+
+
+def _softmax_into(
+    buf: Array | None, x: Array, lse: Array | None, ax: int, dtype: Any, *, xp: Namespace
+) -> tuple[Array, Array]:
+    """``(softmax(x), logsumexp(x))`` along ``ax`` (kept), the softmax written into ``buf``
+    (``buf`` None: allocated); as :func:`_softmax_and_lse`, reusing a saved ``lse``."""
+    if lse is not None:
+        buf = write_into("subtract", buf, x, lse, xp=xp)
+        return write_into("exp", buf, buf, xp=xp), lse
+    m = finite_max(x, ax, xp=xp)  # exact in half precision: taken before the upcast
+    if m.dtype != dtype:
+        m = xp.astype(m, dtype)
+    buf = write_into("subtract", buf, x, m, xp=xp)
+    if buf.dtype != dtype:
+        buf = xp.astype(buf, dtype)
+    buf = write_into("exp", buf, buf, xp=xp)
+    total = xp.sum(buf, axis=ax, keepdims=True)
+    some = total > 0.0  # False only for an all -inf slice (its loss is inf, or 0 if ignored)
+    safe = xp.where(some, total, 1.0)
+    return write_into("divide", buf, buf, safe, xp=xp), xp.where(some, xp.log(safe) + m, -float("inf"))
+
+
+def _scaled_softmax_into(
+    buf: Array | None, x: Array, lse: Array | None, a: Array | float, ax: int, dtype: Any, *, xp: Namespace
+) -> Array:
+    """``a · softmax(x)`` into ``buf``. ``lse`` None: ``buf`` already holds the softmax (from
+    :func:`_softmax_into`). With a saved ``lse`` and ``a > 0`` in every row the scale enters
+    the exponent, ``exp(x - (lse - log a))``: one pass over the block fewer."""
+    if lse is not None:
+        positive = a > 0.0 if isinstance(a, float) else bool(xp.all(a > 0.0))
+        if positive:
+            shift = lse - (math.log(a) if isinstance(a, float) else xp.log(a))
+            buf = write_into("subtract", buf, x, shift, xp=xp)
+            return write_into("exp", buf, buf, xp=xp)
+        buf, _ = _softmax_into(buf, x, lse, ax, dtype, xp=xp)
+    return write_into("multiply", buf, buf, a, xp=xp)
+
+
+def _subtract_at(
+    g: Array, index: Array, c: Array | float, classes: Array | None, ax: int, *, xp: Namespace
+) -> Array:
+    """``g - c·onehot(index)`` along ``ax``, changing only the target positions.
+
+    The standard has no scatter. ``classes`` None (classes on the last axis, many of them):
+    the targets are gathered, shifted and assigned back one row at a time, a few µs per row
+    against two passes over the row's C elements. Otherwise a boolean mask (1 byte per
+    element) selects them: boolean assignment takes values in row-major order, which is the
+    order of the gathered targets when the classes are the last axis; else ``c`` is put in
+    that order by indexing its broadcast with the same mask.
+    """
+    if ax == g.ndim - 1:
+        picked = take_along_class_axis(g, index, ax, xp=xp) - c
+        if classes is None:
+            for k in range(g.shape[0]):
+                g[k, int(index[k])] = picked[k]
+        else:
+            g[xp.expand_dims(index, axis=ax) == classes] = xp.reshape(picked, (-1,))
+        return g
+    mask = xp.expand_dims(index, axis=ax) == classes
+    c_all = xp.broadcast_to(xp.asarray(c, dtype=g.dtype, device=device_of(g)) if isinstance(c, float) else
+                            _expand(c, ax, xp=xp), tuple(g.shape))
+    g[mask] = g[mask] - c_all[mask]
+    return g
+
+
+def _zero_dropped(g: Array, index: _Index, i0: int, i1: int, ax: int, *, xp: Namespace) -> Array:
+    """Zero the gradient at ignored (and, lazily, out-of-range) positions of rows i0:i1
+    (assigned, so non-finite logits in a dropped row cannot leak NaN)."""
+    drop = index.ignored if index.invalid is None else index.invalid if index.ignored is None else (
+        index.ignored | index.invalid)
+    if drop is None:
+        return g
+    drop = drop[i0:i1, ...]
+    if bool(xp.any(drop)):
+        g[drop if ax == g.ndim - 1 else xp.broadcast_to(xp.expand_dims(drop, axis=ax), tuple(g.shape))] = 0.0
+    return g
 
 
 def _ce_block(

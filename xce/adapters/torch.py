@@ -3,8 +3,10 @@
 ``cross_entropy`` and ``linear_cross_entropy`` here are :func:`xce.cross_entropy` and
 :func:`xce.linear_cross_entropy` as ``torch.autograd.Function`` s: the forward runs the xce
 loss under ``torch.no_grad`` and saves the inputs plus O(N) per-position statistics (the
-logsumexp); the backward is :func:`xce.grad.ce_backward`, evaluated in blocks of rows, so
-no softmax-sized intermediates live between forward and backward.
+logsumexp, from the same sweep over the logits as the loss); the backward is
+:func:`xce.grad.ce_backward`, evaluated in blocks of rows written in place into the
+gradient, so no softmax-sized intermediates live between forward and backward and the
+backward's extra memory is the gradient plus one block.
 
 Gradients flow to ``input`` (and ``hidden``/``weight``/``bias`` for the linear loss). When
 a class ``weight`` or a probability ``target`` requires grad, the functions fall back to
@@ -21,10 +23,9 @@ import torch
 from .. import classification as _cls
 from .. import linear as _linear
 from .._namespace import namespace
-from .._validate import check_choice, check_classes, check_fraction, check_integer, check_real, class_axis
+from .._validate import check_integer
 from ..classification import _prepare_index
-from ..grad import ce_backward, row_logsumexp
-from ..labels import SMOOTHING_MODES, uniform_equivalent
+from ..grad import ce_backward
 
 __all__ = ["cross_entropy", "linear_cross_entropy", "needs_autograd"]
 
@@ -39,15 +40,13 @@ class _CrossEntropy(torch.autograd.Function):
     def forward(ctx: Any, input, target, weight, ignore_index, reduction, label_smoothing, axis, mode, z_loss):
         xp = namespace(("input", "target", "weight"), input, target, weight)
         with torch.no_grad():
-            loss = _cls.cross_entropy(input, target, weight, ignore_index, reduction, label_smoothing, axis=axis,
-                                      label_smoothing_mode=mode, z_loss=z_loss, xp=xp)
-            ax = class_axis(input, axis)
-            lse = row_logsumexp(input, ax, xp=xp)  # O(N): one value per position
+            args = _cls.check_cross_entropy_arguments(input, target, weight, ignore_index, reduction,
+                                                      label_smoothing, axis, mode, z_loss, xp=xp)
+            # One sweep over the logits: the loss and the per-position logsumexp it was built from.
+            loss, st = _cls.cross_entropy_with_stats(input, target, weight, args, xp=xp)
+            lse = (st.shift + st.lse).unsqueeze(args.ax)  # O(N): one value per position
         ctx.save_for_backward(input, target, weight, lse)
-        eps = uniform_equivalent(check_fraction(label_smoothing, "label_smoothing"),
-                                 check_choice(mode, "label_smoothing_mode", SMOOTHING_MODES),
-                                 check_classes(input, ax), "label_smoothing")
-        ctx.args = (check_integer(ignore_index, "ignore_index"), reduction, eps, ax, check_real(z_loss, "z_loss"))
+        ctx.args = (check_integer(ignore_index, "ignore_index"), args.reduction, args.eps, args.ax, args.z)
         return loss
 
     @staticmethod
