@@ -773,14 +773,6 @@ def sigmoid_focal_loss_grad(
 # --- shared pieces ---------------------------------------------------------------------------
 
 
-def row_logsumexp(input: Array, ax: int, *, xp: Namespace) -> Array:
-    """Per-position logsumexp along ``ax`` (kept), in the compute dtype: the O(N) statistic
-    the adapters save between forward and backward."""
-    work = _as_compute(input, xp=xp)
-    m = finite_max(work, ax, xp=xp)
-    return xp.log(xp.sum(xp.exp(work - m), axis=ax, keepdims=True)) + m
-
-
 def _softmax_and_lse(work: Array, ax: int, lse: Array | None, *, xp: Namespace) -> tuple[Array, Array]:
     """``(softmax(work), logsumexp(work))`` along ``ax`` (kept), reusing a saved ``lse``."""
     if lse is None:

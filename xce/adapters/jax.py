@@ -18,7 +18,7 @@ import jax.numpy as jnp
 from .. import classification as _cls
 from .._validate import check_choice, check_classes, check_fraction, check_integer, check_real, class_axis
 from ..classification import _prepare_index
-from ..grad import ce_backward, row_logsumexp
+from ..grad import ce_backward
 from ..labels import SMOOTHING_MODES, uniform_equivalent
 
 __all__ = ["cross_entropy"]
@@ -49,9 +49,11 @@ def _ce(input, target, weight, ignore_index, reduction, label_smoothing, axis, m
 
 
 def _fwd(input, target, weight, ignore_index, reduction, label_smoothing, axis, mode, z_loss):
-    loss = _ce(input, target, weight, ignore_index, reduction, label_smoothing, axis, mode, z_loss)
-    lse = row_logsumexp(input, class_axis(input, axis), xp=jnp)
-    return loss, (input, target, weight, lse)
+    args = _cls.check_cross_entropy_arguments(input, target, weight, ignore_index, reduction, label_smoothing, axis,
+                                              mode, z_loss, xp=jnp)
+    # The loss and the per-position logsumexp from the same statistics: one softmax pass.
+    loss, st = _cls.cross_entropy_with_stats(input, target, weight, args, xp=jnp)
+    return loss, (input, target, weight, jnp.expand_dims(st.shift + st.lse, args.ax))
 
 
 def _bwd(ignore_index, reduction, label_smoothing, axis, mode, z_loss, residuals, g):
