@@ -43,9 +43,11 @@ __all__ = ["RowStats", "config", "fused_stats", "plan", "row_stats", "supports"]
 # upcast block, x - m, exp(x - m)): 512 KiB keeps them in a 1 MiB L2 for single-threaded
 # kernels (NumPy on the thread pool). Backends that split every op over their own threads
 # (PyTorch on CPU) need bigger blocks for that split to pay off; GPUs bigger still, so a
-# kernel launch has enough work. Measured on a 2-core EPYC (see docs/performance.md).
+# kernel launch has enough work: PyTorch on CPU takes 4 MiB, growing with the input to
+# 16 MiB (see block_bytes). Measured on a 2-core EPYC (see docs/performance.md).
 _BLOCK_BYTES = 1 << 19
 _BLOCK_BYTES_INTRA_OP = 1 << 22
+_BLOCK_BYTES_INTRA_OP_MAX = 1 << 24
 _BLOCK_BYTES_GPU = 1 << 26
 # Above this many elements per slice x[i] (1 MiB of float32), classes are chunked.
 _CLASS_CHUNK = 1 << 18
@@ -77,7 +79,8 @@ def config(
         ``True`` uses it for every eager call, however small.
     block_rows : int, optional
         Rows (slices along axis 0) per block. Default: as many as fit in 512 KiB of
-        compute dtype (NumPy, array-api-strict), 4 MiB (PyTorch on CPU) or 64 MiB (GPU).
+        compute dtype (NumPy, array-api-strict), 4–16 MiB (PyTorch on CPU: 1/32 of the
+        input within those bounds) or 64 MiB (GPU).
     class_chunk : int, optional
         Classes per chunk when one slice is too large (online logsumexp). Default: chunk
         only slices above 2**18 elements.
@@ -178,11 +181,11 @@ def plan(x: Array, *, xp: Namespace, compute_dtype: Any = None) -> Plan:
     per_row = n_classes * inner
     class_chunk = opts.get("class_chunk")
     if class_chunk is None:
-        class_chunk = n_classes if per_row <= _CLASS_CHUNK else max(1, _block_bytes(x) // (itemsize * inner))
+        class_chunk = n_classes if per_row <= _CLASS_CHUNK else max(1, block_bytes(x) // (itemsize * inner))
     class_chunk = min(class_chunk, n_classes)
     block_rows = opts.get("block_rows")
     if block_rows is None:
-        block_rows = max(1, _block_bytes(x) // (itemsize * class_chunk * inner))
+        block_rows = max(1, block_bytes(x) // (itemsize * class_chunk * inner))
     block_rows = max(1, min(block_rows, rows))
     threads = 1
     if library_name(x) in _POOLED and not getattr(_IN_WORKER, "flag", False):
@@ -191,12 +194,23 @@ def plan(x: Array, *, xp: Namespace, compute_dtype: Any = None) -> Plan:
     return Plan(block_rows, class_chunk, threads)
 
 
-def _block_bytes(x: Array) -> int:
+def on_accelerator(x: Array) -> bool:
+    """Whether ``x`` lives on a GPU (CuPy, or a PyTorch tensor off the CPU)."""
     lib = library_name(x)
-    if lib == "cupy" or (lib == "torch" and x.device.type != "cpu"):
+    return lib == "cupy" or (lib == "torch" and x.device.type != "cpu")
+
+
+def block_bytes(x: Array) -> int:
+    """The engine's default block size in bytes for ``x`` (see the constants above)."""
+    if on_accelerator(x):
         return _BLOCK_BYTES_GPU
-    if lib == "torch":
-        return _BLOCK_BYTES_INTRA_OP
+    if library_name(x) == "torch":
+        # Each op of a block is one parallel region of torch's intra-op threads; when another
+        # process holds a core, every region waits for a descheduled thread (measured: a
+        # 4096x32000 forward went from 0.2 s to 4 s in 4 MiB blocks, 0.5 s in 64 MiB ones).
+        # Fewer, larger blocks as the input grows, still a small fraction of it.
+        total = math.prod(x.shape) * max(4, x.dtype.itemsize)  # in the compute dtype
+        return min(_BLOCK_BYTES_INTRA_OP_MAX, max(_BLOCK_BYTES_INTRA_OP, total // 32))
     return _BLOCK_BYTES
 
 

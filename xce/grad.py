@@ -245,8 +245,8 @@ def _block_rows(input: Array, ax: int, *, xp: Namespace) -> int | None:
     per_row = input.shape[-1] if ax == input.ndim - 1 else math.prod(input.shape[1:])
     itemsize = xp.finfo(compute_dtype(input.dtype, xp=xp)).bits // 8
     elements = _BLOCK_ELEMENTS
-    if _engine._block_bytes(input) == _engine._BLOCK_BYTES_GPU:  # a GPU: the engine's GPU block size
-        elements = max(elements, _engine._BLOCK_BYTES_GPU // itemsize)
+    if _engine.on_accelerator(input):  # a GPU: the engine's GPU block size
+        elements = max(elements, _engine.block_bytes(input) // itemsize)
     return max(1, elements // max(per_row, 1))
 
 
@@ -304,7 +304,7 @@ def _ce_blocked(
     w_c = None if w is None else _broadcast_classes(w, x.ndim, cax, xp=xp)
     if index is not None:
         w_sum = float(n_classes) if w is None else xp.sum(w)
-        loop = last and n_classes >= _LOOP_CLASSES and not _on_gpu(input)
+        loop = last and n_classes >= _LOOP_CLASSES and not _engine.on_accelerator(input)
         classes = None
         if not loop:
             cshape = [1] * x.ndim
@@ -364,10 +364,6 @@ def _ce_blocked(
 # Classes per row from which the target positions of a CPU block are assigned one row at a
 # time (a few µs each) rather than through a block-sized boolean mask (two passes over it).
 _LOOP_CLASSES = 4096
-
-
-def _on_gpu(x: Array) -> bool:
-    return _engine._block_bytes(x) == _engine._BLOCK_BYTES_GPU
 
 
 def _softmax_into(
