@@ -1,75 +1,132 @@
 """Fused ``linear_cross_entropy`` vs unfused ``F.linear`` + ``F.cross_entropy``: forward+backward
 time and peak extra memory, on PyTorch CPU (float32).
 
-Run ``python -m benchmarks.linear_ce [N D V [repeats]]`` (default 8192 1024 32000 2). Each
-variant runs in a fresh subprocess; "extra memory" is the peak resident set size minus the
-resident size once the inputs exist, so it counts every temporary and the gradients
-(``dh`` N·D and ``dW`` V·D floats), and is compared with the size of the logits (N·V floats).
+Run ``python -m benchmarks.linear_ce [N D V [repeats [block_rows]]]`` (default 8192 1024 32000 3).
+
+Memory: each variant runs two steps in a fresh subprocess, after a tiny warm-up step (so that
+loading MKL, oneDNN and OpenMP is not counted), and reports two measures of the extra memory,
+both compared with the size of the logits (N·V floats) and also shown net of the gradients
+themselves (``dh`` N·D and ``dW`` V·D floats, which any implementation returns):
+
+* ``rss``: the peak resident set size (``ru_maxrss``) minus the resident size once the
+  inputs exist, over the two steps. This is what the machine sees, but it also counts
+  what the C allocator keeps: glibc does not hand freed heap memory back to the OS below
+  its trim threshold, so freed temporaries can stay resident, and library-internal buffers
+  (BLAS packing) are included.
+* ``live``: the peak of the bytes held by live tensors during one more step, from the
+  allocation and free events of ``torch.profiler`` (``profile_memory=True``), summed in
+  time order. It is not fooled by allocator caching, but does not see non-tensor buffers.
+
+Time: one more subprocess alternates the two variants ``repeats`` times, so that both see the
+same machine load (it may be shared), and reports each variant's best and median time and
+the median of the per-round ratios fused/unfused. Compare ratios, not seconds.
 """
 
 from __future__ import annotations
 
 import json
+import statistics
 import subprocess
 import sys
 
 _CHILD = r"""
-import json, resource, sys, time
+import json, os, resource, sys, tempfile, time
 import torch
 import torch.nn.functional as F
 from xce.linear import linear_cross_entropy
 
-variant, n, d, v, repeats = sys.argv[1], *map(int, sys.argv[2:6])
-torch.manual_seed(0)
-h = torch.randn(n, d, requires_grad=True)
-w = (torch.randn(v, d) * d ** -0.5).requires_grad_(True)
-t = torch.randint(0, v, (n,))
+mode, n, d, v, repeats, block_rows = sys.argv[1], *map(int, sys.argv[2:7])
+block_rows = block_rows or None
+
+def make(n, d, v):
+    torch.manual_seed(0)
+    h = torch.randn(n, d, requires_grad=True)
+    w = (torch.randn(v, d) * d ** -0.5).requires_grad_(True)
+    return h, w, torch.randint(0, v, (n,))
+
+def step(h, w, t, variant):
+    h.grad = w.grad = None
+    if variant == "unfused":
+        loss = F.cross_entropy(F.linear(h, w), t)
+    else:
+        loss = linear_cross_entropy(h, w, t, block_rows=block_rows)
+    loss.backward()
+    return float(loss)
 
 def rss():
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * 4096
 
-def step():
-    h.grad = w.grad = None
-    if variant == "unfused":
-        loss = F.cross_entropy(F.linear(h, w), t)
-    else:
-        loss = linear_cross_entropy(h, w, t)
-    loss.backward()
-    return float(loss)
+def live_peak(h, w, t):
+    # Replay the profiler's [memory] events (bytes > 0: allocation, < 0: free) in time order.
+    from torch.profiler import ProfilerActivity, profile
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        step(h, w, t, mode)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "trace.json")
+        prof.export_chrome_trace(path)
+        with open(path) as f:
+            events = json.load(f)["traceEvents"]
+    mem = sorted((float(e["ts"]), int(e["args"]["Bytes"])) for e in events if e.get("name") == "[memory]")
+    live = peak = 0
+    for _, nbytes in mem:
+        live += nbytes
+        peak = max(peak, live)
+    return peak
 
-base = rss()
-times = []
-for _ in range(repeats):
-    t0 = time.perf_counter(); loss = step(); times.append(time.perf_counter() - t0)
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-print(json.dumps({"variant": variant, "loss": loss, "best_s": min(times), "times": times,
-                  "extra_bytes": peak - base, "threads": torch.get_num_threads()}))
+variants = ("unfused", "fused") if mode == "time" else (mode,)
+for variant in variants:  # warm-up: libraries and thread pools, not part of the measure
+    step(*make(64, 32, 256), variant)
+h, w, t = make(n, d, v)
+if mode == "time":
+    times = {variant: [] for variant in variants}
+    for _ in range(repeats):
+        for variant in variants:
+            t0 = time.perf_counter(); step(h, w, t, variant); times[variant].append(time.perf_counter() - t0)
+    print(json.dumps({"times": times, "threads": torch.get_num_threads()}))
+else:
+    base = rss()
+    for _ in range(2):  # a second step shows what the allocator keeps from the first
+        loss = step(h, w, t, mode)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    h.grad = w.grad = None
+    print(json.dumps({"loss": loss, "rss_bytes": peak - base, "live_bytes": live_peak(h, w, t)}))
 """
 
 
-def run(n: int, d: int, v: int, repeats: int) -> list[dict]:
-    out = []
-    for variant in ("unfused", "fused"):
-        res = subprocess.run([sys.executable, "-c", _CHILD, variant, str(n), str(d), str(v), str(repeats)],
-                             capture_output=True, text=True, check=True)
-        out.append(json.loads(res.stdout.strip().splitlines()[-1]))
+def _child(mode: str, n: int, d: int, v: int, repeats: int, block_rows: int) -> dict:
+    res = subprocess.run([sys.executable, "-c", _CHILD, mode, str(n), str(d), str(v), str(repeats), str(block_rows)],
+                         capture_output=True, text=True, check=True)
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def run(n: int, d: int, v: int, repeats: int, block_rows: int = 0) -> dict:
+    mem = {variant: _child(variant, n, d, v, 1, block_rows) for variant in ("unfused", "fused")}
+    timing = _child("time", n, d, v, repeats, block_rows)
+    times = timing["times"]
+    ratios = [f / u for f, u in zip(times["fused"], times["unfused"])]
     logits = n * v * 4
     grads = (n * d + v * d) * 4
-    print(f"N={n} D={d} V={v} float32, torch CPU threads={out[0]['threads']}; logits {logits / 2**20:.0f} MiB, "
-          f"gradients dh+dW {grads / 2**20:.0f} MiB")
-    for r in out:
-        extra = r["extra_bytes"]
-        print(f"  {r['variant']:8s} loss={r['loss']:.6f} best fwd+bwd {r['best_s']:.3f} s  "
-              f"extra {extra / 2**20:7.0f} MiB = {extra / logits:.3f} x logits; beyond gradients "
-              f"{(extra - grads) / 2**20:7.0f} MiB = {(extra - grads) / logits:.3f} x logits")
-    print(f"  time ratio fused/unfused = {out[1]['best_s'] / out[0]['best_s']:.2f}")
-    return out
+    mib = 2**20
+    print(f"N={n} D={d} V={v} float32, torch CPU threads={timing['threads']}; logits {logits / mib:.0f} MiB, "
+          f"gradients dh+dW {grads / mib:.0f} MiB; extra memory in MiB (x logits), beyond the gradients in [ ]")
+    for variant, r in mem.items():
+        cols = "  ".join(f"{key} {r[key + '_bytes'] / mib:6.0f} ({r[key + '_bytes'] / logits:.3f}) "
+                         f"[{(r[key + '_bytes'] - grads) / mib:6.0f} ({(r[key + '_bytes'] - grads) / logits:.3f})]"
+                         for key in ("rss", "live"))
+        print(f"  {variant:8s} loss={r['loss']:.6f}  {cols}")
+        ts = times[variant]
+        print(f"  {'':8s} fwd+bwd best {min(ts):6.2f} s  median {statistics.median(ts):6.2f} s  "
+              f"all {' '.join(f'{x:.2f}' for x in ts)}")
+    print(f"  time ratio fused/unfused: median of {len(ratios)} alternating rounds {statistics.median(ratios):.2f} "
+          f"(rounds {' '.join(f'{x:.2f}' for x in ratios)}); of the best times "
+          f"{min(times['fused']) / min(times['unfused']):.2f}")
+    return {"memory": mem, "times": times}
 
 
 def main(argv: list[str]) -> None:
-    n, d, v, repeats = (list(map(int, argv)) + [8192, 1024, 32000, 2][len(argv):])[:4]
-    run(n, d, v, repeats)
+    n, d, v, repeats, block_rows = (list(map(int, argv)) + [8192, 1024, 32000, 3, 0][len(argv):])[:5]
+    run(n, d, v, repeats, block_rows)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,18 @@ same sweep produces :math:`\partial L/\partial h`, :math:`\partial L/\partial W`
 :math:`\partial L/\partial b`, so forward plus backward costs the three matrix products of
 the unfused computation.
 
+Memory: one ``(block_rows, V)`` buffer (by default 16M elements, 64 MiB in float32: tall
+blocks keep the ``dW`` updates efficient) holds a block's logits, then in place their
+exponentials, whose rows are scaled into the gradient only inside the products (the row
+scales go on the ``(rows, D)`` operands); one ``(v_chunk, D)`` buffer (2M elements) holds a slice of
+the block's ``dW`` update, and ``dL/dh`` is written block by block into its final array.
+Where the library has ``out=`` and views (NumPy, PyTorch, CuPy) both buffers are allocated
+once per call. The gradient's one-hot part :math:`-c_1 e_y` never touches a block: its
+``dL/dh`` term is :math:`-c_1 W_y` (a gather), and its ``dW`` term, a scatter-add the
+standard lacks, is summed over the rows sorted by target. For N = 8192, D = 1024, V = 32000
+the extra memory beyond the gradients is about a tenth of the logits
+(``benchmarks/linear_ce.py``).
+
 Eager arrays (NumPy, PyTorch, CuPy, array-api-strict) take the blocked path. JAX and Dask
 arrays take the unfused formula ``cross_entropy(h @ W.T + b, ...)``: under ``jax.jit`` a
 Python loop over blocks would unroll into the trace, and XLA and Dask schedule the fused
@@ -19,7 +31,16 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
-from ._namespace import Array, Namespace, compute_dtype, device_of, is_lazy, namespace, take_along_class_axis
+from ._namespace import (
+    Array,
+    Namespace,
+    compute_dtype,
+    device_of,
+    is_lazy,
+    namespace,
+    take_along_class_axis,
+    write_into,
+)
 from ._softmax import finite_max
 from ._validate import check_fraction, check_integer, check_linear_shapes, check_real, check_reduction
 from .classification import _denominator, _prepare_index, cross_entropy
@@ -28,9 +49,11 @@ from .grad import _scale, cross_entropy_grad, register
 __all__ = ["linear_cross_entropy"]
 
 _NAMES = ("hidden", "weight", "target", "bias")
-# Elements of one block of logits (32 MiB in float32): a few such temporaries are alive at once.
-_BLOCK_ELEMENTS = 1 << 23
-_VOCAB_CHUNK_ELEMENTS = 1 << 22
+# Elements of one block of logits (64 MiB in float32), the only (rows, V) temporary: few,
+# tall blocks keep dW's rank-`rows` updates efficient (each also reads and writes all of dW).
+_BLOCK_ELEMENTS = 1 << 24
+# Elements of one (v_chunk, D) slice of a block's dW product (8 MiB in float32).
+_VOCAB_CHUNK_ELEMENTS = 1 << 21
 _ALIASING: dict[int, bool] = {}
 
 
@@ -66,7 +89,7 @@ def linear_cross_entropy(
 
     and ``"mean"`` divides by the number of non-ignored rows. The smoothing term needs no
     pass over the vocabulary: :math:`\sum_c x_{i,c} = h_i \cdot \sum_c W_c + \sum_c b_c`.
-    Eager arrays are evaluated in blocks of ``block_rows`` rows (default: about 4M logits
+    Eager arrays are evaluated in blocks of ``block_rows`` rows (default: about 16M logits
     per block), so the extra memory is O(block_rows · V), not O(N · V). On PyTorch tensors
     that require grad, ``.backward()`` goes through :func:`xce.adapters.torch.linear_cross_entropy`
     (blocked as well); ``xce.value_and_grad(xce.linear_cross_entropy)`` gives the three
@@ -184,7 +207,16 @@ def fused(
     block_rows: int | None = None,
     xp: Namespace,
 ) -> Fused:
-    """The blocked sweep (eager arrays, validated arguments): loss and/or the three gradients."""
+    """The blocked sweep (eager arrays, validated arguments): loss and/or the three gradients.
+
+    Per block of ``rows`` rows the temporaries are one ``(rows, V)`` buffer (the logits, turned
+    in place into their shifted exponentials ``e``), one ``(v_chunk, D)`` product for ``dW``
+    and O(rows·D) vectors. Where slices are views and ``out=`` exists (NumPy, PyTorch, CuPy)
+    the two buffers are allocated once and reused, and ``e @ W`` is written straight into
+    ``d_hidden``; elsewhere each operation allocates. Of ``G = q·e - c1·onehot(y) - c2`` only
+    ``q·e`` is formed from the block (``q`` scales rows of the ``(rows, D)`` operands); the
+    other two terms are O(D) per row, the ``dW`` part of the one-hot in :func:`_subtract_targets`.
+    """
     lead = tuple(hidden.shape[:-1])
     n_features, vocab = hidden.shape[-1], weight.shape[0]
     h2 = xp.reshape(hidden, (-1, n_features))
@@ -197,75 +229,105 @@ def fused(
     # One denominator for both parts: no class weights, so Σ w_y is the count of kept rows.
     s = _scale(None if cotangent is None else xp.reshape(cotangent, (-1,)) if reduction == "none" else cotangent,
                reduction, like, _denominator(None, index, xp=xp), dtype, xp=xp) if want_grad else 0.0
-    rows = block_rows if block_rows is not None else max(16, _BLOCK_ELEMENTS // max(vocab, 1))
+    rows = block_rows if block_rows is not None else max(8, _BLOCK_ELEMENTS // max(vocab, 1))
     rows = max(1, min(int(rows), max(n, 1)))
-    v_chunk = max(1, _VOCAB_CHUNK_ELEMENTS // max(n_features, 1))
-    class_sum = None
-    if eps > 0.0 and want_loss:  # Σ_c x_c = h · Σ_c W_c + Σ_c b_c: O(D), no sweep needed
-        w_sum = xp.sum(xp.astype(weight, dtype), axis=0)
-        class_sum = xp.astype(h2, dtype) @ w_sum
+    v_chunk = max(1, min(vocab, _VOCAB_CHUNK_ELEMENTS // max(n_features, 1)))
+    class_sum = w_sum = None
+    if eps > 0.0:  # Σ_c W_c: Σ_c x_c = h · Σ_c W_c + Σ_c b_c needs no sweep, and G's uniform part is O(D)
+        w_sum = xp.sum(_cast(weight, dtype, xp=xp), axis=0)
+    if eps > 0.0 and want_loss:
+        class_sum = _cast(h2, dtype, xp=xp) @ w_sum
         if bias is not None:
-            class_sum = class_sum + xp.sum(xp.astype(bias, dtype))
-    losses, d_hidden = [], []
-    d_weight = xp.zeros((vocab, n_features), dtype=dtype, device=dev) if want_grad else None
-    d_bias = xp.zeros((vocab,), dtype=dtype, device=dev) if want_grad and bias is not None else None
-    views = None
-    if want_grad and _slices_alias(xp, dev):
-        views = [d_weight[v0:min(v0 + v_chunk, vocab), ...] for v0 in range(0, vocab, v_chunk)]
-    classes = xp.reshape(xp.arange(vocab, dtype=index.safe.dtype, device=dev), (1, vocab))
+            class_sum = class_sum + xp.sum(_cast(bias, dtype, xp=xp))
+    per_row = xp.zeros((n,), dtype=dtype, device=dev) if want_loss else None
+    d_hidden = d_weight = d_bias = None
+    if want_grad:
+        d_hidden = xp.empty((n, n_features), dtype=hidden.dtype, device=dev)
+        d_weight = xp.zeros((vocab, n_features), dtype=dtype, device=dev)
+        d_bias = xp.zeros((vocab,), dtype=dtype, device=dev) if bias is not None else None
+    c1 = c2 = c2_h = None
+    if want_grad:  # G's coefficients per row: c1 = s·(1 - ε) at the target, c2 = s·ε/V everywhere
+        c1 = s * (1.0 - eps) + xp.zeros((n,), dtype=dtype, device=dev)
+        c1 = c1 if drop is None else xp.where(drop, 0.0, c1)
+        if eps > 0.0:
+            c2 = s * (eps / vocab) + xp.zeros_like(c1)
+            c2 = c2 if drop is None else xp.where(drop, 0.0, c2)
+            c2_h = xp.zeros((n_features,), dtype=dtype, device=dev)  # Σ_i c2_i h_i, subtracted from every row of dW
+    fold = dtype == hidden.dtype
+    # Buffers reused by every block (written through out= and views); elsewhere each
+    # operation returns a new array and the buffers stay None.
+    alias = _slices_alias(xp, dev)
+    logits_buf = part_buf = None
+    if alias and fold:
+        logits_buf = xp.empty((rows, vocab), dtype=dtype, device=dev)
+        if want_grad:
+            part_buf = xp.empty((v_chunk, n_features), dtype=dtype, device=dev)
+    w_t = xp.matrix_transpose(weight)
     for i0 in range(0, n, rows):
         i1 = min(i0 + rows, n)
         h = h2[i0:i1, ...]
-        x = h @ xp.matrix_transpose(weight)
+        x = h @ w_t if logits_buf is None else write_into("matmul", logits_buf[:i1 - i0, ...], h, w_t, xp=xp)
         if bias is not None:
-            x = x + bias
-        if x.dtype != dtype:
-            x = xp.astype(x, dtype)
+            x = x + bias if bias.dtype != x.dtype else _iadd(x, bias)
+        x = _cast(x, dtype, xp=xp)
         y = index.safe[i0:i1]
         m = finite_max(x, 1, xp=xp)
-        x -= m  # in place: one block-sized buffer for the shifted logits, one for exp
-        e = xp.exp(x)
+        kept = None if drop is None else ~drop[i0:i1]
+        x_y = take_along_class_axis(x, y, 1, xp=xp) if want_loss else None  # before x is overwritten
+        x -= m
+        e = write_into("exp", x, x, xp=xp)  # in place where possible: x is not needed any more
         total = xp.sum(e, axis=1, keepdims=True)
         lse = xp.squeeze(xp.log(total) + m, axis=1)
-        kept = None if drop is None else ~drop[i0:i1]
         if want_loss:
-            x_y = take_along_class_axis(x, y, 1, xp=xp) + xp.squeeze(m, axis=1)
             loss = lse - (1.0 - eps) * x_y
             if class_sum is not None:
                 loss = loss - (eps / vocab) * class_sum[i0:i1]
             if z > 0.0:
                 loss = loss + z * lse**2
-            losses.append(loss if kept is None else xp.where(kept, loss, 0.0))
+            per_row[i0:i1] = loss if kept is None else xp.where(kept, loss, 0.0)
         del x
         if not want_grad:
             continue
         s_i = s if isinstance(s, float) or s.ndim == 0 else s[i0:i1]
         a = s_i * (1.0 + (2.0 * z) * lse) if z > 0.0 else s_i + xp.zeros_like(lse)
-        c1 = s_i * (1.0 - eps) + xp.zeros_like(lse)
         if kept is not None:
-            a, c1 = xp.where(kept, a, 0.0), xp.where(kept, c1, 0.0)
-        # G = a·p - c1·e_y - s·ε/V, formed in place in the exp buffer.
-        e /= total
-        e *= xp.expand_dims(a, axis=1)
-        e -= xp.where(xp.expand_dims(y, axis=1) == classes, xp.expand_dims(c1, axis=1), 0.0)
-        if eps > 0.0:
-            c2 = s_i * (eps / vocab) + xp.zeros_like(lse)
-            e -= xp.expand_dims(c2 if kept is None else xp.where(kept, c2, 0.0), axis=1)
-        g = e if e.dtype == hidden.dtype else xp.astype(e, hidden.dtype)
-        d_hidden.append(g @ weight)
-        for j, v0 in enumerate(range(0, vocab, v_chunk)):
+            a = xp.where(kept, a, 0.0)
+        # G = q·e - c1·e_y - c2 with the row scale q = a / Σe. Only the first term touches the
+        # block; q is applied to the (rows, D) operands (G W = q·(e W), Gᵀh = eᵀ(q·h)) rather than
+        # to the (rows, V) block, except in half precision, where e is scaled before its cast.
+        q = a / xp.squeeze(total, axis=1)
+        if fold:
+            g, h_q = e, xp.expand_dims(q, axis=1) * h
+        else:
+            e *= xp.expand_dims(q, axis=1)
+            g, h_q = _cast(e, hidden.dtype, xp=xp), h
+        # dL/dh = q·(e W) - c1·W[y] - c2·ΣW
+        _matmul_into(d_hidden, i0, i1, g, weight, alias=alias, xp=xp)
+        rest = xp.expand_dims(c1[i0:i1], axis=1) * _cast(xp.take(weight, y, axis=0), dtype, xp=xp)
+        if c2 is not None:
+            rest += xp.expand_dims(c2[i0:i1], axis=1) * w_sum
+            c2_h = c2_h + c2[i0:i1] @ _cast(h, dtype, xp=xp)
+        _add_into(d_hidden, i0, i1, _cast(rest, hidden.dtype, xp=xp), alias=alias, subtract=True,
+                  scale=xp.expand_dims(_cast(q, hidden.dtype, xp=xp), axis=1) if fold else None)
+        for v0 in range(0, vocab, v_chunk):
             v1 = min(v0 + v_chunk, vocab)
-            part = xp.matrix_transpose(g[:, v0:v1]) @ h
-            part = part if part.dtype == dtype else xp.astype(part, dtype)
-            if views is not None:
-                views[j] += part  # a view: accumulates into d_weight without a copy back
-            else:
-                d_weight[v0:v1, ...] += part
+            g_t = xp.matrix_transpose(g[:, v0:v1])
+            part = g_t @ h_q if part_buf is None else write_into("matmul", part_buf[:v1 - v0, ...], g_t, h_q, xp=xp)
+            _add_into(d_weight, v0, v1, _cast(part, dtype, xp=xp), alias=alias)
         if d_bias is not None:
-            d_bias += xp.sum(e, axis=0)
+            d_bias += q @ e if fold else xp.sum(e, axis=0)
+    if want_grad:
+        # Nothing may still refer to the block buffers, so that they are freed before the correction.
+        logits_buf = part_buf = e = g = g_t = part = None
+        if c2 is not None:  # the uniform part: -c2_i added to every class of row i
+            d_weight -= c2_h
+            if d_bias is not None:
+                d_bias -= xp.sum(c2)
+        if eps < 1.0:
+            _subtract_targets(d_weight, d_bias, h2, index.safe, c1, drop, rows=rows, v_chunk=v_chunk, alias=alias,
+                              xp=xp)
     loss_out = None
     if want_loss:
-        per_row = xp.concat(losses) if losses else xp.zeros((0,), dtype=dtype, device=dev)
         if reduction == "none":
             loss_out = xp.reshape(per_row, lead)
         elif reduction == "sum":
@@ -273,16 +335,77 @@ def fused(
         else:
             loss_out = xp.sum(per_row) / xp.astype(xp.sum(_denominator(None, index, xp=xp) if drop is not None else
                                                           xp.ones((n,), dtype=dtype, device=dev)), dtype)
-        if loss_out.dtype != hidden.dtype:
-            loss_out = xp.astype(loss_out, hidden.dtype)
+        loss_out = _cast(loss_out, hidden.dtype, xp=xp)
     if not want_grad:
         return Fused(loss_out, None, None, None)
-    dh = xp.concat(d_hidden) if d_hidden else xp.zeros((0, n_features), dtype=hidden.dtype, device=dev)
-    dh = xp.reshape(dh, tuple(hidden.shape))
-    if dh.dtype != hidden.dtype:
-        dh = xp.astype(dh, hidden.dtype)
-    return Fused(loss_out, dh, _cast(d_weight, weight.dtype, xp=xp),
+    return Fused(loss_out, xp.reshape(d_hidden, tuple(hidden.shape)), _cast(d_weight, weight.dtype, xp=xp),
                  None if d_bias is None else _cast(d_bias, bias.dtype, xp=xp))
+
+
+def _iadd(x: Array, y: Array) -> Array:
+    x += y
+    return x
+
+
+def _add_into(out: Array, i0: int, i1: int, value: Array, *, alias: bool, subtract: bool = False,
+              scale: Array | None = None) -> None:
+    """``out[i0:i1] = out[i0:i1]·scale ± value``: in place through a view where slices alias,
+    else on the slice's copy, written back by setitem."""
+    view = out[i0:i1, ...]
+    if scale is not None:
+        view *= scale
+    if subtract:
+        view -= value
+    else:
+        view += value
+    if not alias:
+        out[i0:i1, ...] = view
+
+
+def _matmul_into(out: Array, i0: int, i1: int, a: Array, b: Array, *, alias: bool, xp: Namespace) -> None:
+    """``out[i0:i1] = a @ b``, with the product written in place where the slice is a view."""
+    view = out[i0:i1, ...] if alias else None
+    res = a @ b if view is None else write_into("matmul", view, a, b, xp=xp)
+    if res is not view:
+        out[i0:i1, ...] = res
+
+
+def _subtract_targets(d_weight: Array, d_bias: Array | None, h2: Array, y: Array, c1: Array, drop: Array | None,
+                      *, rows: int, v_chunk: int, alias: bool, xp: Namespace) -> None:
+    """``d_weight[y_i] -= c1_i·h_i`` and ``d_bias[y_i] -= c1_i`` for all rows, in place.
+
+    The standard has no scatter-add, so the rows are sorted by target: each class's rows
+    form a run, and its sum is a difference of two cumulative sums. Cumulative sums restart
+    every ``rows`` sorted rows (their rounding error grows with the run), and a vocabulary
+    chunk at a time is taken from them: O((N + V)·D) work in a few dozen operations, with
+    ``(rows, D)`` and ``(v_chunk, D)`` temporaries.
+    """
+    vocab, dev = d_weight.shape[0], device_of(d_weight)
+    key = y if drop is None else xp.where(drop, vocab, y)  # ignored rows sort past every class
+    order = xp.argsort(key)
+    key = xp.take(key, order)
+    # Class v's rows, in sorted order: bounds[v] to bounds[v + 1].
+    bounds = xp.searchsorted(key, xp.arange(vocab + 1, dtype=key.dtype, device=dev))
+    n_kept = int(bounds[vocab])
+    for p0 in range(0, n_kept, rows):
+        p1 = min(p0 + rows, n_kept)
+        idx = order[p0:p1]
+        c = xp.take(c1, idx)
+        hc = xp.expand_dims(c, axis=1) * _cast(xp.take(h2, idx, axis=0), d_weight.dtype, xp=xp)
+        cs = xp.cumulative_sum(hc, axis=0, include_initial=True)
+        del hc
+        cb = None if d_bias is None else xp.cumulative_sum(c, include_initial=True)
+        # Classes whose runs meet this piece: key[p0] .. key[p1 - 1].
+        k0, k1 = int(key[p0]), int(key[p1 - 1]) + 1
+        for v0 in range(k0, k1, v_chunk):
+            v1 = min(v0 + v_chunk, k1)
+            local = xp.clip(bounds[v0:v1 + 1], p0, p1) - p0
+            lo, hi = local[:-1], local[1:]
+            run_sums = xp.take(cs, hi, axis=0)
+            run_sums -= xp.take(cs, lo, axis=0)
+            _add_into(d_weight, v0, v1, run_sums, alias=alias, subtract=True)
+            if cb is not None:
+                _add_into(d_bias, v0, v1, xp.take(cb, hi) - xp.take(cb, lo), alias=alias, subtract=True)
 
 
 def _slices_alias(xp: Namespace, device: Any) -> bool:
