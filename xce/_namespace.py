@@ -36,6 +36,7 @@ _INDEX_DTYPE_CACHE: dict[int, Any] = {}
 _COMPUTE_DTYPE_CACHE: dict[tuple[int, Any], Any] = {}
 # Libraries whose functions take ``out=`` with NumPy's meaning (write the result there).
 _OUT_LIBRARIES = frozenset({"numpy", "cupy", "torch"})
+_ELEMENTWISE = frozenset({"add", "subtract", "multiply", "divide", "exp"})
 _KNOWN_LIBRARIES = {"numpy", "torch", "cupy", "jax", "jaxlib", "dask", "array_api_strict"}
 # Positional array arguments that may never be None (optional ones such as ``weight`` may).
 _REQUIRED = frozenset({"input", "target", "x"})
@@ -195,6 +196,13 @@ def write_into(name: str, out: Array | None, *args: Array | float, xp: Namespace
         return getattr(xp, name)(*args)
     lib = library_name(out)
     if lib in _OUT_LIBRARIES and not (lib == "torch" and _records_autograd(args)):
+        first = args[0]
+        if (lib == "torch" and name in _ELEMENTWISE and getattr(first, "dtype", out.dtype) != out.dtype
+                and all(a is not out for a in args)):
+            # PyTorch would first allocate an upcast copy of the whole operand (every block, in
+            # a loop); assigning it into out casts in place. (NumPy casts in small buffers.)
+            out[...] = first
+            args = (out, *args[1:])
         return getattr(sys.modules[lib], name)(*args, out=out)
     return getattr(xp, name)(*args)
 
