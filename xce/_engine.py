@@ -33,7 +33,16 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, NamedTuple
 
-from ._namespace import Array, Namespace, device_of, library_name, take_along_class_axis, write_into, writes_into
+from ._namespace import (
+    Array,
+    Namespace,
+    as_dtype,
+    device_of,
+    library_name,
+    take_along_class_axis,
+    write_into,
+    writes_into,
+)
 from ._namespace import compute_dtype as default_compute_dtype
 from ._softmax import finite_max
 
@@ -241,14 +250,14 @@ def _block(
     if class_chunk >= n_classes:
         # The max of half-precision values is exact, so it is taken before the upcast; the
         # subtraction then promotes: no float32 copy of the block besides s itself.
-        shift = _cast(finite_max(x, 1, xp=xp), dtype, xp=xp)
+        shift = as_dtype(finite_max(x, 1, xp=xp), dtype, xp=xp)
         s = write_into("subtract", work, x, shift, xp=xp)
         target = None
         if index is not None:
             # Gathered from x, not s: s then only feeds reductions, which XLA fuses without
             # materialising it (same value: the subtraction is elementwise either way).
             raw = xp.expand_dims(take_along_class_axis(x, index, 1, xp=xp), axis=1)
-            target = _cast(raw, dtype, xp=xp) - shift
+            target = as_dtype(raw, dtype, xp=xp) - shift
         csum = None
         if class_sum:
             csum = xp.sum(s if w_all is None else s * w_all, axis=1, keepdims=True)
@@ -267,7 +276,7 @@ def _block(
     for c0 in range(0, n_classes, class_chunk):
         c1 = min(c0 + class_chunk, n_classes)
         xc = x[:, c0:c1, ...]
-        xc = _cast(xc, dtype, xp=xp)
+        xc = as_dtype(xc, dtype, xp=xp)
         cmax = xp.max(xc, axis=1, keepdims=True)
         raw_max = cmax if raw_max is None else xp.maximum(raw_max, cmax)
         new_shift = xp.where(xp.isfinite(raw_max), raw_max, 0.0)
@@ -291,17 +300,13 @@ def _block(
     target = None
     if index is not None:
         raw = xp.expand_dims(take_along_class_axis(x, index, 1, xp=xp), axis=1)
-        target = _cast(raw, dtype, xp=xp) - shift
+        target = as_dtype(raw, dtype, xp=xp) - shift
     delta = ref - shift  # Σ w (x - shift) = Σ w (x - ref) + W (ref - shift)
     if class_sum:
         csum = csum + delta * (n_classes if w_all is None else xp.sum(weight))
     if probs is not None:
         pdot = pdot + delta * pmass
     return shift, lse, target, csum, pdot, pmass
-
-
-def _cast(a: Array, dtype: Any, *, xp: Namespace) -> Array:
-    return a if a.dtype == dtype else xp.astype(a, dtype)
 
 
 def _prob_terms(

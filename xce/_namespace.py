@@ -13,6 +13,8 @@ from typing import Any
 import array_api_compat
 
 __all__ = [
+    "as_compute",
+    "as_dtype",
     "compute_dtype",
     "device_of",
     "has_values",
@@ -147,6 +149,16 @@ def compute_dtype(dtype: Any, *, xp: Namespace) -> Any:
     out = xp.float32 if xp.finfo(dtype).bits < 32 else dtype
     _COMPUTE_DTYPE_CACHE[key] = out
     return out
+
+
+def as_dtype(a: Array, dtype: Any, *, xp: Namespace) -> Array:
+    """``a`` in ``dtype``; ``a`` itself when it already is (``xp.astype`` always copies)."""
+    return a if a.dtype == dtype else xp.astype(a, dtype)
+
+
+def as_compute(a: Array, *, xp: Namespace) -> Array:
+    """``a`` in its compute dtype (float32 for half precision), copied only when that differs."""
+    return as_dtype(a, compute_dtype(a.dtype, xp=xp), xp=xp)
 
 
 def take_along_class_axis(x: Array, index: Array, axis: int, *, xp: Namespace) -> Array:

@@ -9,7 +9,7 @@ and the result is returned in the input's dtype.
 
 from __future__ import annotations
 
-from ._namespace import Array, Namespace, compute_dtype, device_of, namespace
+from ._namespace import Array, Namespace, as_compute, device_of, namespace
 from ._validate import check_axes, check_floating
 
 __all__ = ["log_softmax", "logsumexp", "softmax"]
@@ -35,11 +35,6 @@ def shifted_logsumexp(x: Array, axis: int, *, xp: Namespace) -> tuple[Array, Arr
     return shifted, xp.log(xp.sum(xp.exp(shifted), axis=axis, keepdims=True))
 
 
-def _upcast(x: Array, *, xp: Namespace) -> Array:
-    dtype = compute_dtype(x.dtype, xp=xp)
-    return x if dtype == x.dtype else xp.astype(x, dtype)
-
-
 def logsumexp(
     x: Array, /, *, axis: int | tuple[int, ...] | None = None, keepdims: bool = False, xp: Namespace | None = None
 ) -> Array:
@@ -57,7 +52,7 @@ def logsumexp(
     xp = namespace(("x",), x, xp=xp)
     check_floating(x, "x", xp=xp)
     axis = check_axes(x, axis)
-    work = _upcast(x, xp=xp)
+    work = as_compute(x, xp=xp)
     m = finite_max(work, axis, xp=xp)
     out = xp.log(xp.sum(xp.exp(work - m), axis=axis, keepdims=True)) + m
     if not keepdims:
@@ -78,7 +73,7 @@ def log_softmax(x: Array, /, *, axis: int = -1, xp: Namespace | None = None) -> 
     xp = namespace(("x",), x, xp=xp)
     check_floating(x, "x", xp=xp)
     axis = check_axes(x, axis)
-    work = _upcast(x, xp=xp)
+    work = as_compute(x, xp=xp)
     shifted, lse = shifted_logsumexp(work, axis, xp=xp)
     out = shifted - lse
     return xp.astype(out, x.dtype) if out.dtype != x.dtype else out
@@ -96,7 +91,7 @@ def softmax(x: Array, /, *, axis: int = -1, xp: Namespace | None = None) -> Arra
     xp = namespace(("x",), x, xp=xp)
     check_floating(x, "x", xp=xp)
     axis = check_axes(x, axis)
-    work = _upcast(x, xp=xp)
+    work = as_compute(x, xp=xp)
     e = xp.exp(work - finite_max(work, axis, xp=xp))
     out = e / xp.sum(e, axis=axis, keepdims=True)
     return xp.astype(out, x.dtype) if out.dtype != x.dtype else out

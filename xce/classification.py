@@ -15,6 +15,7 @@ from ._engine import RowStats
 from ._namespace import (
     Array,
     Namespace,
+    as_compute,
     compute_dtype,
     device_of,
     has_values,
@@ -227,7 +228,7 @@ def nll_loss(
     check_weight(weight, n_classes, input, xp=xp, lazy=lazy)
     check_index_target(target, input, ax, xp=xp, lazy=lazy)
 
-    work = _as_compute(input, xp=xp)
+    work = as_compute(input, xp=xp)
     index = _prepare_index(target, n_classes, ignore_index, xp=xp, lazy=lazy)
     loss = -take_along_class_axis(work, index.safe, ax, xp=xp)
     w_y = None if weight is None else _gather_weight(xp.astype(weight, work.dtype), index.safe, xp=xp)
@@ -511,11 +512,6 @@ def _denominator(w_y: Array | None, index: _Index, *, xp: Namespace) -> Array | 
         return w_y
     kept = w_y if w_y is not None else xp.ones(index.ignored.shape, dtype=xp.float32, device=device_of(index.safe))
     return xp.where(index.ignored, 0.0, kept)
-
-
-def _as_compute(x: Array, *, xp: Namespace) -> Array:
-    dtype = compute_dtype(x.dtype, xp=xp)
-    return x if dtype == x.dtype else xp.astype(x, dtype)
 
 
 def _softmax_stats(

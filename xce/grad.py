@@ -50,6 +50,7 @@ from . import classification as _cls
 from ._namespace import (
     Array,
     Namespace,
+    as_compute,
     compute_dtype,
     device_of,
     index_dtype,
@@ -448,7 +449,7 @@ def _ce_block(
     s: Array | float, s_z: Array | float, lse: Array | None, *, xp: Namespace,
 ) -> Array:
     """Cross-entropy gradient of a block of rows, given the per-position scales."""
-    work = _as_compute(input, xp=xp)
+    work = as_compute(input, xp=xp)
     p, lse = _softmax_and_lse(work, ax, lse, xp=xp)
     n_classes = work.shape[ax]
     lse_r = xp.squeeze(lse, axis=ax)
@@ -508,7 +509,7 @@ def nll_loss_grad(
     lazy = is_lazy(input)
     check_weight(weight, n_classes, input, xp=xp, lazy=lazy)
     check_index_target(target, input, ax, xp=xp, lazy=lazy)
-    work = _as_compute(input, xp=xp)
+    work = as_compute(input, xp=xp)
     index = _prepare_index(target, n_classes, ignore_index, xp=xp, lazy=lazy)
     w_y = None if weight is None else _gather_weight(xp.astype(weight, work.dtype), index.safe, xp=xp)
     s = _scale(cotangent, reduction, index.safe, _denominator(w_y, index, xp=xp), work.dtype, xp=xp)
@@ -600,7 +601,7 @@ def _target_prob_grad(
         raise ValueError(f"{name} takes class-index targets (input's shape without the class axis); got a target "
                          f"of input's shape {tuple(input.shape)}.")
     check_index_target(target, input, ax, xp=xp, lazy=lazy)
-    work = _as_compute(input, xp=xp)
+    work = as_compute(input, xp=xp)
     index = _prepare_index(target, n_classes, ignore_index, xp=xp, lazy=lazy)
     p, lse = _softmax_and_lse(work, ax, None, xp=xp)
     onehot = _one_hot(index.safe, work, ax, xp=xp)
@@ -840,11 +841,6 @@ def _finish_elementwise(g: Array, weight: Array | None, reduction: str, cotangen
         g = xp.astype(weight, g.dtype) * g
     s = _scale(cotangent, reduction, g, None, g.dtype, xp=xp)
     return _to_input(s * g, input, xp=xp)
-
-
-def _as_compute(x: Array, *, xp: Namespace) -> Array:
-    dtype = compute_dtype(x.dtype, xp=xp)
-    return x if dtype == x.dtype else xp.astype(x, dtype)
 
 
 def _to_input(g: Array, input: Array, *, xp: Namespace) -> Array:

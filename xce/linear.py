@@ -34,6 +34,7 @@ from typing import Any, NamedTuple
 from ._namespace import (
     Array,
     Namespace,
+    as_dtype,
     compute_dtype,
     device_of,
     is_lazy,
@@ -234,11 +235,11 @@ def fused(
     v_chunk = max(1, min(vocab, _VOCAB_CHUNK_ELEMENTS // max(n_features, 1)))
     class_sum = w_sum = None
     if eps > 0.0:  # Σ_c W_c: Σ_c x_c = h · Σ_c W_c + Σ_c b_c needs no sweep, and G's uniform part is O(D)
-        w_sum = xp.sum(_cast(weight, dtype, xp=xp), axis=0)
+        w_sum = xp.sum(as_dtype(weight, dtype, xp=xp), axis=0)
     if eps > 0.0 and want_loss:
-        class_sum = _cast(h2, dtype, xp=xp) @ w_sum
+        class_sum = as_dtype(h2, dtype, xp=xp) @ w_sum
         if bias is not None:
-            class_sum = class_sum + xp.sum(_cast(bias, dtype, xp=xp))
+            class_sum = class_sum + xp.sum(as_dtype(bias, dtype, xp=xp))
     per_row = xp.zeros((n,), dtype=dtype, device=dev) if want_loss else None
     d_hidden = d_weight = d_bias = None
     if want_grad:
@@ -269,7 +270,7 @@ def fused(
         x = h @ w_t if logits_buf is None else write_into("matmul", logits_buf[:i1 - i0, ...], h, w_t, xp=xp)
         if bias is not None:
             x = x + bias if bias.dtype != x.dtype else _iadd(x, bias)
-        x = _cast(x, dtype, xp=xp)
+        x = as_dtype(x, dtype, xp=xp)
         y = index.safe[i0:i1]
         m = finite_max(x, 1, xp=xp)
         kept = None if drop is None else ~drop[i0:i1]
@@ -300,20 +301,20 @@ def fused(
             g, h_q = e, xp.expand_dims(q, axis=1) * h
         else:
             e *= xp.expand_dims(q, axis=1)
-            g, h_q = _cast(e, hidden.dtype, xp=xp), h
+            g, h_q = as_dtype(e, hidden.dtype, xp=xp), h
         # dL/dh = q·(e W) - c1·W[y] - c2·ΣW
         _matmul_into(d_hidden, i0, i1, g, weight, alias=alias, xp=xp)
-        rest = xp.expand_dims(c1[i0:i1], axis=1) * _cast(xp.take(weight, y, axis=0), dtype, xp=xp)
+        rest = xp.expand_dims(c1[i0:i1], axis=1) * as_dtype(xp.take(weight, y, axis=0), dtype, xp=xp)
         if c2 is not None:
             rest += xp.expand_dims(c2[i0:i1], axis=1) * w_sum
-            c2_h = c2_h + c2[i0:i1] @ _cast(h, dtype, xp=xp)
-        _add_into(d_hidden, i0, i1, _cast(rest, hidden.dtype, xp=xp), alias=alias, subtract=True,
-                  scale=xp.expand_dims(_cast(q, hidden.dtype, xp=xp), axis=1) if fold else None)
+            c2_h = c2_h + c2[i0:i1] @ as_dtype(h, dtype, xp=xp)
+        _add_into(d_hidden, i0, i1, as_dtype(rest, hidden.dtype, xp=xp), alias=alias, subtract=True,
+                  scale=xp.expand_dims(as_dtype(q, hidden.dtype, xp=xp), axis=1) if fold else None)
         for v0 in range(0, vocab, v_chunk):
             v1 = min(v0 + v_chunk, vocab)
             g_t = xp.matrix_transpose(g[:, v0:v1])
             part = g_t @ h_q if part_buf is None else write_into("matmul", part_buf[:v1 - v0, ...], g_t, h_q, xp=xp)
-            _add_into(d_weight, v0, v1, _cast(part, dtype, xp=xp), alias=alias)
+            _add_into(d_weight, v0, v1, as_dtype(part, dtype, xp=xp), alias=alias)
         if d_bias is not None:
             d_bias += q @ e if fold else xp.sum(e, axis=0)
     if want_grad:
@@ -335,11 +336,11 @@ def fused(
         else:
             loss_out = xp.sum(per_row) / xp.astype(xp.sum(_denominator(None, index, xp=xp) if drop is not None else
                                                           xp.ones((n,), dtype=dtype, device=dev)), dtype)
-        loss_out = _cast(loss_out, hidden.dtype, xp=xp)
+        loss_out = as_dtype(loss_out, hidden.dtype, xp=xp)
     if not want_grad:
         return Fused(loss_out, None, None, None)
-    return Fused(loss_out, xp.reshape(d_hidden, tuple(hidden.shape)), _cast(d_weight, weight.dtype, xp=xp),
-                 None if d_bias is None else _cast(d_bias, bias.dtype, xp=xp))
+    return Fused(loss_out, xp.reshape(d_hidden, tuple(hidden.shape)), as_dtype(d_weight, weight.dtype, xp=xp),
+                 None if d_bias is None else as_dtype(d_bias, bias.dtype, xp=xp))
 
 
 def _iadd(x: Array, y: Array) -> Array:
@@ -391,7 +392,7 @@ def _subtract_targets(d_weight: Array, d_bias: Array | None, h2: Array, y: Array
         p1 = min(p0 + rows, n_kept)
         idx = order[p0:p1]
         c = xp.take(c1, idx)
-        hc = xp.expand_dims(c, axis=1) * _cast(xp.take(h2, idx, axis=0), d_weight.dtype, xp=xp)
+        hc = xp.expand_dims(c, axis=1) * as_dtype(xp.take(h2, idx, axis=0), d_weight.dtype, xp=xp)
         cs = xp.cumulative_sum(hc, axis=0, include_initial=True)
         del hc
         cb = None if d_bias is None else xp.cumulative_sum(c, include_initial=True)
@@ -418,10 +419,6 @@ def _slices_alias(xp: Namespace, device: Any) -> bool:
         part += 1.0
         _ALIASING[key] = bool(probe[0] == 1.0)
     return _ALIASING[key]
-
-
-def _cast(a: Array, dtype: Any, *, xp: Namespace) -> Array:
-    return a if a.dtype == dtype else xp.astype(a, dtype)
 
 
 def _logits(hidden: Array, weight: Array, bias: Array | None, *, xp: Namespace) -> Array:

@@ -38,7 +38,7 @@ from typing import Any, NamedTuple
 from ._namespace import (
     Array,
     Namespace,
-    compute_dtype,
+    as_compute,
     device_of,
     index_dtype,
     is_lazy,
@@ -123,7 +123,7 @@ def shard_statistics(
     ax = class_axis(local_logits, axis)
     check_floating(local_logits, "input", xp=xp)
     check_index_target(target, local_logits, ax, xp=xp, lazy=is_lazy(local_logits))
-    work = _as_compute(local_logits, xp=xp)
+    work = as_compute(local_logits, xp=xp)
     n_local = work.shape[ax]
 
     if 0 in work.shape:  # an empty slice or batch (Dask refuses max over empty chunks)
@@ -282,7 +282,7 @@ def shard_statistics_gradient(
     """
     xp = namespace(("input", "target"), local_logits, target, xp=xp)
     ax = class_axis(local_logits, axis)
-    work = _as_compute(local_logits, xp=xp)
+    work = as_compute(local_logits, xp=xp)
     log_z = xp.expand_dims(log_normalizer, axis=ax)
     grad = xp.exp(work - log_z)
     index = xp.expand_dims(xp.astype(target, index_dtype(xp)), axis=ax)
@@ -302,11 +302,6 @@ def _add(arrays) -> Array:
     for a in it:
         total = total + a
     return total
-
-
-def _as_compute(x: Array, *, xp: Namespace) -> Array:
-    dtype = compute_dtype(x.dtype, xp=xp)
-    return x if dtype == x.dtype else xp.astype(x, dtype)
 
 
 # --- torch.distributed ---------------------------------------------------------------------
