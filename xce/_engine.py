@@ -317,9 +317,11 @@ def _prob_terms(
         q = (1.0 - smoothing) * q + smoothing / n_classes
     if w is not None:
         q = q * w
-    zero = xp.zeros_like(s)
-    # 0 · s is 0 even where s = -inf (masked logits with no target mass).
-    dot = xp.sum(xp.where(q == 0.0, zero, q * s), axis=1, keepdims=True)
+    # 0 · s must be 0 where s = -inf (masked logits with no target mass), so the logit is
+    # masked there and only there: masking the product wherever q == 0 would also cut
+    # d/dq, whose true value at q = 0 is -w_c·ℓ_c (one-hot and distillation targets).
+    s = xp.where((q == 0.0) & ~xp.isfinite(s), 0.0, s)
+    dot = xp.sum(q * s, axis=1, keepdims=True)
     return dot, xp.sum(q, axis=1, keepdims=True)
 
 
@@ -345,6 +347,19 @@ def _pool(threads: int) -> ThreadPoolExecutor:
 
 def _mark_worker() -> None:
     _IN_WORKER.flag = True
+
+
+def _forget_pool_in_child() -> None:
+    """After ``fork`` the child has the parent's pool object but none of its threads: work
+    submitted to it would wait forever (DataLoader workers, multiprocessing's default start
+    method on Linux). The child starts a pool of its own on first use."""
+    global _POOL, _POOL_SIZE, _POOL_LOCK
+    _POOL, _POOL_SIZE, _POOL_LOCK = None, 0, threading.Lock()
+    _IN_WORKER.flag = False
+
+
+if hasattr(os, "register_at_fork"):  # POSIX
+    os.register_at_fork(after_in_child=_forget_pool_in_child)
 
 
 def row_stats(

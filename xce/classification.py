@@ -150,7 +150,7 @@ def cross_entropy(
         # Large eager inputs under autograd: the adapter's analytic backward saves O(N), not
         # the blocked forward's temporaries (torch; other libraries have no such adapter).
         adapter = for_array(input)
-        if adapter is not None and adapter.needs_autograd(input):
+        if adapter is not None and adapter.wants_cross_entropy(input, target, weight):
             return adapter.cross_entropy(input, target, weight, ignore_index, reduction, label_smoothing, axis=axis,
                                          label_smoothing_mode=label_smoothing_mode, z_loss=z_loss)
     args = check_cross_entropy_arguments(input, target, weight, ignore_index, reduction, label_smoothing, axis,

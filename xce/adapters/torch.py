@@ -27,12 +27,21 @@ from .._validate import check_integer
 from ..classification import _prepare_index
 from ..grad import ce_backward
 
-__all__ = ["cross_entropy", "linear_cross_entropy", "needs_autograd"]
+__all__ = ["cross_entropy", "linear_cross_entropy", "needs_autograd", "wants_cross_entropy"]
 
 
 def needs_autograd(*tensors: torch.Tensor | None) -> bool:
     """True when autograd is recording and one of ``tensors`` requires grad."""
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
+def wants_cross_entropy(input: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None) -> bool:
+    """Whether :func:`cross_entropy`'s autograd Function serves this call: ``input`` requires
+    grad and neither the class ``weight`` nor a probability ``target`` does (the Function's
+    backward gives d/d input only; those fall back to autograd through the definition)."""
+    if not needs_autograd(input):
+        return False
+    return not needs_autograd(weight, target if target.is_floating_point() else None)
 
 
 class _CrossEntropy(torch.autograd.Function):
@@ -76,9 +85,13 @@ def cross_entropy(
     z_loss: float = 0.0,
 ) -> torch.Tensor:
     """:func:`xce.cross_entropy` with the analytic, memory-lean backward (see the module)."""
-    if (weight is not None and weight.requires_grad) or (target.is_floating_point() and target.requires_grad):
-        return _cls.cross_entropy(input, target, weight, ignore_index, reduction, label_smoothing, axis=axis,
-                                  label_smoothing_mode=label_smoothing_mode, z_loss=z_loss)
+    if not wants_cross_entropy(input, target, weight):
+        # Plain autograd through the definition (never back through the dispatching
+        # xce.cross_entropy, which would route here again).
+        xp = namespace(("input", "target", "weight"), input, target, weight)
+        args = _cls.check_cross_entropy_arguments(input, target, weight, ignore_index, reduction, label_smoothing,
+                                                  axis, label_smoothing_mode, z_loss, xp=xp)
+        return _cls.cross_entropy_with_stats(input, target, weight, args, xp=xp)[0]
     return _CrossEntropy.apply(input, target, weight, ignore_index, reduction, label_smoothing, axis,
                                label_smoothing_mode, z_loss)
 

@@ -1,0 +1,162 @@
+"""Right gradients on every path (issue 15): probability-target gradients at zero entries,
+learnable class weights on large torch inputs, and the NumPy engine after ``fork``.
+
+References are the formulas written out in float64 torch, differentiable in every argument
+(PyTorch's own ``nll_loss`` is not differentiable in ``weight``).
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import sys
+
+import numpy as np
+import pytest
+
+import xce
+
+torch = pytest.importorskip("torch")
+
+
+def ce_formula(x, target, weight=None, ignore_index=-100, reduction="mean", label_smoothing=0.0):
+    """Cross entropy (classes on axis 1) from its definition, in torch, differentiable in x,
+    a probability target and the class weight."""
+    n_classes = x.shape[1]
+    logp = torch.log_softmax(x, dim=1)
+    shape = [1] * x.ndim
+    shape[1] = n_classes
+    w = torch.ones(n_classes, dtype=x.dtype) if weight is None else weight
+    wc = w.reshape(shape)
+    if target.is_floating_point():
+        q = (1.0 - label_smoothing) * target + label_smoothing / n_classes
+        loss = -(wc * q * logp).sum(1)
+        return {"mean": loss.mean(), "sum": loss.sum(), "none": loss}[reduction]
+    kept = target != ignore_index
+    safe = torch.where(kept, target, 0)
+    w_y = w[safe] * kept
+    nll = -logp.gather(1, safe.unsqueeze(1)).squeeze(1)
+    smooth = -(wc * logp).sum(1)
+    loss = ((1.0 - label_smoothing) * w_y * nll + (label_smoothing / n_classes) * smooth) * kept
+    return {"mean": loss.sum() / w_y.sum(), "sum": loss.sum(), "none": loss}[reduction]
+
+
+def _one_hot_rows(rng, n, c, *, soft_rows: int = 2):
+    """Probability targets where most rows are one-hot (exact zeros) and a few are soft."""
+    q = np.zeros((n, c))
+    q[np.arange(n), rng.integers(0, c, size=n)] = 1.0
+    q[:soft_rows] = rng.dirichlet(np.ones(c), size=soft_rows)
+    q[0, 1] = 0.0  # a zero inside a soft row too
+    return q / q.sum(1, keepdims=True)
+
+
+# (rows, classes): small goes through autograd of the definition; large (>= 65,536 elements)
+# took the adapter's analytic-backward route, which recursed (RecursionError) before.
+SIZES = [(6, 5), (512, 160)]
+CASES = [(size, eps, reduction, weighted) for size in SIZES for eps in (0.0, 0.1) for reduction in ("mean", "sum")
+         for weighted in (False, True)]
+
+
+@pytest.mark.parametrize(("size", "eps", "reduction", "weighted"), CASES)
+def test_torch_probability_target_and_weight_gradients(size, eps, reduction, weighted):
+    rng = np.random.default_rng(3)
+    n, c = size
+    x = rng.normal(size=(n, c))
+    q = _one_hot_rows(rng, n, c)
+    w = rng.uniform(0.5, 2.0, size=c) if weighted else None
+
+    def grads(fn, dtype):
+        xt = torch.tensor(x, dtype=dtype, requires_grad=True)
+        qt = torch.tensor(q, dtype=dtype, requires_grad=True)
+        wt = None if w is None else torch.tensor(w, dtype=dtype, requires_grad=True)
+        loss = fn(xt, qt, wt, reduction=reduction, label_smoothing=eps)
+        loss.backward()
+        return [loss] + [t.grad for t in (xt, qt, wt) if t is not None]
+
+    expected = grads(ce_formula, torch.float64)
+    actual = grads(xce.cross_entropy, torch.float64)
+    for a, e in zip(actual, expected):
+        np.testing.assert_allclose(a.detach().numpy(), e.detach().numpy(), rtol=1e-10, atol=1e-12)
+    # The zero entries carry the true derivative -(1-ε)·s·w_c·ℓ_c, which is not 0.
+    assert float(expected[2][q == 0.0].abs().max()) > 1e-3
+
+
+@pytest.mark.parametrize(("size", "eps", "reduction"), [(s, e, r) for s in SIZES for e in (0.0, 0.1)
+                                                       for r in ("mean", "sum")])
+def test_torch_index_target_weight_gradient(size, eps, reduction):
+    rng = np.random.default_rng(4)
+    n, c = size
+    x = rng.normal(size=(n, c))
+    y = rng.integers(0, c, size=n)
+    y[::7] = -100
+    w = rng.uniform(0.5, 2.0, size=c)
+
+    def grads(fn):
+        xt = torch.tensor(x, requires_grad=True)
+        wt = torch.tensor(w, requires_grad=True)
+        loss = fn(xt, torch.tensor(y), wt, reduction=reduction, label_smoothing=eps)
+        loss.backward()
+        return loss, xt.grad, wt.grad
+
+    for a, e in zip(grads(xce.cross_entropy), grads(ce_formula)):
+        np.testing.assert_allclose(a.detach().numpy(), e.detach().numpy(), rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("jit", [False, True])
+@pytest.mark.parametrize("eps", [0.0, 0.1])
+def test_jax_probability_target_gradient_at_zero_entries(jit, eps):
+    jax = pytest.importorskip("jax")
+    jnp = jax.numpy
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(6, 5))
+    q = _one_hot_rows(rng, 6, 5)
+    w = rng.uniform(0.5, 2.0, size=5)
+
+    def loss(x, q, w):
+        return xce.cross_entropy(x, q, w, label_smoothing=eps)
+
+    fn = jax.grad(loss, argnums=(0, 1))
+    fn = jax.jit(fn) if jit else fn
+    dx, dq = fn(jnp.asarray(x), jnp.asarray(q), jnp.asarray(w))
+    xt, qt = torch.tensor(x, requires_grad=True), torch.tensor(q, requires_grad=True)
+    ce_formula(xt, qt, torch.tensor(w), label_smoothing=eps).backward()
+    np.testing.assert_allclose(np.asarray(dx), xt.grad.numpy(), rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(np.asarray(dq), qt.grad.numpy(), rtol=1e-10, atol=1e-12)
+
+
+def test_minus_inf_logits_with_zero_target_mass_stay_finite():
+    """The fix keeps the old guarantee: a -inf logit with no target mass adds 0 (value and
+    d/d input), and d/d target there is the true +inf·(1-ε)·s, not a silent 0."""
+    x = torch.tensor([[0.0, -float("inf"), 1.0]], dtype=torch.float64, requires_grad=True)
+    q = torch.tensor([[0.5, 0.0, 0.5]], dtype=torch.float64, requires_grad=True)
+    loss = xce.cross_entropy(x, q)
+    loss.backward()
+    assert torch.isfinite(loss) and torch.isfinite(x.grad).all()
+    assert torch.isfinite(q.grad[0, [0, 2]]).all()
+
+
+def _child(conn) -> None:
+    # Runs in a forked child: the parent's engine pool threads do not exist here.
+    x = np.random.default_rng(0).normal(size=(4096, 64))
+    y = np.arange(4096) % 64
+    with xce.config(threads=2, enabled=True):
+        conn.send(float(xce.cross_entropy(x, y)))
+    conn.close()
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="fork start method (Linux's default)")
+def test_engine_after_fork_does_not_hang():
+    x = np.random.default_rng(0).normal(size=(4096, 64))
+    y = np.arange(4096) % 64
+    with xce.config(threads=2, enabled=True, block_rows=64):
+        expected = float(xce.cross_entropy(x, y))  # the parent's pool now has live threads
+    ctx = multiprocessing.get_context("fork")
+    parent, child = ctx.Pipe()
+    proc = ctx.Process(target=_child, args=(child,))
+    proc.start()
+    proc.join(timeout=60)
+    if proc.is_alive():
+        proc.kill()
+        pytest.fail("cross_entropy hung in a forked child (the engine's thread pool was inherited)")
+    assert proc.exitcode == 0
+    assert parent.poll(1)
+    np.testing.assert_allclose(parent.recv(), expected, rtol=1e-12)
