@@ -77,8 +77,7 @@ def write_report(rows, overhead: dict[str, Any], out: Path, *, quick: bool, elap
         f"- Date: {info['date']}; run took {elapsed:.0f} s; load average at the end: {info['load_average_at_end']}",
         "- Times: median (and min) over interleaved repeats; each sample averages enough calls to last "
         "20–50 ms. Ratios are medians of the same run: `floor` is one `sum` over the logits on the same "
-        "backend; `engine[...]` is the blocked engine (`xce._engine.row_stats`) called directly "
-        "(benchmarks/prototype.py).",
+        "backend.",
         "- Peak extra memory: bytes beyond the inputs during one (warm) call, measured in a fresh "
         "subprocess: `tracemalloc` for NumPy, peak RSS delta (`/proc/self/status` VmHWM after "
         "resetting it via `/proc/self/clear_refs`) for torch CPU, JAX and Dask.",

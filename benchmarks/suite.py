@@ -98,7 +98,6 @@ def _numpy_impls(case: Case, data: dict[str, Any]) -> list[Impl]:
     import array_api_compat.numpy as xnp
 
     import xce
-    from benchmarks.prototype import engine_cross_entropy
 
     x, y, w, probs, eps, ii = (data[k] for k in ("x", "y", "w", "probs", "eps", "ignore_index"))
     target = probs if probs is not None else y
@@ -109,13 +108,6 @@ def _numpy_impls(case: Case, data: dict[str, Any]) -> list[Impl]:
             "numpy",
             "xce",
             lambda: xce.cross_entropy(x, target, w, ignore_index=ii, label_smoothing=eps),
-            mem,
-        ),
-        Impl(
-            "engine[numpy]",
-            "numpy",
-            "engine",
-            lambda: engine_cross_entropy(x, target, w, ii, eps, xp=xnp),
             mem,
         ),
         Impl("plain numpy", "numpy", "reference", lambda: _plain_numpy(x, target, w, ii, eps), mem),
@@ -185,7 +177,6 @@ def _torch_impls(case: Case, data: dict[str, Any]) -> list[Impl]:
     import torch.nn.functional as F
 
     import xce
-    from benchmarks.prototype import engine_cross_entropy
 
     dt = torch.float32 if case.dtype == "float32" else torch.bfloat16
     x = torch.from_numpy(data["x"]).to(dt)
@@ -198,9 +189,6 @@ def _torch_impls(case: Case, data: dict[str, Any]) -> list[Impl]:
     if case.mode == "fwd":
         out = [
             Impl("xce[torch]", "torch", "xce", lambda: xce.cross_entropy(x, target, w, ii, "mean", eps), mem),
-            Impl(
-                "engine[torch]", "torch", "engine", lambda: engine_cross_entropy(x, target, w, ii, eps, xp=xtorch), mem
-            ),
             Impl(
                 "F.cross_entropy",
                 "torch",
@@ -543,7 +531,11 @@ def _add_ratios(rows: list[Row]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks",
+        description=__doc__,
+        epilog="Size sweep: python -m benchmarks sweep --help (benchmarks/sweep.py).",
+    )
     parser.add_argument("--quick", action="store_true", help="a small subset (< 2 minutes)")
     parser.add_argument("--huge", action="store_true", help="also 8192x131072 (needs ~12 GiB and time)")
     parser.add_argument("--repeats", type=int, default=None, help="timed samples per implementation")

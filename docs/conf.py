@@ -75,9 +75,10 @@ html_theme_options = {"navigation_with_keys": True}
 # Sections in this order; a public name from another module gets a section of its own, titled
 # by the first line of that module's docstring.
 _SECTIONS = {
-    "xce.classification": "Multi-class losses",
-    "xce.binary": "Binary and multi-label losses",
-    "xce.divergence": "Divergence",
+    "xce.losses.cross_entropy": "Multi-class losses",
+    "xce.losses.index": "Losses of the target's log-probability",
+    "xce.losses.binary": "Binary and multi-label losses",
+    "xce.losses.divergence": "Divergence",
     "xce.labels": "Label helpers",
     "xce._softmax": "Softmax, log-softmax and logsumexp",
     "xce.objects": "Loss objects",

@@ -91,7 +91,9 @@ def test_blocked_backward_equals_unblocked(monkeypatch):
     t[5, 1] = -100
     kw = {"weight": RNG.uniform(0.5, 2.0, size=7), "label_smoothing": 0.1, "z_loss": 0.1}
     whole = G.cross_entropy_grad(x, t, **kw)
-    monkeypatch.setattr(G, "_BLOCK_ELEMENTS", 50)
+    from xce import _engine
+
+    monkeypatch.setattr(_engine, "_BLOCK_BYTES_GRADIENT", 50 * 8)  # blocks of 50 float64 elements: 2 rows
     np.testing.assert_allclose(G.cross_entropy_grad(x, t, **kw), whole, rtol=1e-14, atol=1e-16)
 
 

@@ -4,19 +4,21 @@ The same functions run on NumPy, PyTorch, JAX (including ``jax.jit``), CuPy, Das
 other Array API library, with PyTorch's ``torch.nn.functional`` semantics.
 """
 
+from . import adapters as adapters  # registers the framework adapters (imported lazily, per library)
 from ._engine import config
 from ._softmax import log_softmax, logsumexp, softmax
-from .binary import (
+from .grad import value_and_grad
+from .labels import one_hot, smooth_labels
+from .linear import linear_cross_entropy
+from .losses.binary import (
     binary_cross_entropy,
     binary_cross_entropy_with_logits,
     multilabel_soft_margin_loss,
     sigmoid_focal_loss,
 )
-from .classification import cross_entropy, nll_loss, poly1_cross_entropy, softmax_focal_loss
-from .divergence import kl_div
-from .grad import value_and_grad
-from .labels import one_hot, smooth_labels
-from .linear import linear_cross_entropy
+from .losses.cross_entropy import cross_entropy
+from .losses.divergence import kl_div
+from .losses.index import nll_loss, poly1_cross_entropy, softmax_focal_loss
 from .objects import (
     BCELoss,
     BCEWithLogitsLoss,

@@ -29,9 +29,9 @@ import contextvars
 import math
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 from ._namespace import (
     Array,
@@ -39,14 +39,14 @@ from ._namespace import (
     as_dtype,
     device_of,
     library_name,
-    take_along_class_axis,
     write_into,
     writes_into,
 )
 from ._namespace import compute_dtype as default_compute_dtype
-from ._softmax import finite_max
+from ._softmax import finite_max, finite_or_zero
 
-__all__ = ["RowStats", "config", "fused_stats", "plan", "row_stats", "supports"]
+__all__ = ["Plan", "SoftmaxSums", "Terms", "block_bytes", "config", "map_rows", "on_accelerator", "options", "plan",
+           "softmax_sums", "supports"]
 
 # Bytes of one compute-dtype block. A few such temporaries live at once per thread (the
 # upcast block, x - m, exp(x - m)): 512 KiB keeps them in a 1 MiB L2 for single-threaded
@@ -58,6 +58,8 @@ _BLOCK_BYTES = 1 << 19
 _BLOCK_BYTES_INTRA_OP = 1 << 22
 _BLOCK_BYTES_INTRA_OP_MAX = 1 << 24
 _BLOCK_BYTES_GPU = 1 << 26
+_BLOCK_BYTES_GRADIENT = 1 << 24
+_BLOCK_BYTES_MATMUL = 1 << 26
 # Above this many elements per slice x[i] (1 MiB of float32), classes are chunked.
 _CLASS_CHUNK = 1 << 18
 # Below this many elements in total the blocked path is not worth its Python overhead.
@@ -117,7 +119,7 @@ def config(
             isinstance(v, bool) or not isinstance(v, int) or v < (0 if name == "min_elements" else 1)
         ):
             raise ValueError(f"{name} must be a positive integer; got {v!r}.")
-    merged = dict(_options())
+    merged = dict(options())
     merged.update({k: v for k, v in values.items() if v is not None})
     token = _CONFIG.set(merged)
     try:
@@ -126,7 +128,8 @@ def config(
         _CONFIG.reset(token)
 
 
-def _options() -> dict[str, Any]:
+def options() -> dict[str, Any]:
+    """The settings of the innermost :func:`config` block (empty outside any)."""
     return _CONFIG.get() or {}
 
 
@@ -136,36 +139,12 @@ class Plan(NamedTuple):
     threads: int  # worker threads (1: the calling thread)
 
 
-class RowStats(NamedTuple):
-    """Per-row statistics, in the compute dtype (float32 for half-precision input).
-
-    With ``s = x - shift`` (``shift`` the row's finite maximum, 0 where it is not finite):
-
-    * ``shift``: the shift itself;
-    * ``lse``: ``log Σ_c exp(s_c)`` (add ``shift`` for the logsumexp of ``x``);
-    * ``target``: ``s[index]`` (None without ``index``);
-    * ``class_sum``: ``Σ_c w_c s_c`` (``w = 1`` without ``weight``; None unless requested);
-    * ``prob_dot``: ``Σ_c w_c q_c s_c`` with 0 where ``w_c q_c = 0`` (probability targets);
-    * ``prob_mass``: ``Σ_c w_c q_c`` (probability targets).
-
-    Cross entropy then needs only (N,)-sized arithmetic: ``-ℓ_y = lse - target``,
-    ``-Σ_c w_c ℓ_c = W·lse - class_sum``, ``-Σ_c w_c q_c ℓ_c = mass·lse - prob_dot``.
-    """
-
-    shift: Array
-    lse: Array
-    target: Array | None = None
-    class_sum: Array | None = None
-    prob_dot: Array | None = None
-    prob_mass: Array | None = None
-
-
 def supports(x: Array) -> bool:
     """True when the blocked engine may evaluate ``x`` (an eager array, engine enabled,
     large enough): NumPy, PyTorch, CuPy, array-api-strict. Never JAX or Dask."""
     if library_name(x) not in _EAGER:
         return False
-    opts = _options()
+    opts = options()
     enabled = opts.get("enabled")
     if enabled is False:
         return False
@@ -183,7 +162,7 @@ def _cpus() -> int:
 
 def plan(x: Array, *, xp: Namespace, compute_dtype: Any = None) -> Plan:
     """Block rows, class chunk and threads for ``x`` (``(A, C)`` or ``(A, C, B)``)."""
-    opts = _options()
+    opts = options()
     rows, n_classes = x.shape[0], x.shape[1]
     inner = math.prod(x.shape[2:])
     itemsize = max(4, xp.finfo(x.dtype).bits // 8) if compute_dtype is None else xp.finfo(compute_dtype).bits // 8
@@ -209,8 +188,20 @@ def on_accelerator(x: Array) -> bool:
     return lib == "cupy" or (lib == "torch" and x.device.type != "cpu")
 
 
-def block_bytes(x: Array) -> int:
-    """The engine's default block size in bytes for ``x`` (see the constants above)."""
+def block_bytes(x: Array, use: str = "stats") -> int:
+    """The default block size in bytes for ``x``: the one block-size policy of xce.
+
+    ``use`` says what the block is for. ``"stats"``: the forward statistics (see the
+    constants above). ``"gradient"``: a block of the analytic backward, formed in the
+    result itself, so its size costs no memory; 16 MiB fits a typical L3, so the in-place
+    passes after the first re-read it from cache. ``"matmul"``: the logits of a block of
+    rows of ``linear_cross_entropy`` (64 MiB: few, tall blocks keep ``dW``'s rank-``rows``
+    updates efficient, each of which reads and writes all of ``dW``). GPUs take at least
+    the GPU block. ``xce.config(block_rows=)`` overrides the rows of every use.
+    """
+    if use != "stats":
+        size = _BLOCK_BYTES_GRADIENT if use == "gradient" else _BLOCK_BYTES_MATMUL
+        return max(size, _BLOCK_BYTES_GPU) if use == "gradient" and on_accelerator(x) else size
     if on_accelerator(x):
         return _BLOCK_BYTES_GPU
     if library_name(x) == "torch":
@@ -225,104 +216,75 @@ def block_bytes(x: Array) -> int:
 
 # --- the math of one block ----------------------------------------------------------------
 
+# A per-block callback: given the block's logits shifted by a per-row reference ``s`` (rows ×
+# chunk [× B], in the compute dtype), the block's rows and the chunk's classes, the linear
+# statistics wanted, each as ``(Σ_c a_c s_c, Σ_c a_c)`` with the class axis kept (the second
+# may be a Python number). The engine adds them over class chunks and re-expresses them
+# against the row's final shift; it never knows what the coefficients ``a`` mean.
+Terms = Callable[[Array, slice, slice], Sequence[tuple[Array, "Array | float"]]]
+
+
+class SoftmaxSums(NamedTuple):
+    """Per-row statistics, in the compute dtype, the class axis dropped.
+
+    ``shift`` is the row's finite maximum (0 where it is not finite), ``lse`` is
+    ``log Σ_c exp(x_c - shift)``, ``sums[k]`` is ``Σ_c a_c (x_c - shift)`` for the k-th
+    linear statistic of the callback and ``masses[k]`` is ``Σ_c a_c``.
+    """
+
+    shift: Array
+    lse: Array
+    sums: tuple[Array, ...]
+    masses: tuple[Array | float, ...]  #: ``Σ_c a_c`` of each statistic (a number where the callback gave one)
+
 
 def _block(
-    x: Array,
-    index: Array | None,
-    weight: Array | None,
-    probs: Array | None,
-    *,
-    class_sum: bool,
-    smoothing: float,
-    class_chunk: int,
-    dtype: Any,
-    xp: Namespace,
+    x: Array, rows: slice, terms: Terms | None, *, class_chunk: int, dtype: Any, xp: Namespace,
     work: Array | None = None,
-) -> tuple[Array | None, ...]:
-    """Statistics of one block ``x`` (rows × C [× B]); reductions along axis 1, kept.
+) -> tuple[Array, Array, tuple[Array, ...], tuple[Any, ...]]:
+    """Shift, lse and linear sums of one block ``x`` (rows × C [× B]); axis 1 kept.
 
     ``work``, when given, is a buffer of ``x``'s shape in ``dtype`` that receives the
     shifted logits and then their exponentials (reused from block to block).
     """
     n_classes = x.shape[1]
-    w_shape = (1, -1, 1) if x.ndim == 3 else (1, -1)
-    w_all = None if weight is None else xp.reshape(weight, w_shape)
     if class_chunk >= n_classes:
         # The max of half-precision values is exact, so it is taken before the upcast; the
         # subtraction then promotes: no float32 copy of the block besides s itself.
         shift = as_dtype(finite_max(x, 1, xp=xp), dtype, xp=xp)
         s = write_into("subtract", work, x, shift, xp=xp)
-        target = None
-        if index is not None:
-            # Gathered from x, not s: s then only feeds reductions, which XLA fuses without
-            # materialising it (same value: the subtraction is elementwise either way).
-            raw = xp.expand_dims(take_along_class_axis(x, index, 1, xp=xp), axis=1)
-            target = as_dtype(raw, dtype, xp=xp) - shift
-        csum = None
-        if class_sum:
-            csum = xp.sum(s if w_all is None else s * w_all, axis=1, keepdims=True)
-        pdot = pmass = None
-        if probs is not None:
-            pdot, pmass = _prob_terms(s, probs, w_all, smoothing, n_classes, dtype, xp=xp)
+        pairs = () if terms is None else tuple(terms(s, rows, slice(0, n_classes)))
         # In place when there is a buffer: s is not needed after this.
         lse = xp.log(xp.sum(write_into("exp", work, s, xp=xp), axis=1, keepdims=True))
-        return shift, lse, target, csum, pdot, pmass
+        return shift, lse, tuple(d for d, _ in pairs), tuple(m for _, m in pairs)
 
     # Classes in chunks: online logsumexp. The running shift only grows (a +inf max is
-    # replaced by 0, as in the fused formula); sums accumulated against an older shift
-    # are rescaled. Linear terms are accumulated against the first chunk's shift, ref.
-    shift = total = ref = csum = pdot = pmass = None
-    raw_max = None
+    # replaced by 0, as in the fused formula); sums accumulated against an older shift are
+    # rescaled. Linear sums are accumulated against the first chunk's shift, ref, then moved:
+    # Σ a (x - shift) = Σ a (x - ref) + (ref - shift) Σ a.
+    shift = total = ref = raw_max = None
+    dots: list[Any] = []
+    masses: list[Any] = []
     for c0 in range(0, n_classes, class_chunk):
         c1 = min(c0 + class_chunk, n_classes)
-        xc = x[:, c0:c1, ...]
-        xc = as_dtype(xc, dtype, xp=xp)
+        xc = as_dtype(x[:, c0:c1, ...], dtype, xp=xp)
         cmax = xp.max(xc, axis=1, keepdims=True)
         raw_max = cmax if raw_max is None else xp.maximum(raw_max, cmax)
-        new_shift = xp.where(xp.isfinite(raw_max), raw_max, 0.0)
+        new_shift = finite_or_zero(raw_max, xp=xp)
         part = xp.sum(xp.exp(xc - new_shift), axis=1, keepdims=True)
         total = part if total is None else total * xp.exp(shift - new_shift) + part
         shift = new_shift
         if ref is None:
             ref = shift
-        if class_sum or probs is not None:
-            sc = xc - ref
-            w_c = None if w_all is None else w_all[:, c0:c1, ...]
-            if class_sum:
-                term = xp.sum(sc if w_c is None else sc * w_c, axis=1, keepdims=True)
-                csum = term if csum is None else csum + term
-            if probs is not None:
-                pc = probs[:, c0:c1, ...]
-                d, mass = _prob_terms(sc, pc, w_c, smoothing, n_classes, dtype, xp=xp)
-                pdot = d if pdot is None else pdot + d
-                pmass = mass if pmass is None else pmass + mass
-    lse = xp.log(total)
-    target = None
-    if index is not None:
-        raw = xp.expand_dims(take_along_class_axis(x, index, 1, xp=xp), axis=1)
-        target = as_dtype(raw, dtype, xp=xp) - shift
-    delta = ref - shift  # Σ w (x - shift) = Σ w (x - ref) + W (ref - shift)
-    if class_sum:
-        csum = csum + delta * (n_classes if w_all is None else xp.sum(weight))
-    if probs is not None:
-        pdot = pdot + delta * pmass
-    return shift, lse, target, csum, pdot, pmass
-
-
-def _prob_terms(
-    s: Array, q: Array, w: Array | None, smoothing: float, n_classes: int, dtype: Any, *, xp: Namespace
-) -> tuple[Array, Array]:
-    q = q if q.dtype == dtype else xp.astype(q, dtype)
-    if smoothing > 0.0:
-        q = (1.0 - smoothing) * q + smoothing / n_classes
-    if w is not None:
-        q = q * w
-    # 0 · s must be 0 where s = -inf (masked logits with no target mass), so the logit is
-    # masked there and only there: masking the product wherever q == 0 would also cut
-    # d/dq, whose true value at q = 0 is -w_c·ℓ_c (one-hot and distillation targets).
-    s = xp.where((q == 0.0) & ~xp.isfinite(s), 0.0, s)
-    dot = xp.sum(q * s, axis=1, keepdims=True)
-    return dot, xp.sum(q, axis=1, keepdims=True)
+        if terms is not None:
+            for k, (dot, mass) in enumerate(terms(xc - ref, rows, slice(c0, c1))):
+                if k == len(dots):
+                    dots.append(dot)
+                    masses.append(mass)
+                else:
+                    dots[k], masses[k] = dots[k] + dot, masses[k] + mass
+    delta = ref - shift
+    return shift, xp.log(total), tuple(d + delta * m for d, m in zip(dots, masses)), tuple(masses)
 
 
 # --- the driver -----------------------------------------------------------------------------
@@ -362,118 +324,87 @@ if hasattr(os, "register_at_fork"):  # POSIX
     os.register_at_fork(after_in_child=_forget_pool_in_child)
 
 
-def row_stats(
-    x: Array,
-    index: Array | None = None,
-    *,
-    xp: Namespace,
-    weight: Array | None = None,
-    class_sum: bool = False,
-    probs: Array | None = None,
-    smoothing: float = 0.0,
-    compute_dtype: Any = None,
-) -> RowStats:
-    """Blocked per-row softmax statistics of ``x`` along axis 1.
+def softmax_sums(x: Array, *, xp: Namespace, terms: Terms | None = None, compute_dtype: Any = None,
+                 blocked: bool = True) -> SoftmaxSums:
+    """Per-row shift, logsumexp and linear statistics of ``x`` along axis 1.
 
     Parameters
     ----------
     x : array, shape (A, C) or (A, C, B)
-        Logits, classes along axis 1. Any real floating dtype; half precision is upcast
-        to ``compute_dtype`` one block at a time.
-    index : array of shape (A,) / (A, B), optional
-        Valid class indices in the namespace's indexing dtype (ignored positions already
-        replaced by a valid index). Gives ``RowStats.target``.
-    weight : array, shape (C,), optional
-        Class weights in the compute dtype, used by ``class_sum`` and ``probs``.
-    class_sum : bool
-        Also compute ``Σ_c w_c s_c`` (the label-smoothing term).
-    probs : array shaped like ``x``, optional
-        Class-probability targets: gives ``prob_dot`` and ``prob_mass``; ``smoothing``
-        mixes them with the uniform distribution first, ``(1-ε) q + ε/C``.
+        Logits, classes along axis 1. Any real floating dtype; half precision is upcast to
+        ``compute_dtype`` one block at a time.
+    terms : callable, optional
+        The per-block callback of the linear statistics (see ``Terms``).
     compute_dtype : dtype, optional
         Accumulation dtype; default float32 for half precision, else ``x.dtype``.
-
-    Returns
-    -------
-    RowStats
-        Arrays of shape (A,) or (A, B) in the compute dtype (fields not asked for: None).
+    blocked : bool
+        True: blocks of rows (and class chunks) by :func:`plan`, on the thread pool where
+        the library releases the GIL. False: the fused formula, one block, no Python loop,
+        so it traces into one ``jax.jit`` program and keeps Dask's own chunking.
     """
     if x.ndim not in (2, 3):
-        raise ValueError(f"row_stats wants a (A, C) or (A, C, B) array; got shape {tuple(x.shape)}.")
+        raise ValueError(f"softmax_sums wants a (A, C) or (A, C, B) array; got shape {tuple(x.shape)}.")
     dtype = compute_dtype if compute_dtype is not None else default_compute_dtype(x.dtype, xp=xp)
+    if not blocked:
+        shift, lse, sums, masses = _block(x, slice(None), terms, class_chunk=x.shape[1], dtype=dtype, xp=xp)
+        # Indexing drops the kept axis: cheaper than a wrapped squeeze for dispatch-bound calls.
+        return SoftmaxSums(shift[:, 0, ...], lse[:, 0, ...], tuple(t[:, 0, ...] for t in sums),
+                           tuple(_drop_axis(m) for m in masses))
     p = plan(x, xp=xp, compute_dtype=dtype)
-    rows = x.shape[0]
-    starts = list(range(0, rows, p.block_rows))
-
-    # One buffer per worker thread for the block's shifted logits and exponentials: fresh
-    # block-sized allocations each block may be unmapped and faulted in again every time.
-    buffers: dict[int, Array] = {}
     reuse = p.class_chunk >= x.shape[1] and writes_into(x)
 
-    def run(i0: int) -> tuple[Array | None, ...]:
-        i1 = min(i0 + p.block_rows, rows)
-        work = None
-        if reuse:
-            work = buffers.get(threading.get_ident())
-            if work is None:
-                work = xp.empty((p.block_rows, *x.shape[1:]), dtype=dtype, device=device_of(x))
-                buffers[threading.get_ident()] = work
-            work = work[: i1 - i0, ...]
-        return _block(
-            x[i0:i1, ...],
-            None if index is None else index[i0:i1, ...],
-            weight,
-            None if probs is None else probs[i0:i1, ...],
-            class_sum=class_sum,
-            smoothing=smoothing,
-            class_chunk=p.class_chunk,
-            dtype=dtype,
-            xp=xp,
-            work=work,
-        )
+    def run(i0: int, i1: int, work: Array | None) -> tuple[Array, Array, tuple[Array, ...], tuple[Any, ...]]:
+        return _block(x[i0:i1, ...], slice(i0, i1), terms, class_chunk=p.class_chunk, dtype=dtype, xp=xp, work=work)
 
-    pooled = p.threads > 1 and len(starts) > 1
-    parts = list(_pool(p.threads).map(run, starts)) if pooled else [run(i0) for i0 in starts]
+    parts = map_rows(run, x, p, buffer_dtype=dtype if reuse else None, xp=xp)
     if not parts:  # no rows: empty statistics
         empty = xp.zeros((0, *x.shape[2:]), dtype=dtype, device=device_of(x))
-        return RowStats(
-            empty,
-            empty,
-            None if index is None else empty,
-            empty if class_sum else None,
-            None if probs is None else empty,
-            None if probs is None else empty,
-        )
-    fields = []
-    for k in range(6):
-        col = [part[k] for part in parts]
-        if col[0] is None:
-            fields.append(None)
-            continue
-        joined = col[0] if len(col) == 1 else xp.concat(col, axis=0)
-        fields.append(joined[:, 0, ...])
-    return RowStats(*fields)
+        n_terms = 0 if terms is None else len(terms(xp.zeros((0, *x.shape[1:]), dtype=dtype, device=device_of(x)),
+                                                    slice(0, 0), slice(0, x.shape[1])))
+        return SoftmaxSums(empty, empty, (empty,) * n_terms, (empty,) * n_terms)
+
+    def joined(col: list[Any]) -> Any:
+        if isinstance(col[0], float) or col[0].ndim == 0:  # the same number for every row
+            return col[0]
+        return (col[0] if len(col) == 1 else xp.concat(col, axis=0))[:, 0, ...]
+
+    n_terms = len(parts[0][2])
+    return SoftmaxSums(joined([q[0] for q in parts]), joined([q[1] for q in parts]),
+                       tuple(joined([q[2][k] for q in parts]) for k in range(n_terms)),
+                       tuple(joined([q[3][k] for q in parts]) for k in range(n_terms)))
 
 
+def _drop_axis(m: Any) -> Any:
+    return m if isinstance(m, float) or m.ndim == 0 else m[:, 0, ...]
 
-def fused_stats(
-    x: Array,
-    index: Array | None = None,
-    *,
-    xp: Namespace,
-    weight: Array | None = None,
-    class_sum: bool = False,
-    probs: Array | None = None,
-    smoothing: float = 0.0,
-    compute_dtype: Any = None,
-) -> RowStats:
-    """:func:`row_stats` as one block: the fused formula, for lazy backends and small inputs.
 
-    No Python loop, so it traces into a single ``jax.jit`` program and keeps Dask's own
-    chunking; same arguments and results as :func:`row_stats`.
+T = TypeVar("T")
+
+
+def map_rows(fn: Callable[[int, int, Array | None], T], x: Array, p: Plan, *, buffer_dtype: Any = None,
+             xp: Namespace) -> list[T]:
+    """``[fn(i0, i1, work) for each block of p.block_rows rows of x]``, in order.
+
+    Blocks run on the engine's thread pool when ``p.threads > 1``. With ``buffer_dtype``
+    each worker thread gets one buffer shaped like a full block of ``x`` (``work``, sliced to
+    the block's rows), reused across its blocks: fresh block-sized allocations each block may
+    be unmapped and faulted in again every time.
     """
-    dtype = compute_dtype if compute_dtype is not None else default_compute_dtype(x.dtype, xp=xp)
-    fields = _block(x, index, weight, probs, class_sum=class_sum, smoothing=smoothing,
-                    class_chunk=x.shape[1], dtype=dtype, xp=xp)
-    # Indexing drops the kept axis: cheaper than a wrapped squeeze for dispatch-bound calls.
-    return RowStats(*(None if f is None else f[:, 0, ...] for f in fields))
+    rows = x.shape[0]
+    starts = list(range(0, rows, p.block_rows))
+    buffers: dict[int, Array] = {}
+
+    def run(i0: int) -> T:
+        i1 = min(i0 + p.block_rows, rows)
+        work = None
+        if buffer_dtype is not None:
+            work = buffers.get(threading.get_ident())
+            if work is None:
+                work = xp.empty((p.block_rows, *x.shape[1:]), dtype=buffer_dtype, device=device_of(x))
+                buffers[threading.get_ident()] = work
+            work = work[: i1 - i0, ...]
+        return fn(i0, i1, work)
+
+    if p.threads > 1 and len(starts) > 1:
+        return list(_pool(p.threads).map(run, starts))
+    return [run(i0) for i0 in starts]

@@ -1,8 +1,13 @@
-"""Reductions shared by every loss: ``none``, ``sum`` and the (weighted) ``mean``."""
+"""Reductions shared by every loss (``none``, ``sum``, the weighted ``mean``) and the
+per-position scale that is their derivative."""
 
 from __future__ import annotations
 
-from ._namespace import Array, Namespace
+from typing import Any
+
+from ._namespace import Array, Namespace, device_of
+
+__all__ = ["reduce_loss", "reduction_scale"]
 
 
 def reduce_loss(loss: Array, reduction: str, *, denominator: Array | None = None, xp: Namespace) -> Array:
@@ -25,3 +30,19 @@ def reduce_loss(loss: Array, reduction: str, *, denominator: Array | None = None
         return total / float(count)
     return total / xp.sum(denominator)
 
+
+def reduction_scale(cotangent: Array | None, reduction: str, per_position: Array, denominator: Array | None,
+                    dtype: Any, *, xp: Namespace) -> Array | float:
+    """Per-position factor ``s`` with ``d(reduce_loss(l)) = Σ_i s_i dl_i``, times the cotangent
+    (the upstream gradient: a scalar for ``"mean"``/``"sum"``, the loss's shape for ``"none"``)."""
+    g: Array | float = 1.0 if cotangent is None else xp.astype(cotangent, dtype)
+    if reduction != "mean":
+        return g
+    if denominator is None:
+        count = 1
+        for n in per_position.shape:
+            count *= n
+        den = xp.asarray(float(count), dtype=dtype, device=device_of(per_position))
+    else:
+        den = xp.astype(xp.sum(denominator), dtype)
+    return g / den

@@ -9,10 +9,13 @@ and the result is returned in the input's dtype.
 
 from __future__ import annotations
 
-from ._namespace import Array, Namespace, as_compute, device_of, namespace
+from typing import Any
+
+from ._namespace import Array, Namespace, as_compute, as_dtype, device_of, namespace, write_into
 from ._validate import check_axes, check_floating
 
-__all__ = ["log_softmax", "logsumexp", "softmax"]
+__all__ = ["finite_max", "finite_or_zero", "log_softmax", "logsumexp", "shifted_logsumexp", "softmax",
+           "softmax_and_lse"]
 
 
 def finite_max(x: Array, axis: int | tuple[int, ...] | None, *, xp: Namespace) -> Array:
@@ -21,8 +24,37 @@ def finite_max(x: Array, axis: int | tuple[int, ...] | None, *, xp: Namespace) -
         axes = range(x.ndim) if axis is None else (axis,) if isinstance(axis, int) else axis
         shape = tuple(1 if i in {a % x.ndim for a in axes} else n for i, n in enumerate(x.shape))
         return xp.zeros(shape, dtype=x.dtype, device=device_of(x))
-    m = xp.max(x, axis=axis, keepdims=True)
+    return finite_or_zero(xp.max(x, axis=axis, keepdims=True), xp=xp)
+
+
+def finite_or_zero(m: Array, *, xp: Namespace) -> Array:
+    """A maximum made fit to shift by: ``m`` where finite, else 0 (so ``inf - inf`` never
+    manufactures a NaN). The one shift rule of xce (softmax, engine, vocab-parallel)."""
     return xp.where(xp.isfinite(m), m, 0.0)
+
+
+def softmax_and_lse(x: Array, axis: int, *, lse: Array | None = None, out: Array | None = None, dtype: Any = None,
+                    xp: Namespace) -> tuple[Array, Array]:
+    """``(softmax(x), logsumexp(x))`` along ``axis`` (kept), in ``dtype`` (default ``x``'s).
+
+    ``lse`` given (saved by a forward pass): ``exp(x - lse)``, one pass. ``out``: a buffer of
+    ``x``'s shape in ``dtype`` to write the softmax into (where the library takes ``out=``).
+    An all ``-inf`` slice has ``lse = -inf`` and a zero softmax, never NaN.
+    """
+    if lse is not None:
+        out = write_into("subtract", out, x, lse, xp=xp)
+        return write_into("exp", out, out, xp=xp), lse
+    m = finite_max(x, axis, xp=xp)  # exact in half precision: taken before the upcast
+    if dtype is not None:
+        m = as_dtype(m, dtype, xp=xp)
+    out = write_into("subtract", out, x, m, xp=xp)
+    if dtype is not None:
+        out = as_dtype(out, dtype, xp=xp)
+    out = write_into("exp", out, out, xp=xp)
+    total = xp.sum(out, axis=axis, keepdims=True)
+    some = total > 0.0  # False only for an all -inf slice (its loss is inf, or 0 if ignored)
+    safe = xp.where(some, total, 1.0)
+    return write_into("divide", out, out, safe, xp=xp), xp.where(some, xp.log(safe) + m, -float("inf"))
 
 
 def shifted_logsumexp(x: Array, axis: int, *, xp: Namespace) -> tuple[Array, Array]:

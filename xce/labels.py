@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from ._namespace import Array, Namespace, compute_dtype, device_of, index_dtype, is_lazy, namespace
+from ._targets import class_ids
 from ._validate import check_choice, check_floating, check_fraction, check_integer, check_values_in
 
 __all__ = ["one_hot", "smooth_labels"]
@@ -79,10 +80,7 @@ def one_hot(
         check_values_in(wide, 0, num_classes - 1, "target", xp=xp, error=IndexError,
                         hint=f" one_hot needs indices in [0, {num_classes - 1}] for num_classes={num_classes}.")
     axis %= ndim
-    shape = [1] * ndim
-    shape[axis] = num_classes
-    # Class ids in the indexing dtype: a uint8 target may have more than 256 classes.
-    classes = xp.reshape(xp.arange(num_classes, dtype=index_dtype(xp), device=device), tuple(shape))
+    classes = class_ids(num_classes, ndim, axis, xp=xp, device=device)
     index = xp.expand_dims(wide, axis=axis)
     out = xp.astype(index == classes, dtype)
     if lazy and can_be_invalid and xp.isdtype(dtype, "real floating"):

@@ -29,8 +29,10 @@ expression themselves (XLA may still materialise the logits).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, NamedTuple
 
+from . import _engine
 from ._namespace import (
     Array,
     Namespace,
@@ -42,17 +44,21 @@ from ._namespace import (
     take_along_class_axis,
     write_into,
 )
+from ._reduce import reduce_loss, reduction_scale
+from ._registry import adapter_for, register_value_and_grad
 from ._softmax import finite_max
+from ._targets import IndexTarget, mean_weights, prepare_index
 from ._validate import check_fraction, check_integer, check_linear_shapes, check_real, check_reduction
-from .classification import _denominator, _prepare_index, cross_entropy
-from .grad import _scale, cross_entropy_grad, register
+from .losses.cross_entropy import (
+    cross_entropy,
+    cross_entropy_grad,
+    gradient_coefficients,
+    index_loss,
+)
 
-__all__ = ["linear_cross_entropy"]
+__all__ = ["linear_cross_entropy", "value_and_grad_linear_cross_entropy"]
 
 _NAMES = ("hidden", "weight", "target", "bias")
-# Elements of one block of logits (64 MiB in float32), the only (rows, V) temporary: few,
-# tall blocks keep dW's rank-`rows` updates efficient (each also reads and writes all of dW).
-_BLOCK_ELEMENTS = 1 << 24
 # Elements of one (v_chunk, D) slice of a block's dW product (8 MiB in float32).
 _VOCAB_CHUNK_ELEMENTS = 1 << 21
 _ALIASING: dict[int, bool] = {}
@@ -135,10 +141,8 @@ def linear_cross_entropy(
     if is_lazy(hidden):
         return cross_entropy(_logits(hidden, weight, bias, xp=xp), target, None, ignore_index, reduction, eps,
                              axis=-1, z_loss=z, xp=xp)
-    from .adapters import for_array
-
-    adapter = for_array(hidden)
-    if adapter is not None and adapter.needs_autograd(hidden, weight, bias):
+    adapter = adapter_for(hidden)
+    if adapter is not None and adapter.wants_linear_cross_entropy(hidden, weight, bias):
         return adapter.linear_cross_entropy(hidden, weight, target, bias, ignore_index, reduction, eps, z_loss=z,
                                             block_rows=block_rows)
     return fused(hidden, weight, target, bias, ignore_index, reduction, eps, z, cotangent=None, want_grad=False,
@@ -192,6 +196,38 @@ def value_and_grad_linear_cross_entropy(
     return out.loss, (out.d_hidden, out.d_weight, out.d_bias)
 
 
+@dataclass
+class _Sweep:
+    """One blocked sweep of :func:`fused`: sizes, per-row coefficients, reused buffers and the
+    gradients being accumulated (all in the compute dtype unless noted)."""
+
+    h2: Array  # hidden as (N, D)
+    weight: Array
+    bias: Array | None
+    index: IndexTarget
+    eps: float
+    z: float
+    dtype: Any
+    rows: int
+    v_chunk: int
+    alias: bool  # slices are views that in-place operators write through
+    fold: bool  # compute dtype == input dtype: row scales go on the (rows, D) operands
+    want_loss: bool
+    want_grad: bool
+    s: Any = 0.0  # per-row scale of the loss (cotangent over the "mean" denominator)
+    class_sum: Array | None = None  # Σ_c x_c per row (smoothing, forward)
+    w_sum: Array | None = None  # Σ_c W_c (smoothing)
+    per_row: Array | None = None
+    d_hidden: Array | None = None  # in hidden's dtype
+    d_weight: Array | None = None
+    d_bias: Array | None = None
+    b: Array | None = None  # the one-hot coefficient per row (0 at dropped rows)
+    u: Array | None = None  # the uniform coefficient per row (smoothing; 0 at dropped rows)
+    u_h: Array | None = None  # Σ_i u_i h_i, subtracted from every row of dW
+    logits_buf: Array | None = None
+    part_buf: Array | None = None
+
+
 def fused(
     hidden: Array,
     weight: Array,
@@ -214,133 +250,153 @@ def fused(
     in place into their shifted exponentials ``e``), one ``(v_chunk, D)`` product for ``dW``
     and O(rows·D) vectors. Where slices are views and ``out=`` exists (NumPy, PyTorch, CuPy)
     the two buffers are allocated once and reused, and ``e @ W`` is written straight into
-    ``d_hidden``; elsewhere each operation allocates. Of ``G = q·e - c1·onehot(y) - c2`` only
-    ``q·e`` is formed from the block (``q`` scales rows of the ``(rows, D)`` operands); the
-    other two terms are O(D) per row, the ``dW`` part of the one-hot in :func:`_subtract_targets`.
+    ``d_hidden``; elsewhere each operation allocates. Of the logits' gradient
+    ``G = a/Σe·e - b·onehot(y) - u`` (:func:`xce.losses.cross_entropy.gradient_coefficients`)
+    only the first term is formed from the block (its row scale goes on the ``(rows, D)``
+    operands); the other two are O(D) per row, the ``dW`` part of the one-hot in
+    :func:`_subtract_targets`.
     """
-    lead = tuple(hidden.shape[:-1])
+    sw = _start(hidden, weight, target, bias, ignore_index, reduction, eps, z, cotangent=cotangent,
+                want_grad=want_grad, want_loss=want_loss, block_rows=block_rows, xp=xp)
+    n = sw.h2.shape[0]
+    w_t = xp.matrix_transpose(weight)
+    for i0 in range(0, n, sw.rows):
+        _block(sw, i0, min(i0 + sw.rows, n), w_t, xp=xp)
+    return _finish(sw, hidden, reduction, xp=xp)
+
+
+def _start(hidden: Array, weight: Array, target: Array, bias: Array | None, ignore_index: int, reduction: str,
+           eps: float, z: float, *, cotangent: Array | None, want_grad: bool, want_loss: bool,
+           block_rows: int | None, xp: Namespace) -> _Sweep:
+    """Sizes, coefficients and buffers of a sweep (see :class:`_Sweep`)."""
     n_features, vocab = hidden.shape[-1], weight.shape[0]
     h2 = xp.reshape(hidden, (-1, n_features))
-    n = h2.shape[0]
-    dtype = compute_dtype(hidden.dtype, xp=xp)
-    dev = device_of(hidden)
-    index = _prepare_index(xp.reshape(target, (-1,)), vocab, ignore_index, xp=xp, lazy=False)
-    drop = index.ignored
-    like = xp.empty((n,), dtype=dtype, device=dev)
-    # One denominator for both parts: no class weights, so Σ w_y is the count of kept rows.
-    s = _scale(None if cotangent is None else xp.reshape(cotangent, (-1,)) if reduction == "none" else cotangent,
-               reduction, like, _denominator(None, index, xp=xp), dtype, xp=xp) if want_grad else 0.0
-    rows = block_rows if block_rows is not None else max(8, _BLOCK_ELEMENTS // max(vocab, 1))
+    n, dtype, dev = h2.shape[0], compute_dtype(hidden.dtype, xp=xp), device_of(hidden)
+    index = prepare_index(xp.reshape(target, (-1,)), vocab, ignore_index, xp=xp, lazy=False)
+    rows = block_rows if block_rows is not None else _engine.options().get("block_rows")
+    if rows is None:  # the engine's policy for a block of logits of a matmul
+        rows = max(8, _engine.block_bytes(hidden, "matmul") // (xp.finfo(dtype).bits // 8 * max(vocab, 1)))
     rows = max(1, min(int(rows), max(n, 1)))
-    v_chunk = max(1, min(vocab, _VOCAB_CHUNK_ELEMENTS // max(n_features, 1)))
-    class_sum = w_sum = None
-    if eps > 0.0:  # Σ_c W_c: Σ_c x_c = h · Σ_c W_c + Σ_c b_c needs no sweep, and G's uniform part is O(D)
-        w_sum = xp.sum(as_dtype(weight, dtype, xp=xp), axis=0)
-    if eps > 0.0 and want_loss:
-        class_sum = as_dtype(h2, dtype, xp=xp) @ w_sum
-        if bias is not None:
-            class_sum = class_sum + xp.sum(as_dtype(bias, dtype, xp=xp))
-    per_row = xp.zeros((n,), dtype=dtype, device=dev) if want_loss else None
-    d_hidden = d_weight = d_bias = None
+    sw = _Sweep(h2, weight, bias, index, eps, z, dtype, rows, max(1, min(vocab, _VOCAB_CHUNK_ELEMENTS //
+                max(n_features, 1))), _slices_alias(xp, dev), dtype == hidden.dtype, want_loss, want_grad)
+    if eps > 0.0:  # Σ_c x_c = h · Σ_c W_c + Σ_c b_c needs no sweep, and G's uniform part is O(D)
+        sw.w_sum = xp.sum(as_dtype(weight, dtype, xp=xp), axis=0)
+        if want_loss:
+            sw.class_sum = as_dtype(h2, dtype, xp=xp) @ sw.w_sum
+            if bias is not None:
+                sw.class_sum = sw.class_sum + xp.sum(as_dtype(bias, dtype, xp=xp))
+    if want_loss:
+        sw.per_row = xp.zeros((n,), dtype=dtype, device=dev)
     if want_grad:
-        d_hidden = xp.empty((n, n_features), dtype=hidden.dtype, device=dev)
-        d_weight = xp.zeros((vocab, n_features), dtype=dtype, device=dev)
-        d_bias = xp.zeros((vocab,), dtype=dtype, device=dev) if bias is not None else None
-    c1 = c2 = c2_h = None
-    if want_grad:  # G's coefficients per row: c1 = s·(1 - ε) at the target, c2 = s·ε/V everywhere
-        c1 = s * (1.0 - eps) + xp.zeros((n,), dtype=dtype, device=dev)
-        c1 = c1 if drop is None else xp.where(drop, 0.0, c1)
+        # One denominator for both parts: no class weights, so Σ w_y is the count of kept rows.
+        cot = None if cotangent is None else xp.reshape(cotangent, (-1,)) if reduction == "none" else cotangent
+        sw.s = reduction_scale(cot, reduction, xp.empty((n,), dtype=dtype, device=dev),
+                               mean_weights(None, index, xp=xp), dtype, xp=xp)
+        _, b, u = gradient_coefficients(sw.s + xp.zeros((n,), dtype=dtype, device=dev), sw.s, None, 1.0,
+                                        float(vocab), eps, 0.0, vocab)
+        drop = index.ignored
+        sw.b = b if drop is None else xp.where(drop, 0.0, b)
         if eps > 0.0:
-            c2 = s * (eps / vocab) + xp.zeros_like(c1)
-            c2 = c2 if drop is None else xp.where(drop, 0.0, c2)
-            c2_h = xp.zeros((n_features,), dtype=dtype, device=dev)  # Σ_i c2_i h_i, subtracted from every row of dW
-    fold = dtype == hidden.dtype
+            u = u + xp.zeros_like(sw.b)
+            sw.u = u if drop is None else xp.where(drop, 0.0, u)
+            sw.u_h = xp.zeros((n_features,), dtype=dtype, device=dev)
+        sw.d_hidden = xp.empty((n, n_features), dtype=hidden.dtype, device=dev)
+        sw.d_weight = xp.zeros((vocab, n_features), dtype=dtype, device=dev)
+        sw.d_bias = xp.zeros((vocab,), dtype=dtype, device=dev) if bias is not None else None
     # Buffers reused by every block (written through out= and views); elsewhere each
     # operation returns a new array and the buffers stay None.
-    alias = _slices_alias(xp, dev)
-    logits_buf = part_buf = None
-    if alias and fold:
-        logits_buf = xp.empty((rows, vocab), dtype=dtype, device=dev)
+    if sw.alias and sw.fold:
+        sw.logits_buf = xp.empty((rows, vocab), dtype=dtype, device=dev)
         if want_grad:
-            part_buf = xp.empty((v_chunk, n_features), dtype=dtype, device=dev)
-    w_t = xp.matrix_transpose(weight)
-    for i0 in range(0, n, rows):
-        i1 = min(i0 + rows, n)
-        h = h2[i0:i1, ...]
-        x = h @ w_t if logits_buf is None else write_into("matmul", logits_buf[:i1 - i0, ...], h, w_t, xp=xp)
-        if bias is not None:
-            x = x + bias if bias.dtype != x.dtype else _iadd(x, bias)
-        x = as_dtype(x, dtype, xp=xp)
-        y = index.safe[i0:i1]
-        m = finite_max(x, 1, xp=xp)
-        kept = None if drop is None else ~drop[i0:i1]
-        x_y = take_along_class_axis(x, y, 1, xp=xp) if want_loss else None  # before x is overwritten
-        x -= m
-        e = write_into("exp", x, x, xp=xp)  # in place where possible: x is not needed any more
-        total = xp.sum(e, axis=1, keepdims=True)
-        lse = xp.squeeze(xp.log(total) + m, axis=1)
-        if want_loss:
-            loss = lse - (1.0 - eps) * x_y
-            if class_sum is not None:
-                loss = loss - (eps / vocab) * class_sum[i0:i1]
-            if z > 0.0:
-                loss = loss + z * lse**2
-            per_row[i0:i1] = loss if kept is None else xp.where(kept, loss, 0.0)
-        del x
-        if not want_grad:
-            continue
-        s_i = s if isinstance(s, float) or s.ndim == 0 else s[i0:i1]
-        a = s_i * (1.0 + (2.0 * z) * lse) if z > 0.0 else s_i + xp.zeros_like(lse)
-        if kept is not None:
-            a = xp.where(kept, a, 0.0)
-        # G = q·e - c1·e_y - c2 with the row scale q = a / Σe. Only the first term touches the
-        # block; q is applied to the (rows, D) operands (G W = q·(e W), Gᵀh = eᵀ(q·h)) rather than
-        # to the (rows, V) block, except in half precision, where e is scaled before its cast.
-        q = a / xp.squeeze(total, axis=1)
-        if fold:
-            g, h_q = e, xp.expand_dims(q, axis=1) * h
-        else:
-            e *= xp.expand_dims(q, axis=1)
-            g, h_q = as_dtype(e, hidden.dtype, xp=xp), h
-        # dL/dh = q·(e W) - c1·W[y] - c2·ΣW
-        _matmul_into(d_hidden, i0, i1, g, weight, alias=alias, xp=xp)
-        rest = xp.expand_dims(c1[i0:i1], axis=1) * as_dtype(xp.take(weight, y, axis=0), dtype, xp=xp)
-        if c2 is not None:
-            rest += xp.expand_dims(c2[i0:i1], axis=1) * w_sum
-            c2_h = c2_h + c2[i0:i1] @ as_dtype(h, dtype, xp=xp)
-        _add_into(d_hidden, i0, i1, as_dtype(rest, hidden.dtype, xp=xp), alias=alias, subtract=True,
-                  scale=xp.expand_dims(as_dtype(q, hidden.dtype, xp=xp), axis=1) if fold else None)
-        for v0 in range(0, vocab, v_chunk):
-            v1 = min(v0 + v_chunk, vocab)
-            g_t = xp.matrix_transpose(g[:, v0:v1])
-            part = g_t @ h_q if part_buf is None else write_into("matmul", part_buf[:v1 - v0, ...], g_t, h_q, xp=xp)
-            _add_into(d_weight, v0, v1, as_dtype(part, dtype, xp=xp), alias=alias)
-        if d_bias is not None:
-            d_bias += q @ e if fold else xp.sum(e, axis=0)
-    if want_grad:
+            sw.part_buf = xp.empty((sw.v_chunk, n_features), dtype=dtype, device=dev)
+    return sw
+
+
+def _block(sw: _Sweep, i0: int, i1: int, w_t: Array, *, xp: Namespace) -> None:
+    """Rows i0:i1: their logits, log Z and loss, then their part of the three gradients."""
+    h = sw.h2[i0:i1, ...]
+    buf = sw.logits_buf
+    x = h @ w_t if buf is None else write_into("matmul", buf[: i1 - i0, ...], h, w_t, xp=xp)
+    if sw.bias is not None:
+        x = x + sw.bias if sw.bias.dtype != x.dtype else _iadd(x, sw.bias)
+    x = as_dtype(x, sw.dtype, xp=xp)
+    y = sw.index.safe[i0:i1]
+    m = finite_max(x, 1, xp=xp)
+    kept = None if sw.index.ignored is None else ~sw.index.ignored[i0:i1]
+    x_y = take_along_class_axis(x, y, 1, xp=xp) if sw.want_loss else None  # before x is overwritten
+    x -= m
+    e = write_into("exp", x, x, xp=xp)  # in place where possible: x is not needed any more
+    total = xp.sum(e, axis=1, keepdims=True)
+    log_z = xp.squeeze(xp.log(total) + m, axis=1)
+    if sw.want_loss:
+        vocab = sw.weight.shape[0]
+        c_sum = None if sw.class_sum is None else sw.class_sum[i0:i1]
+        loss = index_loss(log_z, x_y, c_sum, None, float(vocab), sw.eps, vocab)
+        if sw.z > 0.0:
+            loss = loss + sw.z * log_z**2
+        sw.per_row[i0:i1] = loss if kept is None else xp.where(kept, loss, 0.0)
+    del x
+    if sw.want_grad:
+        _block_gradient(sw, i0, i1, h, e, total, log_z, kept, y, xp=xp)
+
+
+def _block_gradient(sw: _Sweep, i0: int, i1: int, h: Array, e: Array, total: Array, log_z: Array,
+                    kept: Array | None, y: Array, *, xp: Namespace) -> None:
+    """Rows i0:i1's part of dL/dh, dW and db, from their exponentials ``e`` (not normalised)."""
+    vocab = sw.weight.shape[0]
+    s_i = sw.s if isinstance(sw.s, float) or sw.s.ndim == 0 else sw.s[i0:i1]
+    a, _, _ = gradient_coefficients(s_i + xp.zeros_like(log_z), s_i, log_z, 1.0, float(vocab), sw.eps, sw.z, vocab)
+    if kept is not None:
+        a = xp.where(kept, a, 0.0)
+    # G = q·e - b·e_y - u with the row scale q = a / Σe. Only the first term touches the
+    # block; q is applied to the (rows, D) operands (G W = q·(e W), Gᵀh = eᵀ(q·h)) rather than
+    # to the (rows, V) block, except in half precision, where e is scaled before its cast.
+    q = a / xp.squeeze(total, axis=1)
+    if sw.fold:
+        g, h_q = e, xp.expand_dims(q, axis=1) * h
+    else:
+        e *= xp.expand_dims(q, axis=1)
+        g, h_q = as_dtype(e, h.dtype, xp=xp), h
+    # dL/dh = q·(e W) - b·W[y] - u·ΣW
+    _matmul_into(sw.d_hidden, i0, i1, g, sw.weight, alias=sw.alias, xp=xp)
+    rest = xp.expand_dims(sw.b[i0:i1], axis=1) * as_dtype(xp.take(sw.weight, y, axis=0), sw.dtype, xp=xp)
+    if sw.u is not None:
+        rest += xp.expand_dims(sw.u[i0:i1], axis=1) * sw.w_sum
+        sw.u_h = sw.u_h + sw.u[i0:i1] @ as_dtype(h, sw.dtype, xp=xp)
+    _add_into(sw.d_hidden, i0, i1, as_dtype(rest, h.dtype, xp=xp), alias=sw.alias, subtract=True,
+              scale=xp.expand_dims(as_dtype(q, h.dtype, xp=xp), axis=1) if sw.fold else None)
+    for v0 in range(0, vocab, sw.v_chunk):
+        v1 = min(v0 + sw.v_chunk, vocab)
+        g_t = xp.matrix_transpose(g[:, v0:v1])
+        buf = sw.part_buf
+        part = g_t @ h_q if buf is None else write_into("matmul", buf[: v1 - v0, ...], g_t, h_q, xp=xp)
+        _add_into(sw.d_weight, v0, v1, as_dtype(part, sw.dtype, xp=xp), alias=sw.alias)
+    if sw.d_bias is not None:
+        sw.d_bias += q @ e if sw.fold else xp.sum(e, axis=0)
+
+
+def _finish(sw: _Sweep, hidden: Array, reduction: str, *, xp: Namespace) -> Fused:
+    """The one-hot and uniform parts of dW and db, and the reduced loss."""
+    if sw.want_grad:
         # Nothing may still refer to the block buffers, so that they are freed before the correction.
-        logits_buf = part_buf = e = g = g_t = part = None
-        if c2 is not None:  # the uniform part: -c2_i added to every class of row i
-            d_weight -= c2_h
-            if d_bias is not None:
-                d_bias -= xp.sum(c2)
-        if eps < 1.0:
-            _subtract_targets(d_weight, d_bias, h2, index.safe, c1, drop, rows=rows, v_chunk=v_chunk, alias=alias,
-                              xp=xp)
+        sw.logits_buf = sw.part_buf = None
+        if sw.u is not None:  # the uniform part: -u_i added to every class of row i
+            sw.d_weight -= sw.u_h
+            if sw.d_bias is not None:
+                sw.d_bias -= xp.sum(sw.u)
+        if sw.eps < 1.0:
+            _subtract_targets(sw.d_weight, sw.d_bias, sw.h2, sw.index.safe, sw.b, sw.index.ignored, rows=sw.rows,
+                              v_chunk=sw.v_chunk, alias=sw.alias, xp=xp)
     loss_out = None
-    if want_loss:
-        if reduction == "none":
-            loss_out = xp.reshape(per_row, lead)
-        elif reduction == "sum":
-            loss_out = xp.sum(per_row)
-        else:
-            loss_out = xp.sum(per_row) / xp.astype(xp.sum(_denominator(None, index, xp=xp) if drop is not None else
-                                                          xp.ones((n,), dtype=dtype, device=dev)), dtype)
-        loss_out = as_dtype(loss_out, hidden.dtype, xp=xp)
-    if not want_grad:
+    if sw.want_loss:
+        lead = tuple(hidden.shape[:-1])
+        per_row = xp.reshape(sw.per_row, lead) if reduction == "none" else sw.per_row
+        loss_out = as_dtype(reduce_loss(per_row, reduction, denominator=mean_weights(None, sw.index, xp=xp), xp=xp),
+                            hidden.dtype, xp=xp)
+    if not sw.want_grad:
         return Fused(loss_out, None, None, None)
-    return Fused(loss_out, xp.reshape(d_hidden, tuple(hidden.shape)), as_dtype(d_weight, weight.dtype, xp=xp),
-                 None if d_bias is None else as_dtype(d_bias, bias.dtype, xp=xp))
+    return Fused(loss_out, xp.reshape(sw.d_hidden, tuple(hidden.shape)), as_dtype(sw.d_weight, sw.weight.dtype, xp=xp),
+                 None if sw.d_bias is None else as_dtype(sw.d_bias, sw.bias.dtype, xp=xp))
 
 
 def _iadd(x: Array, y: Array) -> Array:
@@ -432,4 +488,4 @@ def _check(hidden, weight, target, bias, ignore_index, reduction, label_smoothin
             check_real(z_loss, "z_loss", minimum=0.0), check_integer(ignore_index, "ignore_index"))
 
 
-register(linear_cross_entropy, value_and_grad_linear_cross_entropy)
+register_value_and_grad(linear_cross_entropy, value_and_grad_linear_cross_entropy)

@@ -13,16 +13,17 @@ from typing import Any, ClassVar
 
 from ._namespace import Array
 from ._validate import REDUCTIONS, check_choice, check_fraction, check_integer, check_real, check_reduction
-from .binary import (
+from .labels import SMOOTHING_MODES
+from .losses.binary import (
     binary_cross_entropy,
     binary_cross_entropy_with_logits,
     check_alpha,
     multilabel_soft_margin_loss,
     sigmoid_focal_loss,
 )
-from .classification import cross_entropy, nll_loss, softmax_focal_loss
-from .divergence import kl_div
-from .labels import SMOOTHING_MODES
+from .losses.cross_entropy import cross_entropy
+from .losses.divergence import kl_div
+from .losses.index import nll_loss, softmax_focal_loss
 
 __all__ = [
     "BCELoss",

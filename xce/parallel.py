@@ -32,7 +32,6 @@ on every backend (it is not raised, unlike :func:`xce.cross_entropy` on eager ar
 from __future__ import annotations
 
 from collections.abc import Sequence
-from functools import lru_cache
 from typing import Any, NamedTuple
 
 from ._namespace import (
@@ -46,7 +45,11 @@ from ._namespace import (
     take_along_class_axis,
 )
 from ._reduce import reduce_loss
+from ._registry import adapter_for
+from ._softmax import finite_or_zero
+from ._targets import class_ids
 from ._validate import check_floating, check_fraction, check_index_target, check_integer, check_reduction, class_axis
+from .losses.cross_entropy import gradient_coefficients, index_loss
 
 __all__ = [
     "ShardStatistics",
@@ -72,11 +75,6 @@ class ShardStatistics(NamedTuple):
     in_shard: Array  #: bool, the (non-ignored) target falls in the slice
     logit_sum: Array | None  #: sum of the slice's logits (label smoothing), or None
     n_classes: int  #: number of classes the statistics cover
-
-
-def _shift(m: Array, *, xp: Namespace) -> Array:
-    """The max used as a shift: ``m`` where finite, else 0 (so ``inf - inf`` never occurs)."""
-    return xp.where(xp.isfinite(m), m, 0.0)
 
 
 def shard_statistics(
@@ -130,7 +128,7 @@ def shard_statistics(
         m = xp.full(target.shape, -float("inf"), dtype=work.dtype, device=device_of(work))
     else:
         m = xp.max(work, axis=ax)
-    sumexp = xp.sum(xp.exp(work - xp.expand_dims(_shift(m, xp=xp), axis=ax)), axis=ax)
+    sumexp = xp.sum(xp.exp(work - xp.expand_dims(finite_or_zero(m, xp=xp), axis=ax)), axis=ax)
 
     index = xp.astype(target, index_dtype(xp))
     local = index - vocab_start
@@ -150,8 +148,8 @@ def rescale_sumexp(sumexp: Array, local_max: Array, global_max: Array, *, xp: Na
     A slice of all ``-inf`` has ``sumexp = 0`` and gets the factor 0 (``exp(0 - M)`` would
     overflow for very negative ``M`` and make ``0 * inf = NaN``).
     """
-    local_shift = xp.where(local_max == -float("inf"), -float("inf"), _shift(local_max, xp=xp))
-    return sumexp * xp.exp(local_shift - _shift(global_max, xp=xp))
+    local_shift = xp.where(local_max == -float("inf"), -float("inf"), finite_or_zero(local_max, xp=xp))
+    return sumexp * xp.exp(local_shift - finite_or_zero(global_max, xp=xp))
 
 
 def combine_shard_statistics(shards: Sequence[ShardStatistics], *, xp: Namespace | None = None) -> ShardStatistics:
@@ -207,17 +205,14 @@ def loss_from_statistics(
 
 
 def position_loss(stats: ShardStatistics, label_smoothing: float, *, xp: Namespace) -> Array:
-    """Unmasked per-position loss from full-vocabulary statistics (see the module docstring)."""
-    shift = _shift(stats.max, xp=xp)
-    log_s = xp.log(stats.sumexp)  # log Z - shift
-    loss = log_s - (stats.target_logit - shift)
-    if label_smoothing > 0.0:
-        if stats.logit_sum is None:
-            raise ValueError("label_smoothing > 0 needs statistics computed with with_logit_sum=True.")
-        c = stats.n_classes
-        smooth = c * log_s - (stats.logit_sum - c * shift)  # -Σ_c log_softmax(x)_c
-        loss = (1.0 - label_smoothing) * loss + (label_smoothing / c) * smooth
-    return loss
+    """Unmasked per-position loss from full-vocabulary statistics: cross entropy's own
+    :func:`~xce.losses.cross_entropy.index_loss`, on statistics relative to the shift."""
+    if label_smoothing > 0.0 and stats.logit_sum is None:
+        raise ValueError("label_smoothing > 0 needs statistics computed with with_logit_sum=True.")
+    shift = finite_or_zero(stats.max, xp=xp)
+    c = stats.n_classes
+    class_sum = None if label_smoothing == 0.0 else stats.logit_sum - c * shift
+    return index_loss(xp.log(stats.sumexp), stats.target_logit - shift, class_sum, None, c, label_smoothing, c)
 
 
 def mask_positions(loss: Array, in_shard: Array, ignored: Array, *, xp: Namespace) -> Array:
@@ -284,15 +279,13 @@ def shard_statistics_gradient(
     ax = class_axis(local_logits, axis)
     work = as_compute(local_logits, xp=xp)
     log_z = xp.expand_dims(log_normalizer, axis=ax)
-    grad = xp.exp(work - log_z)
     index = xp.expand_dims(xp.astype(target, index_dtype(xp)), axis=ax)
-    shape = [1] * work.ndim
-    shape[ax] = work.shape[ax]
-    classes = xp.reshape(xp.arange(work.shape[ax], dtype=index.dtype, device=device_of(work)) + vocab_start, shape)
-    onehot = xp.astype(index == classes, work.dtype)
-    grad = grad - (1.0 - label_smoothing) * onehot
+    classes = class_ids(work.shape[ax], work.ndim, ax, xp=xp, device=device_of(work), dtype=index.dtype) + vocab_start
+    # a·p - b·e_y - u with the per-position scale 1 (the caller multiplies by the upstream gradient).
+    a, b, u = gradient_coefficients(1.0, 1.0, None, 1.0, float(n_classes), label_smoothing, 0.0, n_classes)
+    grad = a * xp.exp(work - log_z) - b * xp.astype(index == classes, work.dtype)
     if label_smoothing > 0.0:
-        grad = grad - label_smoothing / n_classes
+        grad = grad - u
     return xp.where(index == ignore_index, 0.0, grad)
 
 
@@ -304,7 +297,7 @@ def _add(arrays) -> Array:
     return total
 
 
-# --- torch.distributed ---------------------------------------------------------------------
+# --- torch.distributed (the collectives and the autograd Function live in xce.adapters.torch) --
 
 
 def vocab_parallel_cross_entropy(
@@ -355,84 +348,13 @@ def vocab_parallel_cross_entropy(
     ax = class_axis(local_logits, axis)
     check_floating(local_logits, "input", xp=xp)
     check_index_target(target, local_logits, ax, xp=xp, lazy=False)
-    loss = _torch_vocab_parallel_function().apply(
-        local_logits, target, vocab_start, group, ignore_index, eps, ax, vocab_size
-    )
+    adapter = adapter_for(local_logits)
+    if adapter is None or not hasattr(adapter, "vocab_parallel_loss"):
+        raise TypeError(f"vocab_parallel_cross_entropy runs over torch.distributed and needs torch tensors; got "
+                        f"{type(local_logits).__name__}. Elsewhere combine shard_statistics with your framework's "
+                        "collectives (docs/scaling.md).")
+    loss = adapter.vocab_parallel_loss(local_logits, target, vocab_start, group, ignore_index, eps, ax, vocab_size)
     ignored = target == ignore_index
     kept = xp.where(ignored, 0.0, xp.ones(loss.shape, dtype=loss.dtype, device=device_of(loss)))
     out = reduce_loss(loss, reduction, denominator=kept, xp=xp)
     return out if out.dtype == local_logits.dtype else xp.astype(out, local_logits.dtype)
-
-
-def _torch_all_reduce_statistics(
-    stats: ShardStatistics, group: Any, *, xp: Namespace, n_classes: int | None
-) -> ShardStatistics:
-    """The only torch.distributed code: local statistics -> full-vocabulary statistics.
-
-    Two collectives of O(N) values: MAX of the local maxima, then SUM of the rescaled
-    sum-exps, target logits, target masks (and logit sums) packed into one tensor. The
-    arithmetic in between is the Array API core's :func:`rescale_sumexp`.
-    """
-    import torch
-    import torch.distributed as dist
-
-    global_max = stats.max.clone()
-    dist.all_reduce(global_max, op=dist.ReduceOp.MAX, group=group)
-    parts = [
-        rescale_sumexp(stats.sumexp, stats.max, global_max, xp=xp),
-        stats.target_logit,
-        stats.in_shard.to(stats.sumexp.dtype),
-    ]
-    if stats.logit_sum is not None:
-        parts.append(stats.logit_sum)
-    packed = torch.stack(parts)
-    dist.all_reduce(packed, op=dist.ReduceOp.SUM, group=group)
-    if n_classes is None:
-        if stats.logit_sum is None:
-            n_classes = -1  # not needed without smoothing
-        else:
-            count = torch.tensor([stats.n_classes], dtype=torch.int64, device=packed.device)
-            dist.all_reduce(count, op=dist.ReduceOp.SUM, group=group)
-            n_classes = int(count.item())
-    logit_sum = packed[3] if stats.logit_sum is not None else None
-    return ShardStatistics(global_max, packed[0], packed[1], packed[2] > 0.5, logit_sum, n_classes)
-
-
-@lru_cache(maxsize=1)
-def _torch_vocab_parallel_function() -> Any:
-    """The ``torch.autograd.Function`` (built on first use: importing xce never imports torch)."""
-    import array_api_compat.torch as txp
-    import torch
-
-    class VocabParallelCrossEntropy(torch.autograd.Function):
-        @staticmethod
-        def forward(ctx, x, target, vocab_start, group, ignore_index, eps, ax, vocab_size):
-            local = shard_statistics(
-                x, target, vocab_start=vocab_start, axis=ax, ignore_index=ignore_index, with_logit_sum=eps > 0.0, xp=txp
-            )
-            full = _torch_all_reduce_statistics(local, group, xp=txp, n_classes=vocab_size)
-            loss = mask_positions(position_loss(full, eps, xp=txp), full.in_shard, target == ignore_index, xp=txp)
-            log_z = txp.log(full.sumexp) + _shift(full.max, xp=txp)
-            ctx.save_for_backward(x, target, log_z)
-            ctx.config = (vocab_start, full.n_classes, ax, ignore_index, eps)
-            return loss
-
-        @staticmethod
-        def backward(ctx, grad_loss):
-            x, target, log_z = ctx.saved_tensors
-            vocab_start, n_classes, ax, ignore_index, eps = ctx.config
-            grad = shard_statistics_gradient(
-                x,
-                target,
-                log_z,
-                vocab_start=vocab_start,
-                n_classes=n_classes,
-                axis=ax,
-                ignore_index=ignore_index,
-                label_smoothing=eps,
-                xp=txp,
-            )
-            grad = grad * torch.unsqueeze(grad_loss, ax)
-            return grad.to(x.dtype), None, None, None, None, None, None, None
-
-    return VocabParallelCrossEntropy

@@ -1,24 +1,26 @@
-"""Framework adapters: the analytic backward passes of :mod:`xce.grad` registered with
-PyTorch autograd (:mod:`xce.adapters.torch`) and ``jax.custom_vjp`` (:mod:`xce.adapters.jax`).
+"""Framework adapters: the analytic backward passes of the losses registered with PyTorch
+autograd (:mod:`xce.adapters.torch`) and ``jax.custom_vjp`` (:mod:`xce.adapters.jax`), and
+PyTorch's ``torch.distributed`` code.
 
-Importing :mod:`xce` imports neither framework; :func:`for_array` imports an adapter only
-when that framework's array arrives.
+Adapters depend on the core, never the reverse: this package only tells the core's registry
+(:mod:`xce._registry`) which module serves which library, and that module is imported when an
+array of its library first reaches a loss, so ``import xce`` imports neither framework.
 """
 
 from __future__ import annotations
 
-import importlib
 from types import ModuleType
 from typing import Any
 
-from .._namespace import library_name
+from .._registry import adapter_for, register_adapter
 
 __all__ = ["for_array"]
 
-_ADAPTERS = {"torch": "xce.adapters.torch", "jax": "xce.adapters.jax", "jaxlib": "xce.adapters.jax"}
+register_adapter("torch", "xce.adapters.torch")
+register_adapter("jax", "xce.adapters.jax")
+register_adapter("jaxlib", "xce.adapters.jax")
 
 
 def for_array(x: Any) -> ModuleType | None:
     """The adapter module for ``x``'s library (imported on first use), or None."""
-    name = _ADAPTERS.get(library_name(x))
-    return None if name is None else importlib.import_module(name)
+    return adapter_for(x)  # type: ignore[return-value]

@@ -1,33 +1,57 @@
-"""PyTorch autograd registration of xce's analytic backward passes.
+"""PyTorch adapter: autograd registration of xce's analytic backward passes, and every
+``torch.distributed`` call of xce.
 
 ``cross_entropy`` and ``linear_cross_entropy`` here are :func:`xce.cross_entropy` and
 :func:`xce.linear_cross_entropy` as ``torch.autograd.Function`` s: the forward runs the xce
 loss under ``torch.no_grad`` and saves the inputs plus O(N) per-position statistics (the
-logsumexp, from the same sweep over the logits as the loss); the backward is
-:func:`xce.grad.ce_backward`, evaluated in blocks of rows written in place into the
-gradient, so no softmax-sized intermediates live between forward and backward and the
-backward's extra memory is the gradient plus one block.
+logsumexp, from the same sweep over the logits as the loss); the backward is the loss's own
+gradient rule (:func:`xce.losses.cross_entropy.gradient`), evaluated in blocks of rows written
+in place into the gradient, so no softmax-sized intermediates live between forward and
+backward and the backward's extra memory is the gradient plus one block.
 
 Gradients flow to ``input`` (and ``hidden``/``weight``/``bias`` for the linear loss). When
-a class ``weight`` or a probability ``target`` requires grad, the functions fall back to
-plain autograd through the xce loss. Double backward (``create_graph=True``) differentiates
-the backward formula itself (it then recomputes the logsumexp instead of using the saved one).
+a class ``weight`` or a probability ``target`` requires grad, :func:`wants_cross_entropy`
+says no and plain autograd through the definition serves the call. Double backward
+(``create_graph=True``) differentiates the backward formula itself (it then recomputes the
+logsumexp instead of using the saved one). The Functions define ``setup_context``, so
+``torch.func`` transforms accept them.
+
+This module depends on the core and registers itself with it (:mod:`xce._registry`); no core
+module imports it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
+import array_api_compat.torch as txp
 import torch
+import torch.distributed as dist
 
-from .. import classification as _cls
 from .. import linear as _linear
-from .._namespace import namespace
-from .._validate import check_integer
-from ..classification import _prepare_index
-from ..grad import ce_backward
+from .._namespace import Namespace, namespace
+from .._targets import prepare_index
+from ..losses import cross_entropy as ce
+from ..parallel import (
+    ShardStatistics,
+    mask_positions,
+    position_loss,
+    rescale_sumexp,
+    shard_statistics,
+    shard_statistics_gradient,
+)
 
-__all__ = ["cross_entropy", "linear_cross_entropy", "needs_autograd", "wants_cross_entropy"]
+__all__ = [
+    "cross_entropy",
+    "linear_cross_entropy",
+    "needs_autograd",
+    "vocab_parallel_loss",
+    "wants_cross_entropy",
+    "wants_linear_cross_entropy",
+]
+
+_CE_NAMES = ("input", "target", "weight")
 
 
 def needs_autograd(*tensors: torch.Tensor | None) -> bool:
@@ -44,31 +68,42 @@ def wants_cross_entropy(input: torch.Tensor, target: torch.Tensor, weight: torch
     return not needs_autograd(weight, target if target.is_floating_point() else None)
 
 
+def wants_linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> bool:
+    return needs_autograd(hidden, weight, bias)
+
+
 class _CrossEntropy(torch.autograd.Function):
     @staticmethod
-    def forward(ctx: Any, input, target, weight, ignore_index, reduction, label_smoothing, axis, mode, z_loss):
-        xp = namespace(("input", "target", "weight"), input, target, weight)
+    def forward(input, target, weight, ignore_index, reduction, label_smoothing, axis, mode, z_loss):
+        xp = namespace(_CE_NAMES, input, target, weight)
         with torch.no_grad():
-            args = _cls.check_cross_entropy_arguments(input, target, weight, ignore_index, reduction,
-                                                      label_smoothing, axis, mode, z_loss, xp=xp)
+            args = ce.check_arguments(input, target, weight, ignore_index, reduction, label_smoothing, axis, mode,
+                                      z_loss, xp=xp)
             # One sweep over the logits: the loss and the per-position logsumexp it was built from.
-            loss, st = _cls.cross_entropy_with_stats(input, target, weight, args, xp=xp)
+            loss, st = ce.cross_entropy_with_stats(input, target, weight, args, xp=xp)
             lse = (st.shift + st.lse).unsqueeze(args.ax)  # O(N): one value per position
-        ctx.save_for_backward(input, target, weight, lse)
-        ctx.args = (check_integer(ignore_index, "ignore_index"), args.reduction, args.eps, args.ax, args.z)
-        return loss
+        return loss, lse, args
 
     @staticmethod
-    def backward(ctx: Any, grad_output):
+    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: tuple[Any, ...]) -> None:
+        input, target, weight = inputs[:3]
+        _, lse, args = output
+        ctx.mark_non_differentiable(lse)
+        ctx.save_for_backward(input, target, weight, lse)
+        # The checked arguments without the index arrays (rebuilt in backward from the target).
+        ctx.args = dataclasses.replace(args, index=None)
+
+    @staticmethod
+    def backward(ctx: Any, grad_output, _grad_lse=None, _grad_args=None):
         input, target, weight, lse = ctx.saved_tensors
-        ignore_index, reduction, eps, ax, z = ctx.args
-        xp = namespace(("input", "target", "weight"), input, target, weight)
-        probabilities = tuple(target.shape) == tuple(input.shape)
-        index = None if probabilities else _prepare_index(target, input.shape[ax], ignore_index, xp=xp, lazy=False)
+        args = ctx.args
+        if tuple(target.shape) != tuple(input.shape):
+            index = prepare_index(target, args.n_classes, args.ignore_index, xp=txp, lazy=False)
+            args = dataclasses.replace(args, index=index)
         # Under create_graph the saved (detached) lse would cut the second derivative.
         second_order = torch.is_grad_enabled()
-        grad = ce_backward(input, target, index, weight, reduction, eps, ax, z, grad_output,
-                           None if second_order else lse, xp=xp, blocked=not second_order)
+        grad = ce.gradient(input, target, weight, args, grad_output, None if second_order else lse, xp=txp,
+                           blocked=not second_order)
         return grad, None, None, None, None, None, None, None, None
 
 
@@ -88,12 +123,13 @@ def cross_entropy(
     if not wants_cross_entropy(input, target, weight):
         # Plain autograd through the definition (never back through the dispatching
         # xce.cross_entropy, which would route here again).
-        xp = namespace(("input", "target", "weight"), input, target, weight)
-        args = _cls.check_cross_entropy_arguments(input, target, weight, ignore_index, reduction, label_smoothing,
-                                                  axis, label_smoothing_mode, z_loss, xp=xp)
-        return _cls.cross_entropy_with_stats(input, target, weight, args, xp=xp)[0]
-    return _CrossEntropy.apply(input, target, weight, ignore_index, reduction, label_smoothing, axis,
-                               label_smoothing_mode, z_loss)
+        xp = namespace(_CE_NAMES, input, target, weight)
+        args = ce.check_arguments(input, target, weight, ignore_index, reduction, label_smoothing, axis,
+                                  label_smoothing_mode, z_loss, xp=xp)
+        return ce.cross_entropy_with_stats(input, target, weight, args, xp=xp)[0]
+    loss, _, _ = _CrossEntropy.apply(input, target, weight, ignore_index, reduction, label_smoothing, axis,
+                                     label_smoothing_mode, z_loss)
+    return loss
 
 
 class _LinearCrossEntropy(torch.autograd.Function):
@@ -149,3 +185,68 @@ def linear_cross_entropy(
     """
     return _LinearCrossEntropy.apply(hidden, weight, target, bias, ignore_index, reduction, label_smoothing, z_loss,
                                      block_rows)
+
+
+# --- vocabulary-parallel cross entropy over torch.distributed --------------------------------
+
+
+def _torch_all_reduce_statistics(
+    stats: ShardStatistics, group: Any, *, xp: Namespace, n_classes: int | None
+) -> ShardStatistics:
+    """The only torch.distributed code: local statistics -> full-vocabulary statistics.
+
+    Two collectives of O(N) values: MAX of the local maxima, then SUM of the rescaled
+    sum-exps, target logits, target masks (and logit sums) packed into one tensor. The
+    arithmetic in between is the Array API core's :func:`rescale_sumexp`.
+    """
+    global_max = stats.max.clone()
+    dist.all_reduce(global_max, op=dist.ReduceOp.MAX, group=group)
+    parts = [
+        rescale_sumexp(stats.sumexp, stats.max, global_max, xp=xp),
+        stats.target_logit,
+        stats.in_shard.to(stats.sumexp.dtype),
+    ]
+    if stats.logit_sum is not None:
+        parts.append(stats.logit_sum)
+    packed = torch.stack(parts)
+    dist.all_reduce(packed, op=dist.ReduceOp.SUM, group=group)
+    if n_classes is None:
+        if stats.logit_sum is None:
+            n_classes = -1  # not needed without smoothing
+        else:
+            count = torch.tensor([stats.n_classes], dtype=torch.int64, device=packed.device)
+            dist.all_reduce(count, op=dist.ReduceOp.SUM, group=group)
+            n_classes = int(count.item())
+    logit_sum = packed[3] if stats.logit_sum is not None else None
+    return ShardStatistics(global_max, packed[0], packed[1], packed[2] > 0.5, logit_sum, n_classes)
+
+
+class _VocabParallelCrossEntropy(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, x, target, vocab_start, group, ignore_index, eps, ax, vocab_size):
+        local = shard_statistics(
+            x, target, vocab_start=vocab_start, axis=ax, ignore_index=ignore_index, with_logit_sum=eps > 0.0, xp=txp
+        )
+        full = _torch_all_reduce_statistics(local, group, xp=txp, n_classes=vocab_size)
+        loss = mask_positions(position_loss(full, eps, xp=txp), full.in_shard, target == ignore_index, xp=txp)
+        log_z = txp.log(full.sumexp) + torch.where(torch.isfinite(full.max), full.max, 0.0)
+        ctx.save_for_backward(x, target, log_z)
+        ctx.config = (vocab_start, full.n_classes, ax, ignore_index, eps)
+        return loss
+
+    @staticmethod
+    def backward(ctx: Any, grad_loss):
+        x, target, log_z = ctx.saved_tensors
+        vocab_start, n_classes, ax, ignore_index, eps = ctx.config
+        grad = shard_statistics_gradient(x, target, log_z, vocab_start=vocab_start, n_classes=n_classes, axis=ax,
+                                         ignore_index=ignore_index, label_smoothing=eps, xp=txp)
+        grad = grad * torch.unsqueeze(grad_loss, ax)
+        return grad.to(x.dtype), None, None, None, None, None, None, None
+
+
+def vocab_parallel_loss(local_logits: torch.Tensor, target: torch.Tensor, vocab_start: int, group: Any,
+                        ignore_index: int, eps: float, ax: int, vocab_size: int | None) -> torch.Tensor:
+    """Per-position vocab-parallel cross entropy (checked arguments; see
+    :func:`xce.parallel.vocab_parallel_cross_entropy`), differentiable, backward local."""
+    return _VocabParallelCrossEntropy.apply(local_logits, target, vocab_start, group, ignore_index, eps, ax,
+                                            vocab_size)

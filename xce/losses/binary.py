@@ -1,5 +1,5 @@
 """Binary and multi-label losses: BCE on probabilities and on logits, multi-label soft margin,
-sigmoid focal loss.
+sigmoid focal loss; each with its gradient.
 
 Every logit form is written with ``softplus`` (``-log σ(x) = softplus(-x)``), never as
 ``log(sigmoid(x))``, so it stays finite and accurate for any ``|x|``. Targets and weights are
@@ -8,9 +8,11 @@ elementwise: ``target`` has ``input``'s shape, ``weight`` (and ``pos_weight``) b
 
 from __future__ import annotations
 
-from ._namespace import Array, Namespace, compute_dtype, is_lazy, namespace
-from ._reduce import reduce_loss
-from ._validate import (
+from .._arrays import expand_at, like_input
+from .._namespace import Array, Namespace, compute_dtype, is_lazy, namespace
+from .._reduce import reduce_loss, reduction_scale
+from .._registry import register_gradient
+from .._validate import (
     check_broadcastable,
     check_classes,
     check_floating,
@@ -24,10 +26,20 @@ from ._validate import (
 
 __all__ = [
     "binary_cross_entropy",
+    "binary_cross_entropy_grad",
     "binary_cross_entropy_with_logits",
+    "binary_cross_entropy_with_logits_grad",
+    "check_alpha",
+    "logistic_loss",
     "multilabel_soft_margin_loss",
+    "multilabel_soft_margin_loss_grad",
+    "sigmoid",
     "sigmoid_focal_loss",
+    "sigmoid_focal_loss_grad",
+    "softplus",
 ]
+
+_GRAD_NAMES = ("input", "target", "weight", "cotangent")
 
 
 def binary_cross_entropy(
@@ -296,6 +308,157 @@ def sigmoid_focal_loss(
     return out if out.dtype == input.dtype else xp.astype(out, input.dtype)
 
 
+# --- gradients -------------------------------------------------------------------------------
+
+
+def binary_cross_entropy_grad(
+    input: Array,
+    target: Array,
+    weight: Array | None = None,
+    reduction: str = "mean",
+    *,
+    label_smoothing: float = 0.0,
+    cotangent: Array | None = None,
+    xp: Namespace | None = None,
+) -> Array:
+    r"""Gradient of :func:`xce.binary_cross_entropy`: :math:`s_i w_i [-y_i/p_i + (1-y_i)/(1-p_i)]`.
+
+    Each term is 0 where its log is clamped at -100 (p = 0, or p = 1), the derivative of the
+    clamped loss. Under JAX and Dask, elements outside [0, 1] get NaN (their loss is NaN).
+
+    Examples
+    --------
+    >>> import numpy as np, xce
+    >>> xce.grad.binary_cross_entropy_grad(np.asarray([0.5, 0.5]), np.asarray([1.0, 0.0])).tolist()
+    [-1.0, 1.0]
+    """
+    xp = namespace(_GRAD_NAMES, input, target, weight, cotangent, xp=xp)
+    reduction = check_reduction(reduction)
+    eps = check_fraction(label_smoothing, "label_smoothing")
+    lazy = is_lazy(input)
+    work, y = _prepare(input, target, eps, xp=xp, lazy=lazy)
+    check_broadcastable(weight, input, "weight", xp=xp, lazy=lazy)
+    if not lazy:
+        check_values_in(input, 0.0, 1.0, "input", xp=xp)
+    pos, neg = work > 0.0, work < 1.0
+    p_safe = xp.where(pos, work, 1.0)
+    q_safe = xp.where(neg, 1.0 - work, 1.0)
+    d_log_p = xp.where(pos & (xp.log(p_safe) >= -100.0), 1.0 / p_safe, 0.0)
+    d_log_q = xp.where(neg & (xp.log1p(-xp.where(neg, work, 0.0)) >= -100.0), -1.0 / q_safe, 0.0)
+    g = -(y * d_log_p + (1.0 - y) * d_log_q)
+    if lazy:
+        g = xp.where((work >= 0.0) & (work <= 1.0), g, float("nan"))
+    return _finish_elementwise(g, weight, reduction, cotangent, input, xp=xp)
+
+
+def binary_cross_entropy_with_logits_grad(
+    input: Array,
+    target: Array,
+    weight: Array | None = None,
+    reduction: str = "mean",
+    pos_weight: Array | None = None,
+    *,
+    label_smoothing: float = 0.0,
+    cotangent: Array | None = None,
+    xp: Namespace | None = None,
+) -> Array:
+    r"""Gradient of :func:`xce.binary_cross_entropy_with_logits`:
+    :math:`s_i w_i\,[(1 + (p_w - 1) y_i)\,\sigma(x_i) - p_w y_i]`.
+
+    Examples
+    --------
+    >>> import numpy as np, xce
+    >>> xce.grad.binary_cross_entropy_with_logits_grad(np.asarray([0.0, 0.0]), np.asarray([1.0, 0.0])).tolist()
+    [-0.25, 0.25]
+    """
+    xp = namespace(("input", "target", "weight", "pos_weight", "cotangent"), input, target, weight, pos_weight,
+                   cotangent, xp=xp)
+    reduction = check_reduction(reduction)
+    eps = check_fraction(label_smoothing, "label_smoothing")
+    lazy = is_lazy(input)
+    work, y = _prepare(input, target, eps, xp=xp, lazy=lazy)
+    check_broadcastable(weight, input, "weight", xp=xp, lazy=lazy)
+    check_broadcastable(pos_weight, input, "pos_weight", xp=xp, lazy=lazy)
+    sig = sigmoid(work, xp=xp)
+    if pos_weight is None:
+        g = sig - y
+    else:
+        pw = xp.astype(pos_weight, work.dtype)
+        g = (1.0 + (pw - 1.0) * y) * sig - pw * y
+    return _finish_elementwise(g, weight, reduction, cotangent, input, xp=xp)
+
+
+def multilabel_soft_margin_loss_grad(
+    input: Array,
+    target: Array,
+    weight: Array | None = None,
+    reduction: str = "mean",
+    *,
+    cotangent: Array | None = None,
+    xp: Namespace | None = None,
+) -> Array:
+    r"""Gradient of :func:`xce.multilabel_soft_margin_loss`: :math:`s_i\,w_c\,(\sigma(x_{i,c}) - y_{i,c})/C`.
+
+    Examples
+    --------
+    >>> import numpy as np, xce
+    >>> xce.grad.multilabel_soft_margin_loss_grad(np.asarray([[0.0, 0.0]]), np.asarray([[1.0, 0.0]])).tolist()
+    [[-0.25, 0.25]]
+    """
+    xp = namespace(_GRAD_NAMES, input, target, weight, cotangent, xp=xp)
+    reduction = check_reduction(reduction)
+    if input.ndim == 0:
+        raise ValueError("input must have a class axis (the last one); got a 0-d array. Pass shape (C,) or (N, C).")
+    lazy = is_lazy(input)
+    work, y = _prepare(input, target, 0.0, xp=xp, lazy=lazy)
+    n_classes = check_classes(input, input.ndim - 1)
+    check_broadcastable(weight, input, "weight", xp=xp, lazy=lazy)
+    g = (sigmoid(work, xp=xp) - y) / n_classes
+    if weight is not None:
+        g = xp.astype(weight, work.dtype) * g
+    s = reduction_scale(cotangent, reduction, work[..., 0], None, work.dtype, xp=xp)
+    return like_input(expand_at(s, -1, xp=xp) * g, input, xp=xp)
+
+
+def sigmoid_focal_loss_grad(
+    input: Array,
+    target: Array,
+    alpha: float = 0.25,
+    gamma: float = 2.0,
+    reduction: str = "none",
+    *,
+    cotangent: Array | None = None,
+    xp: Namespace | None = None,
+) -> Array:
+    r"""Gradient of :func:`xce.sigmoid_focal_loss`.
+
+    With :math:`u = 1 - p_t` and :math:`b` the BCE on logits:
+    :math:`s_i\,\alpha_t\,[u^\gamma(\sigma(x) - y) + \gamma u^{\gamma-1}(1-2y)\,\sigma(x)\sigma(-x)\,b]`.
+
+    Examples
+    --------
+    >>> import numpy as np, xce
+    >>> xce.grad.sigmoid_focal_loss_grad(np.asarray([0.0]), np.asarray([1.0]), alpha=-1.0, gamma=0.0).tolist()
+    [-0.5]
+    """
+    xp = namespace(("input", "target", "cotangent"), input, target, cotangent, xp=xp)
+    reduction = check_reduction(reduction)
+    alpha = check_alpha(alpha)
+    gamma = check_real(gamma, "gamma", minimum=0.0)
+    work, y = _prepare(input, target, 0.0, xp=xp, lazy=is_lazy(input))
+    bce = logistic_loss(work, y, None, xp=xp)
+    sig, sig_neg = sigmoid(work, xp=xp), sigmoid(-work, xp=xp)
+    u = y * sig_neg + (1.0 - y) * sig
+    g = u**gamma * (sig - y)
+    if gamma > 0.0:
+        safe = xp.where(u > 0.0, u, 1.0)
+        du = (1.0 - 2.0 * y) * sig * sig_neg
+        g = g + xp.where(u > 0.0, gamma * safe ** (gamma - 1.0) * du * bce, 0.0)
+    if alpha >= 0.0:
+        g = (alpha * y + (1.0 - alpha) * (1.0 - y)) * g
+    return _finish_elementwise(g, None, reduction, cotangent, input, xp=xp)
+
+
 # --- shared pieces ---------------------------------------------------------------------------
 
 
@@ -341,3 +504,22 @@ def _finish(loss: Array, weight: Array | None, reduction: str, input: Array, *, 
         loss = xp.astype(weight, loss.dtype) * loss
     out = reduce_loss(loss, reduction, xp=xp)
     return out if out.dtype == input.dtype else xp.astype(out, input.dtype)
+
+
+def sigmoid(x: Array, *, xp: Namespace) -> Array:
+    """σ(x) = exp(-softplus(-x)): never overflows, accurate in both tails."""
+    return xp.exp(-softplus(-x, xp=xp))
+
+
+def _finish_elementwise(g: Array, weight: Array | None, reduction: str, cotangent: Array | None, input: Array, *,
+                        xp: Namespace) -> Array:
+    if weight is not None:
+        g = xp.astype(weight, g.dtype) * g
+    s = reduction_scale(cotangent, reduction, g, None, g.dtype, xp=xp)
+    return like_input(s * g, input, xp=xp)
+
+
+register_gradient(binary_cross_entropy, binary_cross_entropy_grad)
+register_gradient(binary_cross_entropy_with_logits, binary_cross_entropy_with_logits_grad)
+register_gradient(multilabel_soft_margin_loss, multilabel_soft_margin_loss_grad)
+register_gradient(sigmoid_focal_loss, sigmoid_focal_loss_grad)

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from ._namespace import Array, Namespace, compute_dtype, device_of, is_lazy, namespace
-from ._reduce import reduce_loss
-from ._validate import check_floating, check_reduction, check_same_device
+from .._namespace import Array, Namespace, compute_dtype, device_of, is_lazy, namespace
+from .._reduce import reduce_loss
+from .._validate import check_floating, check_reduction, check_same_device
 
 __all__ = ["kl_div"]
 

@@ -1,0 +1,51 @@
+"""Shared parameter descriptions for docstrings: written once, filled into every function
+that takes the same arguments (``{parameters}`` in the docstring)."""
+
+from __future__ import annotations
+
+import textwrap
+from collections.abc import Callable
+from typing import TypeVar
+
+__all__ = ["CROSS_ENTROPY_PARAMETERS", "fill_doc"]
+
+F = TypeVar("F", bound=Callable[..., object])
+
+CROSS_ENTROPY_PARAMETERS = """\
+input : array
+    Logits, shape ``(C,)``, ``(N, C)`` or ``(N, C, d1, ..., dk)`` (classes along
+    ``axis``). Half-precision inputs are computed in float32.
+target : array
+    Class indices (any integer dtype) or class probabilities (see above).
+weight : array, optional
+    Per-class weights, shape ``(C,)``.
+ignore_index : int, default -100
+    Index targets equal to it contribute nothing (index targets only). It may be a
+    real class; that class still takes part in the softmax.
+reduction : {"mean", "sum", "none"}, default "mean"
+label_smoothing : float in [0, 1], default 0.0
+axis : int, optional
+    The class axis. ``None`` is PyTorch's rule: 0 for 1-D ``input``, else 1. Use
+    ``axis=-1`` for ``(batch, time, vocab)`` logits.
+label_smoothing_mode : {"uniform", "off_target"}, default "uniform"
+    How ``label_smoothing`` spreads its mass (see above). ``"off_target"`` needs C >= 2.
+z_loss : float >= 0, default 0.0
+    Coefficient of the PaLM z-loss on :math:`\\log Z = \\mathrm{logsumexp}(x)`.
+xp : namespace, optional
+    The array namespace, to skip inference."""
+
+
+def fill_doc(parameters: str) -> Callable[[F], F]:
+    """Put ``parameters`` (indented to match) where the docstring says ``{parameters}``."""
+
+    def decorate(fn: F) -> F:
+        doc = fn.__doc__ or ""
+        marker = "{parameters}"
+        at = doc.find(marker)
+        if at >= 0:
+            indent = doc[doc.rfind("\n", 0, at) + 1 : at]
+            body = textwrap.indent(parameters, indent)[len(indent) :]
+            fn.__doc__ = doc.replace(marker, body, 1)
+        return fn
+
+    return decorate

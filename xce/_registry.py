@@ -1,0 +1,94 @@
+"""The two registries through which the core reaches code it must not import.
+
+* **Adapters.** Framework adapters (:mod:`xce.adapters`) register themselves here by library
+  name; the core asks :func:`adapter_for` for the adapter of an array's library and talks to
+  it through the :class:`Adapter` protocol. The core never imports :mod:`xce.adapters` (the
+  adapters import the core), and an adapter module is imported only when its library's array
+  first arrives, so ``import xce`` imports neither PyTorch nor JAX.
+* **Gradients.** Each loss module registers its analytic gradient (or, for the fused linear
+  loss, its value-and-gradient) beside its definition; :func:`xce.value_and_grad` looks them
+  up here by the loss function itself.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from typing import Any, Protocol, cast
+
+from ._namespace import Array, library_name
+
+__all__ = [
+    "Adapter",
+    "adapter_for",
+    "gradient_of",
+    "register_adapter",
+    "register_gradient",
+    "register_value_and_grad",
+    "registered_losses",
+]
+
+
+class Adapter(Protocol):
+    """What the core asks of a framework adapter (a module, e.g. :mod:`xce.adapters.torch`)."""
+
+    def wants_cross_entropy(self, input: Array, target: Array, weight: Array | None) -> bool:
+        """Whether this call should run through the adapter's autodiff registration."""
+        ...
+
+    def cross_entropy(self, input: Array, target: Array, weight: Array | None, ignore_index: int, reduction: str,
+                      label_smoothing: float, *, axis: int | None, label_smoothing_mode: str,
+                      z_loss: float) -> Array: ...
+
+    def wants_linear_cross_entropy(self, hidden: Array, weight: Array, bias: Array | None) -> bool: ...
+
+    def linear_cross_entropy(self, hidden: Array, weight: Array, target: Array, bias: Array | None,
+                             ignore_index: int, reduction: str, label_smoothing: float, *, z_loss: float,
+                             block_rows: int | None) -> Array: ...
+
+
+_ADAPTER_MODULES: dict[str, str] = {}
+_ADAPTERS: dict[str, Adapter | None] = {}
+
+
+def register_adapter(library: str, module: str) -> None:
+    """Make ``module`` (imported on first use) the adapter for arrays of ``library``."""
+    _ADAPTER_MODULES[library] = module
+    _ADAPTERS.pop(library, None)
+
+
+def adapter_for(x: Array) -> Adapter | None:
+    """The adapter of ``x``'s library, or None when it has none."""
+    lib = library_name(x)
+    try:
+        return _ADAPTERS[lib]
+    except KeyError:
+        module = _ADAPTER_MODULES.get(lib)
+        adapter = None if module is None else cast(Adapter, importlib.import_module(module))
+        _ADAPTERS[lib] = adapter
+        return adapter
+
+
+# --- gradients --------------------------------------------------------------------------------
+
+LossFn = Callable[..., Any]
+_GRADIENTS: dict[LossFn, tuple[str, Callable[..., Any]]] = {}
+
+
+def register_gradient(loss_fn: LossFn, grad_fn: Callable[..., Any]) -> None:
+    """``grad_fn`` takes ``loss_fn``'s arguments plus ``cotangent=`` and returns d/d input."""
+    _GRADIENTS[loss_fn] = ("grad", grad_fn)
+
+
+def register_value_and_grad(loss_fn: LossFn, fn: Callable[..., Any]) -> None:
+    """``fn`` takes ``loss_fn``'s arguments plus ``cotangent=`` and returns ``(loss, gradients)``
+    itself (one fused sweep, e.g. the linear loss's three gradients)."""
+    _GRADIENTS[loss_fn] = ("value_and_grad", fn)
+
+
+def gradient_of(loss_fn: LossFn) -> tuple[str, Callable[..., Any]] | None:
+    return _GRADIENTS.get(loss_fn)
+
+
+def registered_losses() -> list[str]:
+    return sorted(getattr(f, "__name__", repr(f)) for f in _GRADIENTS)

@@ -1,0 +1,706 @@
+r"""Cross entropy: its checks, its statistics, its loss and its gradient rule, in one place.
+
+Notation: ``x`` logits with classes along ``axis``, ``C`` classes, :math:`L = \log\sum_c e^{x_c}`,
+``w`` class weights (:math:`W = \sum_c w_c`), ``ε`` label smoothing in its uniform form and
+``z`` the z-loss coefficient. :func:`smoothing_coefficients` gives the two numbers label
+smoothing puts on the classes, :math:`(1-\varepsilon,\ \varepsilon/C)`; every path of cross
+entropy (this module's forward and gradient, :mod:`xce.linear`, :mod:`xce.parallel`) takes
+them from there. Per position, with ``a = 1-ε`` on the target and ``u = ε/C`` on every class,
+
+* index targets: :math:`l = a\,w_y (L - x_y) + u\,(W L - \sum_c w_c x_c)`, and
+  :math:`\partial l/\partial x = (a\,w_y + u\,W)\,p - a\,w_y\,e_y - u\,w`;
+* probability targets, :math:`\tilde q = w \odot (a\,y + u)`:
+  :math:`l = (\sum_c \tilde q_c) L - \sum_c \tilde q_c x_c`, and
+  :math:`\partial l/\partial x = (\sum_c \tilde q_c)\,p - \tilde q`;
+* z-loss: :math:`z L^2`, gradient :math:`2 z L\,p`, with its own ``"mean"`` scale (the count).
+
+The statistics are one sweep over the logits (:func:`xce._engine.softmax_sums`, blocked on
+eager arrays); the loss needs only per-position arithmetic on them; the gradient rule
+(:func:`gradient`) is one function applied to the whole array or block by block in place.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+from .. import _engine
+from .._arrays import along_classes, expand_at, like_input
+from .._docs import CROSS_ENTROPY_PARAMETERS, fill_doc
+from .._namespace import (
+    Array,
+    Namespace,
+    as_dtype,
+    compute_dtype,
+    device_of,
+    is_lazy,
+    namespace,
+    take_along_class_axis,
+    write_into,
+    writes_into,
+)
+from .._namespace import compute_dtype as default_compute_dtype
+from .._reduce import reduce_loss, reduction_scale
+from .._registry import adapter_for, register_gradient
+from .._softmax import softmax_and_lse
+from .._targets import IndexTarget, class_ids, gather_weight, mask_loss, mean_weights, prepare_index
+from .._validate import (
+    check_choice,
+    check_classes,
+    check_floating,
+    check_fraction,
+    check_index_target,
+    check_integer,
+    check_probability_target,
+    check_real,
+    check_reduction,
+    check_weight,
+    class_axis,
+)
+from ..labels import SMOOTHING_MODES, uniform_equivalent
+
+__all__ = [
+    "CrossEntropyArgs",
+    "RowStats",
+    "check_arguments",
+    "cross_entropy",
+    "cross_entropy_grad",
+    "cross_entropy_with_stats",
+    "fused_stats",
+    "gradient",
+    "gradient_coefficients",
+    "index_loss",
+    "probability_target_gradient",
+    "row_stats",
+    "smoothing_coefficients",
+]
+
+_NAMES = ("input", "target", "weight")
+
+
+# --- arguments ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CrossEntropyArgs:
+    """:func:`cross_entropy`'s arguments, checked once and shared by the loss, its gradient
+    and the adapters."""
+
+    reduction: str
+    eps: float  #: label smoothing in the uniform convention (off_target already converted)
+    z: float  #: z-loss coefficient
+    ax: int  #: the class axis, non-negative
+    n_classes: int
+    lazy: bool  #: values cannot be read (JAX, Dask): invalid values become NaN
+    ignore_index: int
+    index: IndexTarget | None  #: None for probability targets
+
+
+def check_arguments(
+    input: Array, target: Array, weight: Array | None, ignore_index: int, reduction: str, label_smoothing: float,
+    axis: int | None, label_smoothing_mode: str, z_loss: float, *, xp: Namespace,
+) -> CrossEntropyArgs:
+    """Every check of :func:`cross_entropy`'s arguments (shared with its gradient)."""
+    reduction = check_reduction(reduction)
+    eps = check_fraction(label_smoothing, "label_smoothing")
+    mode = check_choice(label_smoothing_mode, "label_smoothing_mode", SMOOTHING_MODES)
+    z = check_real(z_loss, "z_loss", minimum=0.0)
+    ignore_index = check_integer(ignore_index, "ignore_index")
+    ax = class_axis(input, axis)
+    check_floating(input, "input", xp=xp)
+    n_classes = check_classes(input, ax)
+    eps = uniform_equivalent(eps, mode, n_classes, "label_smoothing")
+    lazy = is_lazy(input)
+    check_weight(weight, n_classes, input, xp=xp, lazy=lazy)
+    index = None
+    if tuple(target.shape) == tuple(input.shape):
+        check_probability_target(target, input, ignore_index, xp=xp, lazy=lazy)
+    else:
+        check_index_target(target, input, ax, xp=xp, lazy=lazy)
+        index = prepare_index(target, n_classes, ignore_index, xp=xp, lazy=lazy)
+    return CrossEntropyArgs(reduction, eps, z, ax, n_classes, lazy, ignore_index, index)
+
+
+def smoothing_coefficients(eps: float, n_classes: int) -> tuple[float, float]:
+    """``(1 - ε, ε / C)``: the mass label smoothing leaves on the target and puts on every
+    class (uniform convention). The one place these two numbers are computed."""
+    return 1.0 - eps, eps / n_classes
+
+
+def index_loss(lse: Array, target: Array, class_sum: Array | None, w_y: Array | None, w_sum: Array | float,
+               eps: float, n_classes: int) -> Array:
+    """Per-position index-target cross entropy from statistics taken against a common per-row
+    shift (any: the shift cancels): ``lse = log Σ_c e^(x_c - shift)``, ``target = x_y - shift``,
+    ``class_sum = Σ_c w_c (x_c - shift)`` (needed when ``eps > 0``). Unmasked, unreduced."""
+    loss = lse - target  # -ℓ[y]
+    if w_y is not None:
+        loss = w_y * loss
+    if eps > 0.0:
+        # -Σ_c w_c ℓ_c = Σ_c w_c (lse - s_c) = W·lse - class_sum: per-position sums only.
+        on, off = smoothing_coefficients(eps, n_classes)
+        loss = on * loss + off * (w_sum * lse - class_sum)
+    return loss
+
+
+def gradient_coefficients(s: Any, s_z: Any, log_z: Array | None, w_y: Array | float, w_sum: Array | float,
+                          eps: float, z: float, n_classes: int) -> tuple[Any, Any, Any]:
+    """Per-row ``(a, b, u)`` of the index-target gradient ``a·p - b·e_y - u·w``.
+
+    ``s``/``s_z`` are the rows' scales of the loss and of the z term (cotangent over the
+    reduction's denominators), ``log_z`` the full logsumexp (used only when ``z > 0``),
+    ``w_y``/``w_sum`` the target's class weight and ``Σ_c w_c`` (1 and C without weights):
+    ``b = s·(1-ε)·w_y``, ``u = s·ε/C``, ``a = b + u·W + s_z·2z·log Z``. Shared by
+    :func:`gradient_rows`, :mod:`xce.linear` and :mod:`xce.parallel`.
+    """
+    on, off = smoothing_coefficients(eps, n_classes)
+    b = s * on * w_y
+    a = s * (on * w_y + off * w_sum) if off > 0.0 else b
+    if z > 0.0:
+        a = a + s_z * (2.0 * z) * log_z
+    return a, b, s * off
+
+
+# --- statistics -----------------------------------------------------------------------------
+
+
+class RowStats(NamedTuple):
+    """Per-row statistics, in the compute dtype (float32 for half-precision input).
+
+    With ``s = x - shift`` (``shift`` the row's finite maximum, 0 where it is not finite):
+
+    * ``shift``: the shift itself;
+    * ``lse``: ``log Σ_c exp(s_c)`` (add ``shift`` for the logsumexp of ``x``);
+    * ``target``: ``s[index]`` (None without ``index``);
+    * ``class_sum``: ``Σ_c w_c s_c`` (``w = 1`` without ``weight``; None unless requested);
+    * ``prob_dot``: ``Σ_c q̃_c s_c`` with 0 where ``q̃_c = 0`` and ``s_c`` is not finite;
+    * ``prob_mass``: ``Σ_c q̃_c`` (probability targets), ``q̃ = w ⊙ ((1-ε) q + ε/C)``.
+
+    Cross entropy then needs only (N,)-sized arithmetic: ``-ℓ_y = lse - target``,
+    ``-Σ_c w_c ℓ_c = W·lse - class_sum``, ``-Σ_c q̃_c ℓ_c = mass·lse - prob_dot``.
+    """
+
+    shift: Array
+    lse: Array
+    target: Array | None = None
+    class_sum: Array | None = None
+    prob_dot: Array | None = None
+    prob_mass: Array | None = None
+
+
+def _smoothed(q: Array, w: Array | None, eps: float, n_classes: int, dtype: Any, *, xp: Namespace) -> Array:
+    """``q̃ = w ⊙ ((1-ε) q + ε/C)`` in the compute dtype."""
+    q = as_dtype(q, dtype, xp=xp)
+    if eps > 0.0:
+        on, off = smoothing_coefficients(eps, n_classes)
+        q = on * q + off
+    return q if w is None else q * w
+
+
+def _prob_dot(s: Array, q: Array, *, xp: Namespace) -> Array:
+    """``Σ_c q_c s_c`` over axis 1 (kept). Where ``q_c = 0`` and ``s_c = -inf`` the term is 0:
+    the logit is masked there and only there; masking the product wherever ``q = 0`` would
+    also cut d/dq, whose true value at 0 is ``-ℓ_c`` (one-hot and distillation targets)."""
+    s = xp.where((q == 0.0) & ~xp.isfinite(s), 0.0, s)
+    return xp.sum(q * s, axis=1, keepdims=True)
+
+
+def _terms(weight: Array | None, probs: Array | None, *, ndim: int, class_sum: bool, smoothing: float,
+           n_classes: int, dtype: Any, xp: Namespace) -> _engine.Terms | None:
+    """The engine callback for cross entropy's linear statistics: ``Σ w s`` and ``Σ q̃ s``."""
+    if not class_sum and probs is None:
+        return None
+    w_all = None if weight is None else along_classes(weight, ndim, 1, xp=xp)
+
+    def terms(s: Array, rows: slice, classes: slice) -> list[tuple[Array, Array | float]]:
+        w_c = None if w_all is None else w_all[:, classes, ...]
+        out: list[tuple[Array, Array | float]] = []
+        if class_sum:
+            mass = float(s.shape[1]) if w_c is None else xp.sum(w_c)
+            out.append((xp.sum(s if w_c is None else s * w_c, axis=1, keepdims=True), mass))
+        if probs is not None:
+            q = _smoothed(probs[rows, classes, ...], w_c, smoothing, n_classes, dtype, xp=xp)
+            out.append((_prob_dot(s, q, xp=xp), xp.sum(q, axis=1, keepdims=True)))
+        return out
+
+    return terms
+
+
+def _stats(x: Array, index: Array | None, *, xp: Namespace, weight: Array | None, class_sum: bool,
+           probs: Array | None, smoothing: float, dtype: Any, blocked: bool) -> RowStats:
+    terms = _terms(weight, probs, ndim=x.ndim, class_sum=class_sum, smoothing=smoothing, n_classes=x.shape[1],
+                   dtype=dtype, xp=xp)
+    st = _engine.softmax_sums(x, xp=xp, terms=terms, compute_dtype=dtype, blocked=blocked)
+    target = None
+    if index is not None:
+        # Gathered from x, not from the shifted logits: O(N), and XLA then fuses the shift
+        # into reductions without materialising it.
+        target = as_dtype(take_along_class_axis(x, index, 1, xp=xp), dtype, xp=xp) - st.shift
+    csum = st.sums[0] if class_sum else None
+    pdot, pmass = (st.sums[-1], st.masses[-1]) if probs is not None else (None, None)
+    return RowStats(st.shift, st.lse, target, csum, pdot, pmass)
+
+
+def row_stats(x: Array, index: Array | None = None, *, xp: Namespace, weight: Array | None = None,
+              class_sum: bool = False, probs: Array | None = None, smoothing: float = 0.0,
+              compute_dtype: Any = None) -> RowStats:
+    """Blocked cross-entropy statistics of ``x`` (``(A, C)`` or ``(A, C, B)``, classes on axis 1).
+
+    ``index``: valid class indices (``(A,)`` / ``(A, B)``) for ``RowStats.target``; ``weight``:
+    class weights in the compute dtype; ``class_sum``: also ``Σ_c w_c s_c``; ``probs``:
+    probability targets shaped like ``x`` (smoothed by ``smoothing`` first). Fields not asked
+    for are None.
+    """
+    dtype = compute_dtype if compute_dtype is not None else default_compute_dtype(x.dtype, xp=xp)
+    return _stats(x, index, xp=xp, weight=weight, class_sum=class_sum, probs=probs, smoothing=smoothing,
+                  dtype=dtype, blocked=True)
+
+
+def fused_stats(x: Array, index: Array | None = None, *, xp: Namespace, weight: Array | None = None,
+                class_sum: bool = False, probs: Array | None = None, smoothing: float = 0.0,
+                compute_dtype: Any = None) -> RowStats:
+    """:func:`row_stats` as one block: the fused formula, for lazy backends and small inputs."""
+    dtype = compute_dtype if compute_dtype is not None else default_compute_dtype(x.dtype, xp=xp)
+    return _stats(x, index, xp=xp, weight=weight, class_sum=class_sum, probs=probs, smoothing=smoothing,
+                  dtype=dtype, blocked=False)
+
+
+def statistics(x: Array, ax: int, *, xp: Namespace, lazy: bool, index: Array | None = None,
+               weight: Array | None = None, class_sum: bool = False, probs: Array | None = None,
+               smoothing: float = 0.0, dtype: Any) -> RowStats:
+    """Per-position statistics of ``x`` along ``ax``, shaped like ``x`` without ``ax``.
+
+    ``x`` is viewed as ``(A, C)`` or ``(A, C, B)`` (the axes before and after the class axis
+    flattened) so one engine serves every layout; eager arrays large enough go through the
+    blocked engine, the rest (JAX, Dask, small inputs) through the same math as one block.
+    """
+    n_classes = x.shape[ax]
+    outer, inner = math.prod(x.shape[:ax]), math.prod(x.shape[ax + 1 :])
+    shape = (outer, n_classes) if inner == 1 else (outer, n_classes, inner)
+    out_shape = tuple(x.shape[:ax]) + tuple(x.shape[ax + 1 :])
+
+    def view(a: Array | None, s: tuple[int, ...]) -> Array | None:
+        return a if a is None or tuple(a.shape) == s else xp.reshape(a, s)
+
+    compute = row_stats if not lazy and _engine.supports(x) else fused_stats
+    st = compute(view(x, shape), view(index, shape[:1] + shape[2:]), xp=xp, weight=weight, class_sum=class_sum,
+                 probs=view(probs, shape), smoothing=smoothing, compute_dtype=dtype)
+    return RowStats(*(view(f, out_shape) for f in st))
+
+
+# --- the loss -------------------------------------------------------------------------------
+
+
+@fill_doc(CROSS_ENTROPY_PARAMETERS)
+def cross_entropy(
+    input: Array,
+    target: Array,
+    weight: Array | None = None,
+    ignore_index: int = -100,
+    reduction: str = "mean",
+    label_smoothing: float = 0.0,
+    *,
+    axis: int | None = None,
+    label_smoothing_mode: str = "uniform",
+    z_loss: float = 0.0,
+    xp: Namespace | None = None,
+) -> Array:
+    r"""Cross entropy between logits and class-index or class-probability targets.
+
+    PyTorch's ``torch.nn.functional.cross_entropy``, argument for argument, on any Array
+    API library. With :math:`\ell = \mathrm{log\_softmax}(x)` over the class axis:
+
+    * **Index targets** (integer ``target`` with ``input``'s shape minus the class axis):
+
+      .. math::
+         l_i = (1-\varepsilon)\,\bigl(-w_{y_i}\,\ell_{i,y_i}\bigr)
+               + \frac{\varepsilon}{C}\,\Bigl(-\sum_c w_c\,\ell_{i,c}\Bigr),
+
+      and :math:`l_i = 0` where :math:`y_i` equals ``ignore_index``. ``"mean"`` divides
+      :math:`\sum_i l_i` by :math:`\sum_{i \text{ not ignored}} w_{y_i}` (the count when
+      ``weight`` is None), so it is *not* ``reduction="none"`` followed by ``.mean()``.
+      Every target ignored gives NaN for ``"mean"`` (0/0) and 0 for ``"sum"``.
+    * **Probability targets** (floating ``target`` with ``input``'s shape): with
+      :math:`q = (1-\varepsilon)\,y + \varepsilon/C`,
+      :math:`l_i = -\sum_c w_c\,q_{i,c}\,\ell_{i,c}` (a term with :math:`w_c q_{i,c} = 0`
+      at a ``-inf`` logit counts as 0, so such logits stay finite);
+      ``"mean"`` divides by the number of positions.
+
+    Label smoothing follows Szegedy et al., "Rethinking the Inception Architecture for
+    Computer Vision" (2016). ``label_smoothing_mode="uniform"`` is PyTorch's convention
+    (ε/C to every class, as above). ``"off_target"`` (fairseq, Megatron-LM) puts 1-ε on
+    the target and ε/(C-1) on every other class; it is the uniform formula with
+    :math:`\varepsilon' = \varepsilon\,C/(C-1)`, so weights, ``ignore_index`` and the
+    ``"mean"`` denominator behave identically in both modes (for probability targets,
+    :math:`q = (1-\varepsilon')\,y + \varepsilon'/C`).
+
+    **z-loss** (PaLM, Chowdhery et al. 2022): ``z_loss=z > 0`` adds
+    :math:`z\,(\log\sum_c e^{x_{i,c}})^2` to every position that is not ignored (0 at
+    ignored ones, in ``"none"`` too). It is *not* multiplied by the class weights: with
+    ``"mean"`` the cross-entropy part is divided by :math:`\sum w_{y_i}` as above and the
+    z part by the **number** of non-ignored positions (probability targets: the number of
+    positions, like the cross-entropy part), so ``z`` means the same with or without
+    ``weight``. ``"sum"`` adds the two sums.
+
+    Parameters
+    ----------
+    {parameters}
+
+    Returns
+    -------
+    array
+        In ``input``'s library, device and dtype: 0-d for ``"mean"``/``"sum"``, the
+        target's shape (index targets) or ``input``'s shape without the class axis for
+        ``"none"``.
+
+    Raises
+    ------
+    IndexError
+        An index outside ``[0, C)`` that is not ``ignore_index`` (eager arrays). Under JAX
+        and Dask, whose values are not read, that position's loss is NaN instead.
+
+    Examples
+    --------
+    >>> import numpy as np, xce
+    >>> logits = np.asarray([[2.0, 1.0, 0.1], [0.5, 2.0, 0.3]])
+    >>> round(float(xce.cross_entropy(logits, np.asarray([0, 2]))), 4)
+    1.2288
+    >>> x8 = np.asarray([[1.0, 8.0, 1.0], [1.0, 1.0, 8.0]])
+    >>> round(float(xce.cross_entropy(x8, np.asarray([1, 2]), label_smoothing=0.05,
+    ...                               label_smoothing_mode="off_target")), 4)
+    0.3518
+    """
+    xp = namespace(_NAMES, input, target, weight, xp=xp)
+    if _engine.supports(input):
+        # Large eager inputs under autograd: the adapter's analytic backward saves O(N), not
+        # the blocked forward's temporaries (torch; other libraries have no such adapter).
+        adapter = adapter_for(input)
+        if adapter is not None and adapter.wants_cross_entropy(input, target, weight):
+            return adapter.cross_entropy(input, target, weight, ignore_index, reduction, label_smoothing, axis=axis,
+                                         label_smoothing_mode=label_smoothing_mode, z_loss=z_loss)
+    args = check_arguments(input, target, weight, ignore_index, reduction, label_smoothing, axis,
+                           label_smoothing_mode, z_loss, xp=xp)
+    return cross_entropy_with_stats(input, target, weight, args, xp=xp)[0]
+
+
+def cross_entropy_with_stats(
+    input: Array, target: Array, weight: Array | None, args: CrossEntropyArgs, *, xp: Namespace
+) -> tuple[Array, RowStats]:
+    """:func:`cross_entropy` of checked arguments (the definition, never dispatched), and the
+    per-position statistics it was computed from (``st.shift + st.lse`` is the logsumexp an
+    analytic backward needs)."""
+    dtype = compute_dtype(input.dtype, xp=xp)
+    w = None if weight is None else xp.astype(weight, dtype)
+    index, eps, z, n_classes = args.index, args.eps, args.z, args.n_classes
+    if index is None:  # probability targets
+        st = statistics(input, args.ax, xp=xp, lazy=args.lazy, weight=w, probs=target, smoothing=eps, dtype=dtype)
+        loss = st.prob_mass * st.lse - st.prob_dot  # -Σ_c q̃_c ℓ_c
+        if z > 0.0:
+            loss = loss + z * (st.lse + st.shift) ** 2  # same count denominator as the cross-entropy part
+        out = reduce_loss(loss, args.reduction, xp=xp)
+    else:
+        st = statistics(input, args.ax, xp=xp, lazy=args.lazy, index=index.safe, weight=w, class_sum=eps > 0.0,
+                        dtype=dtype)
+        w_y = None if w is None else gather_weight(w, index.safe, xp=xp)
+        w_sum = n_classes if w is None else xp.sum(w)
+        loss = mask_loss(index_loss(st.lse, st.target, st.class_sum, w_y, w_sum, eps, n_classes), index, xp=xp)
+        out = reduce_loss(loss, args.reduction, denominator=mean_weights(w_y, index, xp=xp), xp=xp)
+        if z > 0.0:
+            # Unweighted: averaged over the non-ignored positions whatever the class weights.
+            z_term = mask_loss(z * (st.lse + st.shift) ** 2, index, xp=xp)
+            out = out + reduce_loss(z_term, args.reduction, denominator=mean_weights(None, index, xp=xp), xp=xp)
+    return (out if out.dtype == input.dtype else xp.astype(out, input.dtype)), st
+
+
+# --- the gradient rule ----------------------------------------------------------------------
+
+
+class _Rule(NamedTuple):
+    """Per-call constants of the gradient rule (one block or many)."""
+
+    eps: float  # label smoothing, uniform convention
+    n_classes: int
+    on: float  # 1 - ε
+    off: float  # ε / C
+    z: float
+    w: Array | None  # class weights in the compute dtype, shaped along the class axis
+    w_sum: Array | float  # Σ_c w_c
+    cax: int  # the class axis of the (viewed) array
+    dtype: Any
+    classes: Array | None  # class ids along cax (None: assign per row)
+    inplace: bool  # blocks may be formed in place (out= and setitem)
+    exp_trick: bool  # a·softmax as exp(x - (lse - log a)) where every a > 0 (reads a value)
+
+
+def gradient(
+    input: Array, target: Array, weight: Array | None, args: CrossEntropyArgs, cotangent: Array | None,
+    lse: Array | None, *, xp: Namespace, blocked: bool = True,
+) -> Array:
+    """The gradient of :func:`cross_entropy` w.r.t. ``input`` from checked arguments.
+
+    ``lse`` is the per-position logsumexp in the compute dtype with the class axis kept
+    (recomputed when None). On eager arrays with the classes off axis 0, large inputs are
+    processed in blocks of rows, each formed in place in the preallocated result, so the
+    temporaries are O(block), not O(input) (``blocked=False``, used under ``create_graph``,
+    turns that off: in-place writes would not be differentiable). Everything else (JAX,
+    Dask, small inputs) is the same rule applied once to the whole array.
+    """
+    dtype = compute_dtype(input.dtype, xp=xp)
+    w = None if weight is None else xp.astype(weight, dtype)
+    ax, index = args.ax, args.index
+    per_position = tuple(input.shape[:ax]) + tuple(input.shape[ax + 1 :])
+    like = xp.empty(per_position, dtype=dtype, device=device_of(input))
+    w_y = None if w is None or index is None else gather_weight(w, index.safe, xp=xp)
+    s = reduction_scale(cotangent, args.reduction, like, None if index is None else mean_weights(w_y, index, xp=xp),
+                        dtype, xp=xp)
+    s_z: Array | float = s
+    if index is not None:
+        s_z = reduction_scale(cotangent, args.reduction, like, mean_weights(None, index, xp=xp), dtype,
+                              xp=xp) if args.z > 0.0 else 0.0
+    # Classes last: viewed as (R, C) so blocks are runs of positions; else slices along axis 0.
+    last = ax == input.ndim - 1
+    n_rows = math.prod(per_position)
+    rows = _block_rows(input, ax, xp=xp) if blocked and not args.lazy else None
+    x = xp.reshape(input, (n_rows, args.n_classes)) if last else input
+    cax = 1 if last else ax
+
+    def flat(a: Any) -> Any:
+        return a if a is None or isinstance(a, float) or a.ndim == 0 or not last else xp.reshape(a, (n_rows,))
+
+    t = None if index is None else flat(index.safe)
+    drop = None if index is None else flat(index.dropped)
+    probs = None if index is not None else (xp.reshape(target, (n_rows, args.n_classes)) if last else target)
+    s, s_z = flat(s), flat(s_z)
+    lse = None if lse is None else (xp.reshape(lse, (n_rows, 1)) if last else lse)
+    on, off = smoothing_coefficients(args.eps, args.n_classes)
+    device = device_of(input)
+    inplace = rows is not None and writes_into(input)
+    loop = last and args.n_classes >= _LOOP_CLASSES and not _engine.on_accelerator(input)
+    rule = _Rule(args.eps, args.n_classes, on, off, args.z, None if w is None else along_classes(w, x.ndim, cax, xp=xp),
+                 float(args.n_classes) if w is None else xp.sum(w), cax, dtype,
+                 None if index is None or (inplace and loop) else class_ids(args.n_classes, x.ndim, cax, xp=xp,
+                                                                             device=device, dtype=t.dtype),
+                 inplace, inplace and not _engine.on_accelerator(input))
+    if rows is None:
+        g = gradient_rows(x, lse, s, s_z, t, drop, probs, rule, xp=xp)
+        return like_input(xp.reshape(g, tuple(input.shape)) if last else g, input, xp=xp)
+    return _gradient_blocked(input, x, lse, s, s_z, t, drop, probs, rule, rows, xp=xp)
+
+
+def _gradient_blocked(
+    input: Array, x: Array, lse: Array | None, s: Any, s_z: Any, t: Array | None, drop: Array | None,
+    probs: Array | None, rule: _Rule, rows: int, *, xp: Namespace,
+) -> Array:
+    """:func:`gradient_rows` block by block into one array of ``input``'s shape: each block is
+    formed in the result's own block (compute dtype == input dtype) or in one reused
+    compute-dtype buffer (half precision), with ``out=`` where the library has it."""
+    n_rows = x.shape[0]
+    rows = max(1, min(rows, n_rows))
+    out = xp.empty(tuple(x.shape), dtype=input.dtype, device=device_of(input))
+    direct = rule.inplace and rule.dtype == input.dtype  # the result's block is the buffer
+    buffers: dict[str, Array] = {}
+
+    def buffer(name: str, n: int) -> Array | None:
+        """A reused compute-dtype block (None where the library has no ``out=``)."""
+        if not rule.inplace:
+            return None
+        b = buffers.get(name)
+        if b is None:
+            b = buffers[name] = xp.empty((rows, *x.shape[1:]), dtype=rule.dtype, device=device_of(input))
+        return b if n == rows else b[:n, ...]
+
+    def part(a: Any, i0: int, i1: int) -> Any:
+        return a if a is None or isinstance(a, float) or a.ndim == 0 else a[i0:i1, ...]
+
+    for i0 in range(0, n_rows, rows):
+        i1 = min(i0 + rows, n_rows)
+        ob = out[i0:i1, ...]
+        gb = gradient_rows(x[i0:i1, ...], part(lse, i0, i1), part(s, i0, i1), part(s_z, i0, i1), part(t, i0, i1),
+                           part(drop, i0, i1), part(probs, i0, i1), rule, xp=xp,
+                           out=ob if direct else buffer("g", i1 - i0), buffer=lambda name, n=i1 - i0: buffer(name, n))
+        if gb is not ob:
+            out[i0:i1, ...] = gb if rule.inplace else like_input(gb, ob, xp=xp)
+    return out if tuple(out.shape) == tuple(input.shape) else xp.reshape(out, tuple(input.shape))
+
+
+# Classes per row from which the target positions of a CPU block are assigned one row at a
+# time (a few µs each) rather than through a block-sized boolean mask (two passes over it).
+_LOOP_CLASSES = 4096
+
+
+def gradient_rows(
+    x: Array, lse: Array | None, s: Any, s_z: Any, t: Array | None, drop: Array | None, probs: Array | None,
+    rule: _Rule, *, xp: Namespace, out: Array | None = None, buffer: Any = None,
+) -> Array:
+    """The cross-entropy gradient rule on rows ``x`` (classes along ``rule.cax``).
+
+    ``s``/``s_z``: the per-row scales of the loss and of the z term; ``t``/``drop``: index
+    targets and the rows that contribute nothing (None for probability targets, given as
+    ``probs``). Computes ``a·p - b·e_t - s·u·w`` (index) or ``a·p - s·q̃`` (probabilities) with
+    ``a = s·mass + s_z·2zL`` and ``b = s·(1-ε)·w_t``, written into ``out`` (and the buffers
+    ``buffer(name)`` gives) in place where ``rule.inplace``, else as new arrays.
+    """
+    cax = rule.cax
+    fresh = lse is None  # no saved lse: the softmax (and lse) of the block first
+    g = out
+    if fresh:
+        g, lse = softmax_and_lse(x, cax, out=g, dtype=rule.dtype, xp=xp)
+    lse_r = xp.squeeze(lse, axis=cax)
+    if probs is not None:  # q̃ = w ⊙ ((1-ε) y + ε/C), in a buffer where there is one
+        q = write_into("multiply", None if buffer is None else buffer("q"), probs, rule.on, xp=xp)
+        q = as_dtype(q, rule.dtype, xp=xp)  # no out=: the product kept the target's dtype
+        if rule.off > 0.0:
+            q = write_into("add", q if rule.inplace else None, q, rule.off, xp=xp)
+        if rule.w is not None:
+            q = write_into("multiply", q if rule.inplace else None, q, rule.w, xp=xp)
+        a = xp.sum(q, axis=cax)
+        if rule.z > 0.0:
+            a = a + 2.0 * rule.z * lse_r
+        g = _scaled_softmax(g, x, None if fresh else lse, expand_at(s * a, cax, xp=xp), rule, xp=xp)
+        if not (isinstance(s, float) and s == 1.0):
+            q = write_into("multiply", q if rule.inplace else None, q, expand_at(s, cax, xp=xp), xp=xp)
+        return write_into("subtract", g if rule.inplace else None, g, q, xp=xp)
+    w_t = 1.0 if rule.w is None else gather_weight(xp.reshape(rule.w, (-1,)), t, xp=xp)
+    a, b, u = gradient_coefficients(s, s_z, lse_r, w_t, rule.w_sum, rule.eps, rule.z, rule.n_classes)
+    g = _scaled_softmax(g, x, None if fresh else lse, expand_at(a, cax, xp=xp), rule, xp=xp)
+    g = _subtract_at(g, t, b, rule, xp=xp)
+    if rule.eps > 0.0:
+        u = expand_at(u, cax, xp=xp)
+        if rule.w is None or isinstance(u, float) or u.ndim == 0:
+            u = u if rule.w is None else u * rule.w
+        else:  # per-row scale times per-class weight: a block, formed in a second buffer
+            u = write_into("multiply", None if buffer is None else buffer("u"), u, rule.w, xp=xp)
+        g = write_into("subtract", g if rule.inplace else None, g, u, xp=xp)
+    return _zero_rows(g, drop, rule, xp=xp)
+
+
+def _scaled_softmax(g: Array | None, x: Array, lse: Array | None, a: Array | float, rule: _Rule, *,
+                    xp: Namespace) -> Array:
+    """``a · softmax(x)``. ``lse`` None: ``g`` already holds the softmax. With a saved ``lse``
+    and ``a > 0`` in every row the scale enters the exponent, ``exp(x - (lse - log a))``: one
+    pass over the block fewer (in place only: it reads a value to decide)."""
+    if lse is not None:
+        positive = rule.exp_trick and (a > 0.0 if isinstance(a, float) else bool(xp.all(a > 0.0)))
+        if positive:
+            shift = lse - (math.log(a) if isinstance(a, float) else xp.log(a))
+            g = write_into("subtract", g, x, shift, xp=xp)
+            return write_into("exp", g, g, xp=xp)
+        g, _ = softmax_and_lse(x, rule.cax, lse=lse, out=g, dtype=rule.dtype, xp=xp)
+    return write_into("multiply", g if rule.inplace else None, g, a, xp=xp)
+
+
+def _subtract_at(g: Array, t: Array, c: Array | float, rule: _Rule, *, xp: Namespace) -> Array:
+    """``g - c·onehot(t)`` along the class axis, changing only the target positions.
+
+    The standard has no scatter. Not in place: a comparison with the class ids. In place,
+    ``rule.classes`` None (classes last, many of them): the targets are gathered, shifted and
+    assigned back one row at a time, a few µs per row against two passes over the row's C
+    elements; else a boolean mask (1 byte per element) selects them: boolean assignment takes
+    values in row-major order, which is the order of the gathered targets when the classes
+    are the last axis; else ``c`` is put in that order by indexing its broadcast with the mask.
+    """
+    cax = rule.cax
+    if not rule.inplace:
+        hit = xp.expand_dims(t, axis=cax) == rule.classes
+        return xp.where(hit, g - expand_at(c, cax, xp=xp), g)
+    if cax == g.ndim - 1:
+        picked = take_along_class_axis(g, t, cax, xp=xp) - c
+        if rule.classes is None:
+            for k in range(g.shape[0]):
+                g[k, int(t[k])] = picked[k]
+        else:
+            g[xp.expand_dims(t, axis=cax) == rule.classes] = xp.reshape(picked, (-1,))
+        return g
+    mask = xp.expand_dims(t, axis=cax) == rule.classes
+    c_all = xp.broadcast_to(xp.asarray(c, dtype=g.dtype, device=device_of(g)) if isinstance(c, float) else
+                            expand_at(c, cax, xp=xp), tuple(g.shape))
+    g[mask] = g[mask] - c_all[mask]
+    return g
+
+
+def _zero_rows(g: Array, drop: Array | None, rule: _Rule, *, xp: Namespace) -> Array:
+    """Zero gradient at dropped rows (ignored, or lazily out of range): a ``where`` or an
+    assignment, never a product, so non-finite logits in a dropped row cannot leak NaN."""
+    if drop is None:
+        return g
+    mask = xp.expand_dims(drop, axis=rule.cax)
+    if not rule.inplace:
+        return xp.where(mask, 0.0, g)
+    if bool(xp.any(drop)):
+        g[drop if rule.cax == g.ndim - 1 else xp.broadcast_to(mask, tuple(g.shape))] = 0.0
+    return g
+
+
+def _block_rows(input: Array, ax: int, *, xp: Namespace) -> int | None:
+    """Rows per block of the blocked gradient (None: not blocked, as under
+    ``xce.config(enabled=False)``); ``xce.config(block_rows=)`` when set. Rows are the
+    positions of ``(R, C)`` when the classes are the last axis, else slices along axis 0."""
+    opts = _engine.options()
+    if input.ndim < 2 or ax == 0 or opts.get("enabled") is False:
+        return None
+    rows = opts.get("block_rows")
+    if rows is not None:
+        return rows
+    per_row = input.shape[-1] if ax == input.ndim - 1 else math.prod(input.shape[1:])
+    itemsize = xp.finfo(compute_dtype(input.dtype, xp=xp)).bits // 8
+    return max(1, _engine.block_bytes(input, "gradient") // (itemsize * max(per_row, 1)))
+
+
+def probability_target_gradient(input: Array, target: Array, weight: Array | None, args: CrossEntropyArgs,
+                                cotangent: Array | None, lse: Array, *, xp: Namespace) -> Array:
+    """d loss / d target for probability targets: ``-s·(1-ε)·w_c·ℓ_c`` with ``ℓ = x - log Z``
+    (``lse`` the full logsumexp, class axis kept) and ``s`` the reduction's scale. True at
+    zero-probability entries too; ``-inf`` logits give ``+inf`` there, as the derivative is."""
+    dtype = lse.dtype
+    neg_log_p = lse - as_dtype(input, dtype, xp=xp)
+    if weight is not None:
+        neg_log_p = neg_log_p * along_classes(xp.astype(weight, dtype), input.ndim, args.ax, xp=xp)
+    per_position = tuple(input.shape[: args.ax]) + tuple(input.shape[args.ax + 1 :])
+    s = reduction_scale(cotangent, args.reduction, xp.empty(per_position, dtype=dtype, device=device_of(input)), None,
+                        dtype, xp=xp)
+    on, _ = smoothing_coefficients(args.eps, args.n_classes)
+    return like_input(expand_at(s, args.ax, xp=xp) * (on * neg_log_p), target, xp=xp)
+
+
+@fill_doc(CROSS_ENTROPY_PARAMETERS)
+def cross_entropy_grad(
+    input: Array,
+    target: Array,
+    weight: Array | None = None,
+    ignore_index: int = -100,
+    reduction: str = "mean",
+    label_smoothing: float = 0.0,
+    *,
+    axis: int | None = None,
+    label_smoothing_mode: str = "uniform",
+    z_loss: float = 0.0,
+    cotangent: Array | None = None,
+    xp: Namespace | None = None,
+) -> Array:
+    r"""Gradient of :func:`xce.cross_entropy` w.r.t. ``input``.
+
+    Index targets: :math:`s_i[(1-\varepsilon) w_{y_i}(p - e_{y_i}) + \frac{\varepsilon}{C}(Wp - w)]
+    + s^z_i\,2z\log Z_i\,p`, with :math:`s_i` the cotangent over :math:`\sum w_{y}` (``"mean"``)
+    and :math:`s^z_i` over the count of non-ignored positions; 0 at ignored positions.
+    Probability targets: :math:`s_i[(\sum_c\tilde q_c)p - \tilde q + 2z\log Z_i\,p]`.
+
+    Parameters
+    ----------
+    {parameters}
+    cotangent : array, optional
+        The upstream gradient (see :mod:`xce.grad`).
+
+    Examples
+    --------
+    >>> import numpy as np, xce
+    >>> dx = xce.grad.cross_entropy_grad(np.asarray([[0.0, 0.0], [0.0, 0.0]]), np.asarray([0, -100]))
+    >>> dx.tolist()
+    [[-0.5, 0.5], [0.0, 0.0]]
+    """
+    xp = namespace((*_NAMES, "cotangent"), input, target, weight, cotangent, xp=xp)
+    args = check_arguments(input, target, weight, ignore_index, reduction, label_smoothing, axis,
+                           label_smoothing_mode, z_loss, xp=xp)
+    return gradient(input, target, weight, args, cotangent, None, xp=xp)
+
+
+register_gradient(cross_entropy, cross_entropy_grad)

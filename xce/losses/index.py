@@ -1,0 +1,381 @@
+r"""Losses of the target's log-probability: ``nll_loss``, ``softmax_focal_loss``,
+``poly1_cross_entropy``; each with its gradient beside it.
+
+Each is :math:`l_i = w_{y_i}\,f(\ell_{i,y_i})` of :math:`\ell_y` (the input itself for
+``nll_loss``, :math:`\log\mathrm{softmax}(x)_y` for the others), reduced exactly like
+:func:`xce.cross_entropy`'s index path (0 at ignored positions, ``"mean"`` over
+:math:`\sum w_y`). Through the softmax, :math:`\partial l/\partial x = w_y f'(\ell_y)(e_y - p)`,
+so a loss of this family is its pair :math:`(f, f')` and the shared code below.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import NamedTuple
+
+from .._arrays import expand_at, like_input
+from .._namespace import Array, Namespace, as_compute, compute_dtype, is_lazy, namespace, take_along_class_axis
+from .._reduce import reduce_loss, reduction_scale
+from .._registry import register_gradient
+from .._softmax import softmax_and_lse
+from .._targets import IndexTarget, gather_weight, mask_loss, mean_weights, one_hot_like, prepare_index
+from .._validate import (
+    check_classes,
+    check_floating,
+    check_index_target,
+    check_integer,
+    check_real,
+    check_reduction,
+    check_weight,
+    class_axis,
+)
+from .cross_entropy import statistics
+
+__all__ = [
+    "nll_loss",
+    "nll_loss_grad",
+    "poly1_cross_entropy",
+    "poly1_cross_entropy_grad",
+    "softmax_focal_loss",
+    "softmax_focal_loss_grad",
+]
+
+_NAMES = ("input", "target", "weight")
+_GRAD_NAMES = ("input", "target", "weight", "cotangent")
+
+
+class _Checked(NamedTuple):
+    ax: int
+    index: IndexTarget
+    w_y: Array | None  # class weight of each position's target, in the compute dtype
+
+
+def _check(input: Array, target: Array, weight: Array | None, ignore_index: int, axis: int | None, name: str | None,
+           *, xp: Namespace) -> _Checked:
+    """The checks of the family; ``name`` refuses probability targets with that loss's name."""
+    ignore_index = check_integer(ignore_index, "ignore_index")
+    ax = class_axis(input, axis)
+    check_floating(input, "input", xp=xp)
+    n_classes = check_classes(input, ax)
+    lazy = is_lazy(input)
+    check_weight(weight, n_classes, input, xp=xp, lazy=lazy)
+    if name is not None and tuple(target.shape) == tuple(input.shape):
+        raise ValueError(
+            f"{name} takes class-index targets (input's shape without the class axis); got a target of input's "
+            f"shape {tuple(input.shape)}. Convert probabilities with argmax, or use cross_entropy for soft targets."
+        )
+    check_index_target(target, input, ax, xp=xp, lazy=lazy)
+    index = prepare_index(target, n_classes, ignore_index, xp=xp, lazy=lazy)
+    dtype = compute_dtype(input.dtype, xp=xp)
+    w_y = None if weight is None else gather_weight(xp.astype(weight, dtype), index.safe, xp=xp)
+    return _Checked(ax, index, w_y)
+
+
+def _reduce(loss: Array, c: _Checked, reduction: str, input: Array, *, xp: Namespace) -> Array:
+    """Weight, mask and reduce per-position losses exactly as cross_entropy's index path."""
+    if c.w_y is not None:
+        loss = c.w_y * loss
+    loss = mask_loss(loss, c.index, xp=xp)
+    out = reduce_loss(loss, reduction, denominator=mean_weights(c.w_y, c.index, xp=xp), xp=xp)
+    return out if out.dtype == input.dtype else xp.astype(out, input.dtype)
+
+
+def _target_log_prob(input: Array, c: _Checked, *, xp: Namespace) -> Array:
+    """``log softmax(x)_y`` per position, from the cross-entropy statistics (one sweep)."""
+    st = statistics(input, c.ax, xp=xp, lazy=is_lazy(input), index=c.index.safe,
+                    dtype=compute_dtype(input.dtype, xp=xp))
+    return st.target - st.lse
+
+
+def _softmax_grad(input: Array, c: _Checked, reduction: str, cotangent: Array | None,
+                  d_loss: Callable[[Array, Array], Array], *, xp: Namespace) -> Array:
+    """Gradient of ``w_y f(log p_y)`` through the softmax: ``s w_y f'(log p_y) (e_y - p)``."""
+    work = as_compute(input, xp=xp)
+    p, lse = softmax_and_lse(work, c.ax, xp=xp)
+    log_p = take_along_class_axis(work, c.index.safe, c.ax, xp=xp) - xp.squeeze(lse, axis=c.ax)
+    s = reduction_scale(cotangent, reduction, log_p, mean_weights(c.w_y, c.index, xp=xp), work.dtype, xp=xp)
+    coef = s * d_loss(log_p, xp.exp(log_p))
+    if c.w_y is not None:
+        coef = coef * c.w_y
+    g = expand_at(coef, c.ax, xp=xp) * (one_hot_like(c.index.safe, work, c.ax, xp=xp) - p)
+    return like_input(_zero_dropped(g, c, xp=xp), input, xp=xp)
+
+
+def _zero_dropped(g: Array, c: _Checked, *, xp: Namespace) -> Array:
+    """Zero gradient at ignored (and, lazily, out-of-range) positions; ``where`` so that
+    non-finite logits in a dropped row cannot leak NaN."""
+    drop = c.index.dropped
+    return g if drop is None else xp.where(xp.expand_dims(drop, axis=c.ax), 0.0, g)
+
+
+# --- nll_loss ---------------------------------------------------------------------------------
+
+
+def nll_loss(
+    input: Array,
+    target: Array,
+    weight: Array | None = None,
+    ignore_index: int = -100,
+    reduction: str = "mean",
+    *,
+    axis: int | None = None,
+    xp: Namespace | None = None,
+) -> Array:
+    r"""Negative log-likelihood of class-index targets given log-probabilities.
+
+    PyTorch's ``torch.nn.functional.nll_loss``:
+    :math:`l_i = -w_{y_i}\,x_{i,y_i}`, 0 where :math:`y_i` equals ``ignore_index``;
+    ``"mean"`` divides by :math:`\sum_{i \text{ not ignored}} w_{y_i}`.
+    ``cross_entropy(x, y)`` equals ``nll_loss(log_softmax(x, axis=1), y)``.
+
+    Parameters are those of :func:`cross_entropy` (index targets only), with ``input``
+    holding log-probabilities (any real values are accepted, as in PyTorch).
+
+    Examples
+    --------
+    >>> import numpy as np, xce
+    >>> float(xce.nll_loss(np.asarray([[2.0, 3.0, 1.0], [3.0, 7.0, 9.0]]), np.asarray([1, 2])))
+    -6.0
+    """
+    xp = namespace(_NAMES, input, target, weight, xp=xp)
+    reduction = check_reduction(reduction)
+    c = _check(input, target, weight, ignore_index, axis, None, xp=xp)
+    loss = -take_along_class_axis(as_compute(input, xp=xp), c.index.safe, c.ax, xp=xp)
+    return _reduce(loss, c, reduction, input, xp=xp)
+
+
+def nll_loss_grad(
+    input: Array,
+    target: Array,
+    weight: Array | None = None,
+    ignore_index: int = -100,
+    reduction: str = "mean",
+    *,
+    axis: int | None = None,
+    cotangent: Array | None = None,
+    xp: Namespace | None = None,
+) -> Array:
+    r"""Gradient of :func:`xce.nll_loss`: :math:`-s_i\,w_{y_i}\,e_{y_i}` (0 at ignored positions).
+
+    Examples
+    --------
+    >>> import numpy as np, xce
+    >>> xce.grad.nll_loss_grad(np.zeros((2, 2)), np.asarray([1, 0])).tolist()
+    [[0.0, -0.5], [-0.5, 0.0]]
+    """
+    xp = namespace(_GRAD_NAMES, input, target, weight, cotangent, xp=xp)
+    reduction = check_reduction(reduction)
+    c = _check(input, target, weight, ignore_index, axis, None, xp=xp)
+    work = as_compute(input, xp=xp)
+    s = reduction_scale(cotangent, reduction, c.index.safe, mean_weights(c.w_y, c.index, xp=xp), work.dtype, xp=xp)
+    coef = -s if c.w_y is None else -s * c.w_y
+    g = expand_at(coef, c.ax, xp=xp) * one_hot_like(c.index.safe, work, c.ax, xp=xp) + 0.0  # + 0.0: no -0.0
+    g = xp.broadcast_to(g, work.shape) if tuple(g.shape) != tuple(work.shape) else g
+    return like_input(_zero_dropped(g, c, xp=xp), input, xp=xp)
+
+
+# --- softmax_focal_loss -----------------------------------------------------------------------
+
+
+def _focal(log_p: Array, gamma: float, *, xp: Namespace) -> Array:
+    """:math:`f(\\ell) = -(1-p)^\\gamma \\ell`; ``1 - p = -expm1(ℓ)``, accurate as p → 1."""
+    one_minus_p = -xp.expm1(log_p)
+    # Rounding can leave log p a hair above 0; a negative base would make a fractional power NaN.
+    one_minus_p = xp.where(one_minus_p > 0.0, one_minus_p, 0.0)
+    return -(one_minus_p**gamma) * log_p
+
+
+def _focal_derivative(log_p: Array, p_y: Array, gamma: float, *, xp: Namespace) -> Array:
+    """:math:`f' = -u^\\gamma + \\gamma\\,p\\,\\ell\\,u^{\\gamma-1}` with u = 1 - p (second term 0 at u = 0)."""
+    u = -xp.expm1(log_p)
+    u = xp.where(u > 0.0, u, 0.0)
+    d = -(u**gamma)
+    if gamma > 0.0:
+        safe = xp.where(u > 0.0, u, 1.0)
+        d = d + xp.where(u > 0.0, gamma * p_y * log_p * safe ** (gamma - 1.0), 0.0)
+    return d
+
+
+def softmax_focal_loss(
+    input: Array,
+    target: Array,
+    gamma: float = 2.0,
+    weight: Array | None = None,
+    ignore_index: int = -100,
+    reduction: str = "mean",
+    *,
+    axis: int | None = None,
+    xp: Namespace | None = None,
+) -> Array:
+    r"""Multi-class (softmax) focal loss on logits and class-index targets.
+
+    Lin et al., "Focal Loss for Dense Object Detection" (ICCV 2017), with the softmax
+    probability of the target class :math:`p_{i,y} = e^{\ell_{i,y_i}}`:
+
+    .. math::
+       l_i = -w_{y_i}\,(1 - p_{i,y})^\gamma\,\ell_{i,y_i},
+
+    0 where :math:`y_i` equals ``ignore_index``; reduced exactly like :func:`cross_entropy`'s
+    index path (``"mean"`` divides by :math:`\sum_{i \text{ not ignored}} w_{y_i}`), so
+    ``gamma=0`` gives ``cross_entropy``. :math:`1 - p` is computed as
+    :math:`-\mathrm{expm1}(\ell)`, accurate when :math:`p \to 1`. Class-index targets only;
+    per-class α is the ``weight`` argument.
+
+    Parameters
+    ----------
+    input : array
+        Logits, classes along ``axis`` (PyTorch's rule when None). Half precision is computed in float32.
+    target : array
+        Integer class indices, ``input``'s shape without the class axis.
+    gamma : float >= 0, default 2.0
+    weight : array, optional
+        Per-class weights, shape ``(C,)``.
+    ignore_index : int, default -100
+    reduction : {"mean", "sum", "none"}, default "mean"
+    axis : int, optional
+    xp : namespace, optional
+
+    Returns
+    -------
+    array
+        As :func:`cross_entropy`. Out-of-range targets raise ``IndexError`` on eager arrays
+        and give NaN under JAX and Dask.
+
+    Examples
+    --------
+    >>> import numpy as np, xce
+    >>> logits = np.asarray([[2.0, 1.0, 0.1], [0.5, 2.0, 0.3]])
+    >>> round(float(xce.softmax_focal_loss(logits, np.asarray([0, 2]))), 4)
+    0.7966
+    """
+    xp = namespace(_NAMES, input, target, weight, xp=xp)
+    reduction = check_reduction(reduction)
+    gamma = check_real(gamma, "gamma", minimum=0.0)
+    c = _check(input, target, weight, ignore_index, axis, "softmax_focal_loss", xp=xp)
+    return _reduce(_focal(_target_log_prob(input, c, xp=xp), gamma, xp=xp), c, reduction, input, xp=xp)
+
+
+def softmax_focal_loss_grad(
+    input: Array,
+    target: Array,
+    gamma: float = 2.0,
+    weight: Array | None = None,
+    ignore_index: int = -100,
+    reduction: str = "mean",
+    *,
+    axis: int | None = None,
+    cotangent: Array | None = None,
+    xp: Namespace | None = None,
+) -> Array:
+    r"""Gradient of :func:`xce.softmax_focal_loss`.
+
+    With :math:`u = 1 - p_y`: :math:`s_i w_{y_i} f'(\ell_y)(e_{y_i} - p)`,
+    :math:`f' = -u^\gamma + \gamma\,p_y\,\ell_y\,u^{\gamma-1}` (the second term 0 where u = 0).
+
+    Examples
+    --------
+    >>> import numpy as np, xce
+    >>> xce.grad.softmax_focal_loss_grad(np.zeros((1, 2)), np.asarray([0]), gamma=0.0).tolist()
+    [[-0.5, 0.5]]
+    """
+    xp = namespace(_GRAD_NAMES, input, target, weight, cotangent, xp=xp)
+    reduction = check_reduction(reduction)
+    gamma = check_real(gamma, "gamma", minimum=0.0)
+    c = _check(input, target, weight, ignore_index, axis, "softmax_focal_loss", xp=xp)
+    return _softmax_grad(input, c, reduction, cotangent,
+                         lambda log_p, p_y: _focal_derivative(log_p, p_y, gamma, xp=xp), xp=xp)
+
+
+# --- poly1_cross_entropy ----------------------------------------------------------------------
+
+
+def poly1_cross_entropy(
+    input: Array,
+    target: Array,
+    epsilon: float = 1.0,
+    weight: Array | None = None,
+    ignore_index: int = -100,
+    reduction: str = "mean",
+    *,
+    axis: int | None = None,
+    xp: Namespace | None = None,
+) -> Array:
+    r"""Poly-1 cross entropy: cross entropy plus ε times the first polynomial term.
+
+    Leng et al., "PolyLoss: A Polynomial Expansion Perspective of Classification Loss
+    Functions" (ICLR 2022):
+
+    .. math::
+       l_i = w_{y_i}\,\bigl(-\ell_{i,y_i} + \varepsilon\,(1 - p_{i,y})\bigr),
+
+    0 where :math:`y_i` equals ``ignore_index``, reduced like :func:`cross_entropy`'s index
+    path. The class weight multiplies the whole per-position loss (so ``"mean"`` stays a
+    weighted mean of Poly-1 losses). ``epsilon=0`` gives ``cross_entropy``; the paper
+    recommends :math:`\varepsilon \ge -1` (any finite value is accepted). Class-index
+    targets only (optax's ``poly_loss_cross_entropy`` is the dense-label form).
+
+    Parameters
+    ----------
+    input : array
+        Logits, classes along ``axis`` (PyTorch's rule when None). Half precision is computed in float32.
+    target : array
+        Integer class indices, ``input``'s shape without the class axis.
+    epsilon : float, default 1.0
+    weight : array, optional
+        Per-class weights, shape ``(C,)``.
+    ignore_index : int, default -100
+    reduction : {"mean", "sum", "none"}, default "mean"
+    axis : int, optional
+    xp : namespace, optional
+
+    Returns
+    -------
+    array
+        As :func:`cross_entropy`.
+
+    Examples
+    --------
+    >>> import numpy as np, xce
+    >>> logits = np.asarray([[2.0, 1.0, 0.1], [0.5, 2.0, 0.3]])
+    >>> round(float(xce.poly1_cross_entropy(logits, np.asarray([0, 2]))), 4)
+    1.8343
+    """
+    xp = namespace(_NAMES, input, target, weight, xp=xp)
+    reduction = check_reduction(reduction)
+    epsilon = check_real(epsilon, "epsilon")
+    c = _check(input, target, weight, ignore_index, axis, "poly1_cross_entropy", xp=xp)
+    log_p = _target_log_prob(input, c, xp=xp)
+    return _reduce(epsilon * -xp.expm1(log_p) - log_p, c, reduction, input, xp=xp)
+
+
+def poly1_cross_entropy_grad(
+    input: Array,
+    target: Array,
+    epsilon: float = 1.0,
+    weight: Array | None = None,
+    ignore_index: int = -100,
+    reduction: str = "mean",
+    *,
+    axis: int | None = None,
+    cotangent: Array | None = None,
+    xp: Namespace | None = None,
+) -> Array:
+    r"""Gradient of :func:`xce.poly1_cross_entropy`: :math:`s_i w_{y_i} (1 + \varepsilon p_y)(p - e_{y_i})`
+    (:math:`f' = -1 - \varepsilon p_y`).
+
+    Examples
+    --------
+    >>> import numpy as np, xce
+    >>> xce.grad.poly1_cross_entropy_grad(np.zeros((1, 2)), np.asarray([0]), epsilon=0.0).tolist()
+    [[-0.5, 0.5]]
+    """
+    xp = namespace(_GRAD_NAMES, input, target, weight, cotangent, xp=xp)
+    reduction = check_reduction(reduction)
+    epsilon = check_real(epsilon, "epsilon")
+    c = _check(input, target, weight, ignore_index, axis, "poly1_cross_entropy", xp=xp)
+    return _softmax_grad(input, c, reduction, cotangent, lambda log_p, p_y: -1.0 - epsilon * p_y, xp=xp)
+
+
+register_gradient(nll_loss, nll_loss_grad)
+register_gradient(softmax_focal_loss, softmax_focal_loss_grad)
+register_gradient(poly1_cross_entropy, poly1_cross_entropy_grad)
