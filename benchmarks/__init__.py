@@ -5,4 +5,8 @@ Times xce against the native losses (``torch.nn.functional.cross_entropy``, opta
 on the same backend), interleaved in one run; measures peak extra memory; writes a
 Markdown table, a JSON dump and a PNG plot to ``benchmarks/results/``.
 See ``docs/performance.md``.
+
+``python -m benchmarks sweep [--sizes ...] [--repeats N] [--busy] [--compare PATH]`` is the size
+sweep (8x10 to 4096x32000) of xce against the native losses, or against another checkout of
+xce (benchmarks/sweep.py); ``python -m benchmarks.gpu`` the CUDA benchmark (benchmarks/gpu.py).
 """

@@ -1,3 +1,10 @@
+import sys
+
+if sys.argv[1:2] == ["sweep"]:  # python -m benchmarks sweep [...]: the size sweep (benchmarks/sweep.py)
+    from .sweep import main as sweep_main
+
+    raise SystemExit(sweep_main(sys.argv[2:]))
+
 from .suite import main
 
 raise SystemExit(main())
