@@ -126,9 +126,11 @@ def backends() -> Iterator[Backend | str]:
 
         devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
         for dev in devices:
-            yield Backend("torch", torch.__version__, dev,
-                          lambda d, t, dev=dev: torch.tensor(d, dtype=getattr(torch, t), device=dev),
-                          ("float32", "float64", "bfloat16"))
+
+            def make(d: Any, t: str, dev: str = dev) -> Any:
+                return torch.tensor(d, dtype=getattr(torch, t), device=dev)
+
+            yield Backend("torch", torch.__version__, dev, make, ("float32", "float64", "bfloat16"))
     if have("jax"):
         import jax
         import jax.numpy as jnp

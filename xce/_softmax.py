@@ -9,7 +9,7 @@ and the result is returned in the input's dtype.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 from ._namespace import Array, Namespace, as_compute, as_dtype, device_of, namespace, write_into
 from ._validate import check_axes, check_floating
@@ -104,7 +104,7 @@ def log_softmax(x: Array, /, *, axis: int = -1, xp: Namespace | None = None) -> 
     """
     xp = namespace(("x",), x, xp=xp)
     check_floating(x, "x", xp=xp)
-    axis = check_axes(x, axis)
+    axis = cast(int, check_axes(x, axis))  # an int in, an int out
     work = as_compute(x, xp=xp)
     shifted, lse = shifted_logsumexp(work, axis, xp=xp)
     out = shifted - lse
@@ -122,7 +122,7 @@ def softmax(x: Array, /, *, axis: int = -1, xp: Namespace | None = None) -> Arra
     """
     xp = namespace(("x",), x, xp=xp)
     check_floating(x, "x", xp=xp)
-    axis = check_axes(x, axis)
+    axis = cast(int, check_axes(x, axis))  # an int in, an int out
     work = as_compute(x, xp=xp)
     e = xp.exp(work - finite_max(work, axis, xp=xp))
     out = e / xp.sum(e, axis=axis, keepdims=True)

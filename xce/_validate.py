@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import operator
-from typing import Any
+from typing import Any, cast
 
 from ._namespace import Array, Namespace, device_of, has_values
 
@@ -185,7 +185,7 @@ def check_axes(x: Array, axis: object, name: str = "axis") -> int | tuple[int, .
     ndim = x.ndim
     span = max(ndim, 1)
     single = not isinstance(axis, tuple)
-    axes = (axis,) if single else axis
+    axes = (axis,) if single else cast(tuple, axis)
     out = []
     for a in axes:
         a = check_integer(a, name)

@@ -203,7 +203,7 @@ class _Sweep:
 
     h2: Array  # hidden as (N, D)
     weight: Array
-    bias: Array | None
+    bias: Any  # None without a bias
     index: IndexTarget
     eps: float
     z: float
@@ -215,17 +215,17 @@ class _Sweep:
     want_loss: bool
     want_grad: bool
     s: Any = 0.0  # per-row scale of the loss (cotangent over the "mean" denominator)
-    class_sum: Array | None = None  # Σ_c x_c per row (smoothing, forward)
-    w_sum: Array | None = None  # Σ_c W_c (smoothing)
-    per_row: Array | None = None
-    d_hidden: Array | None = None  # in hidden's dtype
-    d_weight: Array | None = None
-    d_bias: Array | None = None
-    b: Array | None = None  # the one-hot coefficient per row (0 at dropped rows)
-    u: Array | None = None  # the uniform coefficient per row (smoothing; 0 at dropped rows)
-    u_h: Array | None = None  # Σ_i u_i h_i, subtracted from every row of dW
-    logits_buf: Array | None = None
-    part_buf: Array | None = None
+    class_sum: Any = None  # Σ_c x_c per row (smoothing, forward)
+    w_sum: Any = None  # Σ_c W_c (smoothing)
+    per_row: Any = None
+    d_hidden: Any = None  # in hidden's dtype
+    d_weight: Any = None
+    d_bias: Any = None
+    b: Any = None  # the one-hot coefficient per row (0 at dropped rows)
+    u: Any = None  # the uniform coefficient per row (smoothing; 0 at dropped rows)
+    u_h: Any = None  # Σ_i u_i h_i, subtracted from every row of dW
+    logits_buf: Any = None
+    part_buf: Any = None
 
 
 def fused(

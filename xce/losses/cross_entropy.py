@@ -82,7 +82,7 @@ _NAMES = ("input", "target", "weight")
 # --- arguments ------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class CrossEntropyArgs:
     """:func:`cross_entropy`'s arguments, checked once and shared by the loss, its gradient
     and the adapters."""
@@ -154,7 +154,7 @@ def gradient_coefficients(s: Any, s_z: Any, log_z: Array | None, w_y: Array | fl
     :func:`gradient_rows`, :mod:`xce.linear` and :mod:`xce.parallel`.
     """
     on, off = smoothing_coefficients(eps, n_classes)
-    b = s * on * w_y
+    b = s * (on * w_y)  # one array operation where w_y is a number (no class weights)
     a = s * (on * w_y + off * w_sum) if off > 0.0 else b
     if z > 0.0:
         a = a + s_z * (2.0 * z) * log_z
@@ -282,9 +282,13 @@ def statistics(x: Array, ax: int, *, xp: Namespace, lazy: bool, index: Array | N
     def view(a: Array | None, s: tuple[int, ...]) -> Array | None:
         return a if a is None or tuple(a.shape) == s else xp.reshape(a, s)
 
-    compute = row_stats if not lazy and _engine.supports(x) else fused_stats
-    st = compute(view(x, shape), view(index, shape[:1] + shape[2:]), xp=xp, weight=weight, class_sum=class_sum,
-                 probs=view(probs, shape), smoothing=smoothing, compute_dtype=dtype)
+    x3, index3, probs3 = view(x, shape), view(index, shape[:1] + shape[2:]), view(probs, shape)
+    if not lazy and _engine.supports(x):
+        st = row_stats(x3, index3, xp=xp, weight=weight, class_sum=class_sum, probs=probs3, smoothing=smoothing,
+                       compute_dtype=dtype)
+    else:  # the fused formula (JAX, Dask, small inputs)
+        st = _stats(x3, index3, xp=xp, weight=weight, class_sum=class_sum, probs=probs3, smoothing=smoothing,
+                    dtype=dtype, blocked=False)
     return RowStats(*(view(f, out_shape) for f in st))
 
 
@@ -476,11 +480,12 @@ def gradient(
     device = device_of(input)
     inplace = rows is not None and writes_into(input)
     loop = last and args.n_classes >= _LOOP_CLASSES and not _engine.on_accelerator(input)
+    classes = None
+    if t is not None and not (inplace and loop):
+        classes = class_ids(args.n_classes, x.ndim, cax, xp=xp, device=device, dtype=t.dtype)
     rule = _Rule(args.eps, args.n_classes, on, off, args.z, None if w is None else along_classes(w, x.ndim, cax, xp=xp),
-                 float(args.n_classes) if w is None else xp.sum(w), cax, dtype,
-                 None if index is None or (inplace and loop) else class_ids(args.n_classes, x.ndim, cax, xp=xp,
-                                                                             device=device, dtype=t.dtype),
-                 inplace, inplace and not _engine.on_accelerator(input))
+                 float(args.n_classes) if w is None else xp.sum(w), cax, dtype, classes, inplace,
+                 inplace and not _engine.on_accelerator(input))
     if rows is None:
         g = gradient_rows(x, lse, s, s_z, t, drop, probs, rule, xp=xp)
         return like_input(xp.reshape(g, tuple(input.shape)) if last else g, input, xp=xp)

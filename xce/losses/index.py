@@ -46,7 +46,7 @@ _GRAD_NAMES = ("input", "target", "weight", "cotangent")
 
 class _Checked(NamedTuple):
     ax: int
-    index: IndexTarget
+    targets: IndexTarget
     w_y: Array | None  # class weight of each position's target, in the compute dtype
 
 
@@ -75,14 +75,14 @@ def _reduce(loss: Array, c: _Checked, reduction: str, input: Array, *, xp: Names
     """Weight, mask and reduce per-position losses exactly as cross_entropy's index path."""
     if c.w_y is not None:
         loss = c.w_y * loss
-    loss = mask_loss(loss, c.index, xp=xp)
-    out = reduce_loss(loss, reduction, denominator=mean_weights(c.w_y, c.index, xp=xp), xp=xp)
+    loss = mask_loss(loss, c.targets, xp=xp)
+    out = reduce_loss(loss, reduction, denominator=mean_weights(c.w_y, c.targets, xp=xp), xp=xp)
     return out if out.dtype == input.dtype else xp.astype(out, input.dtype)
 
 
 def _target_log_prob(input: Array, c: _Checked, *, xp: Namespace) -> Array:
     """``log softmax(x)_y`` per position, from the cross-entropy statistics (one sweep)."""
-    st = statistics(input, c.ax, xp=xp, lazy=is_lazy(input), index=c.index.safe,
+    st = statistics(input, c.ax, xp=xp, lazy=is_lazy(input), index=c.targets.safe,
                     dtype=compute_dtype(input.dtype, xp=xp))
     return st.target - st.lse
 
@@ -92,19 +92,19 @@ def _softmax_grad(input: Array, c: _Checked, reduction: str, cotangent: Array | 
     """Gradient of ``w_y f(log p_y)`` through the softmax: ``s w_y f'(log p_y) (e_y - p)``."""
     work = as_compute(input, xp=xp)
     p, lse = softmax_and_lse(work, c.ax, xp=xp)
-    log_p = take_along_class_axis(work, c.index.safe, c.ax, xp=xp) - xp.squeeze(lse, axis=c.ax)
-    s = reduction_scale(cotangent, reduction, log_p, mean_weights(c.w_y, c.index, xp=xp), work.dtype, xp=xp)
+    log_p = take_along_class_axis(work, c.targets.safe, c.ax, xp=xp) - xp.squeeze(lse, axis=c.ax)
+    s = reduction_scale(cotangent, reduction, log_p, mean_weights(c.w_y, c.targets, xp=xp), work.dtype, xp=xp)
     coef = s * d_loss(log_p, xp.exp(log_p))
     if c.w_y is not None:
         coef = coef * c.w_y
-    g = expand_at(coef, c.ax, xp=xp) * (one_hot_like(c.index.safe, work, c.ax, xp=xp) - p)
+    g = expand_at(coef, c.ax, xp=xp) * (one_hot_like(c.targets.safe, work, c.ax, xp=xp) - p)
     return like_input(_zero_dropped(g, c, xp=xp), input, xp=xp)
 
 
 def _zero_dropped(g: Array, c: _Checked, *, xp: Namespace) -> Array:
     """Zero gradient at ignored (and, lazily, out-of-range) positions; ``where`` so that
     non-finite logits in a dropped row cannot leak NaN."""
-    drop = c.index.dropped
+    drop = c.targets.dropped
     return g if drop is None else xp.where(xp.expand_dims(drop, axis=c.ax), 0.0, g)
 
 
@@ -140,7 +140,7 @@ def nll_loss(
     xp = namespace(_NAMES, input, target, weight, xp=xp)
     reduction = check_reduction(reduction)
     c = _check(input, target, weight, ignore_index, axis, None, xp=xp)
-    loss = -take_along_class_axis(as_compute(input, xp=xp), c.index.safe, c.ax, xp=xp)
+    loss = -take_along_class_axis(as_compute(input, xp=xp), c.targets.safe, c.ax, xp=xp)
     return _reduce(loss, c, reduction, input, xp=xp)
 
 
@@ -167,9 +167,9 @@ def nll_loss_grad(
     reduction = check_reduction(reduction)
     c = _check(input, target, weight, ignore_index, axis, None, xp=xp)
     work = as_compute(input, xp=xp)
-    s = reduction_scale(cotangent, reduction, c.index.safe, mean_weights(c.w_y, c.index, xp=xp), work.dtype, xp=xp)
+    s = reduction_scale(cotangent, reduction, c.targets.safe, mean_weights(c.w_y, c.targets, xp=xp), work.dtype, xp=xp)
     coef = -s if c.w_y is None else -s * c.w_y
-    g = expand_at(coef, c.ax, xp=xp) * one_hot_like(c.index.safe, work, c.ax, xp=xp) + 0.0  # + 0.0: no -0.0
+    g = expand_at(coef, c.ax, xp=xp) * one_hot_like(c.targets.safe, work, c.ax, xp=xp) + 0.0  # + 0.0: no -0.0
     g = xp.broadcast_to(g, work.shape) if tuple(g.shape) != tuple(work.shape) else g
     return like_input(_zero_dropped(g, c, xp=xp), input, xp=xp)
 
