@@ -64,7 +64,7 @@ def _make_backend(name: str) -> Backend:
         import array_api_strict as xp
 
         return Backend(name, xp, xp.Device("CPU_DEVICE"), lazy=False)
-    if name in ("torch", "torch-cuda"):
+    if name in ("torch", "torch-definitions", "torch-cuda"):
         if not _have("torch"):
             pytest.skip("torch is not installed")
         import array_api_compat.torch as xp
@@ -96,7 +96,9 @@ def _make_backend(name: str) -> Backend:
     raise AssertionError(name)
 
 
-BACKENDS = ["numpy", "array_api_strict", "torch", "jax", "jax-jit", "dask", "cupy", "torch-cuda"]
+# "torch" runs what users get (PyTorch's own kernel where xce delegates to it);
+# "torch-definitions" the same tests with xce.config(delegate=False): xce's own definitions.
+BACKENDS = ["numpy", "array_api_strict", "torch", "torch-definitions", "jax", "jax-jit", "dask", "cupy", "torch-cuda"]
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -112,6 +114,9 @@ def backend(request: pytest.FixtureRequest):
     b = _make_backend(request.param)
     if request.param in ("jax-jit", "dask"):
         with patch_lazy_xp_functions(request, xp=b.xp):
+            yield b
+    elif request.param == "torch-definitions":
+        with xce.config(delegate=False):
             yield b
     else:
         yield b

@@ -84,7 +84,7 @@ def test_torch_large_inputs_route_to_the_analytic_backward(weighted, ignore, eps
         kwargs["ignore_index"] = 3
     w = weight if weighted else None
     xt = torch.tensor(x, requires_grad=True)
-    with xce.config(enabled=True, block_rows=2):
+    with xce.config(enabled=True, block_rows=2, delegate=False):  # the analytic backward, not F.cross_entropy
         loss = xce.cross_entropy(xt, torch.tensor(target), weight=None if w is None else torch.tensor(w), **kwargs)
     assert "CrossEntropy" in type(loss.grad_fn).__name__, loss.grad_fn
     loss.backward()
@@ -107,7 +107,7 @@ def test_torch_adapter_forward_computes_the_logsumexp_once(monkeypatch):
     monkeypatch.setattr(engine, "row_stats", counted)
     x = torch.randn(12, 9, dtype=torch.float64, requires_grad=True)
     t = torch.randint(0, 9, (12,))
-    with xce.config(enabled=True, block_rows=5):
+    with xce.config(enabled=True, block_rows=5, delegate=False):  # the analytic backward, not F.cross_entropy
         loss = xce.cross_entropy(x, t, label_smoothing=0.1)
         assert len(calls) == 1
         loss.backward()
@@ -152,14 +152,14 @@ def test_blocked_backward_matches_torch_autograd(shape, axis, weighted, ignore, 
     x, target, weight = _torch_case(torch, shape, axis, weighted, ignore, probabilities)
     kw = {"weight": weight, "reduction": reduction, "label_smoothing": eps}
     a, b = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
-    with xce.config(enabled=True, block_rows=4):
+    with xce.config(enabled=True, block_rows=4, delegate=False):  # the analytic backward, not F.cross_entropy
         loss = xce.cross_entropy(a, target, axis=axis, **kw)
     assert "CrossEntropy" in type(loss.grad_fn).__name__
     moved = b if axis == 1 else torch.movedim(b, -1, 1)
     ref = F.cross_entropy(moved, torch.movedim(target, -1, 1) if probabilities and axis == -1 else target, **kw)
     np.testing.assert_allclose(loss.detach().numpy(), ref.detach().numpy(), rtol=1e-12, atol=1e-14)
     g = torch.randn(ref.shape, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
-    with xce.config(enabled=True, block_rows=4):
+    with xce.config(enabled=True, block_rows=4, delegate=False):  # the analytic backward, not F.cross_entropy
         loss.backward(g)
     ref.backward(g)
     np.testing.assert_allclose(a.grad.numpy(), b.grad.numpy(), rtol=1e-10, atol=1e-13)
@@ -176,7 +176,7 @@ def test_blocked_backward_equals_unblocked_with_z_loss(shape, axis, probabilitie
     with xce.config(enabled=False):
         whole = cross_entropy_grad(x, target, **kw)  # one block: the unblocked formula
     a = x.clone().requires_grad_(True)
-    with xce.config(enabled=True, block_rows=4):
+    with xce.config(enabled=True, block_rows=4, delegate=False):  # the analytic backward, not F.cross_entropy
         xce.cross_entropy(a, target, **kw).backward()
         blocked = cross_entropy_grad(x, target, **kw)  # no saved lse: softmax per block
     np.testing.assert_allclose(a.grad.numpy(), whole.numpy(), rtol=1e-10, atol=1e-13)
@@ -191,7 +191,7 @@ def test_blocked_backward_bfloat16_matches_torch():
     t = torch.randint(0, 4100, (21,), generator=g)
     t[3] = -100
     a, b = x.clone().requires_grad_(True), x.float().requires_grad_(True)
-    with xce.config(enabled=True, block_rows=4):
+    with xce.config(enabled=True, block_rows=4, delegate=False):  # the analytic backward, not F.cross_entropy
         xce.cross_entropy(a, t, label_smoothing=0.1).backward()
     F.cross_entropy(b, t, label_smoothing=0.1).backward()
     assert a.grad.dtype == torch.bfloat16

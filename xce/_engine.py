@@ -38,7 +38,11 @@ from ._namespace import (
     Namespace,
     as_dtype,
     device_of,
+    has_values,
+    is_lazy,
+    is_traced,
     library_name,
+    torch_tracing,
     write_into,
     writes_into,
 )
@@ -46,6 +50,7 @@ from ._namespace import compute_dtype as default_compute_dtype
 from ._softmax import finite_max, finite_or_zero
 
 __all__ = ["Plan", "SoftmaxSums", "Terms", "block_bytes", "config", "map_rows", "on_accelerator", "options", "plan",
+           "reads_values",
            "softmax_sums", "supports"]
 
 # Bytes of one compute-dtype block. A few such temporaries live at once per thread (the
@@ -69,7 +74,8 @@ _EAGER = {"numpy", "torch", "cupy", "array_api_strict"}
 _POOLED = {"numpy"}  # torch parallelises each op with its own intra-op threads; cupy is async
 
 _CONFIG: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar("xce_engine_config", default=None)
-_OPTIONS = ("enabled", "block_rows", "class_chunk", "threads", "min_elements")
+_LATEST: list[dict[str, Any]] = []  # config blocks in the order entered (read under torch.compile only)
+_OPTIONS = ("enabled", "block_rows", "class_chunk", "threads", "min_elements", "delegate", "check_values")
 
 
 @contextlib.contextmanager
@@ -80,11 +86,22 @@ def config(
     class_chunk: int | None = None,
     threads: int | None = None,
     min_elements: int | None = None,
+    delegate: bool | None = None,
+    check_values: bool | None = None,
 ) -> Iterator[None]:
-    """Override the blocked engine's automatic choices inside a ``with`` block.
+    """Override xce's automatic choices inside a ``with`` block.
 
     Parameters
     ----------
+    delegate : bool, optional
+        ``False`` forces xce's own definitions everywhere. By default (``True``) a loss whose
+        library ships a kernel computing exactly the same function (PyTorch's
+        ``F.cross_entropy``) is handed to it at the sizes where it measures faster
+        (``docs/performance.md``).
+    check_values : bool, optional
+        ``True`` reads values for the eager checks (out-of-range targets raise) even on
+        accelerators and under ``torch.compile`` / ``torch.func``, where by default values are
+        not read (no device→host sync, no graph break) and invalid targets give NaN.
     enabled : bool, optional
         ``False`` turns the blocked engine off (the fused formulation is used everywhere);
         ``True`` uses it for every eager call, however small.
@@ -112,7 +129,10 @@ def config(
     ...     plan(np.zeros((100, 10), np.float32), xp=np).block_rows
     8
     """
-    values = dict(zip(_OPTIONS, (enabled, block_rows, class_chunk, threads, min_elements)))
+    values = dict(zip(_OPTIONS, (enabled, block_rows, class_chunk, threads, min_elements, delegate, check_values)))
+    for name in ("enabled", "delegate", "check_values"):
+        if values[name] is not None and not isinstance(values[name], bool):
+            raise TypeError(f"{name} must be a bool; got {type(values[name]).__name__} {values[name]!r}.")
     for name in ("block_rows", "class_chunk", "threads", "min_elements"):
         v = values[name]
         if v is not None and (
@@ -122,14 +142,22 @@ def config(
     merged = dict(options())
     merged.update({k: v for k, v in values.items() if v is not None})
     token = _CONFIG.set(merged)
+    _LATEST.append(merged)
     try:
         yield
     finally:
         _CONFIG.reset(token)
+        _LATEST.remove(merged)
 
 
 def options() -> dict[str, Any]:
-    """The settings of the innermost :func:`config` block (empty outside any)."""
+    """The settings of the innermost :func:`config` block (empty outside any).
+
+    Under ``torch.compile`` (whose tracer cannot read a ``ContextVar``) the settings of the
+    innermost block entered by any thread are used instead.
+    """
+    if torch_tracing():
+        return _LATEST[-1] if _LATEST else {}
     return _CONFIG.get() or {}
 
 
@@ -141,9 +169,10 @@ class Plan(NamedTuple):
 
 def supports(x: Array) -> bool:
     """True when the blocked engine may evaluate ``x`` (an eager array, engine enabled,
-    large enough): NumPy, PyTorch, CuPy, array-api-strict. Never JAX or Dask."""
-    if library_name(x) not in _EAGER:
-        return False
+    large enough): NumPy, PyTorch, CuPy, array-api-strict. Never JAX or Dask, nor PyTorch under
+    ``torch.compile`` / ``torch.func``, whose tracers want the fused formula."""
+    if library_name(x) not in _EAGER or is_traced(x):
+        return False  # traced (torch.compile, torch.func): one fused formula for the tracer
     opts = options()
     enabled = opts.get("enabled")
     if enabled is False:
@@ -180,6 +209,22 @@ def plan(x: Array, *, xp: Namespace, compute_dtype: Any = None) -> Plan:
         threads = opts.get("threads") or min(_cpus(), 8)
         threads = max(1, min(threads, math.ceil(rows / block_rows)))
     return Plan(block_rows, class_chunk, threads)
+
+
+def reads_values(x: Array) -> bool:
+    """Whether checks may read ``x``'s values (one fused reduction, then a host read).
+
+    Not for lazy arrays (JAX, Dask), data-less ones (``meta``), arrays on an accelerator (a
+    device→host sync per call) or under ``torch.compile`` / ``torch.func`` (a graph break, or
+    an error under ``vmap``): there invalid values follow the lazy contract (NaN at that
+    position). ``xce.config(check_values=True/False)`` decides for eager arrays instead.
+    """
+    if is_lazy(x) or not has_values(x):
+        return False
+    forced = options().get("check_values")
+    if forced is not None:
+        return bool(forced)
+    return not on_accelerator(x) and not is_traced(x)
 
 
 def on_accelerator(x: Array) -> bool:

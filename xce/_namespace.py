@@ -20,9 +20,11 @@ __all__ = [
     "has_values",
     "index_dtype",
     "is_lazy",
+    "is_traced",
     "library_name",
     "namespace",
     "take_along_class_axis",
+    "torch_tracing",
     "write_into",
     "writes_into",
 ]
@@ -109,6 +111,20 @@ def is_lazy(x: Array) -> bool:
         return lazy
 
 
+def is_traced(x: Array) -> bool:
+    """True while a tracing transform runs over ``x``'s library (``torch.compile``, or a
+    ``torch.func`` transform such as ``vmap`` / ``grad``): reading a value would break the
+    graph or fail, and ``out=`` writes have no batching rule. (JAX's tracers are lazy arrays:
+    :func:`is_lazy`.)"""
+    return library_name(x) == "torch" and torch_tracing()
+
+
+def torch_tracing() -> bool:
+    """Whether ``torch.compile`` is tracing or a ``torch.func`` transform is active."""
+    torch = sys.modules.get("torch")
+    return torch is not None and bool(torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active())
+
+
 def device_of(x: Array) -> Any:
     return array_api_compat.device(x)
 
@@ -189,7 +205,7 @@ def take_along_class_axis(x: Array, index: Array, axis: int, *, xp: Namespace) -
 def writes_into(x: Array) -> bool:
     """Whether :func:`write_into` can reuse a buffer for results computed from ``x``."""
     lib = library_name(x)
-    return lib in _OUT_LIBRARIES and not (lib == "torch" and _records_autograd((x,)))
+    return lib in _OUT_LIBRARIES and not (lib == "torch" and (_records_autograd((x,)) or torch_tracing()))
 
 
 def write_into(name: str, out: Array | None, *args: Array | float, xp: Namespace) -> Array:
@@ -207,7 +223,7 @@ def write_into(name: str, out: Array | None, *args: Array | float, xp: Namespace
     if out is None:
         return getattr(xp, name)(*args)
     lib = library_name(out)
-    if lib in _OUT_LIBRARIES and not (lib == "torch" and _records_autograd(args)):
+    if lib in _OUT_LIBRARIES and not (lib == "torch" and (_records_autograd(args) or torch_tracing())):
         first = args[0]
         if (lib == "torch" and name in _ELEMENTWISE and getattr(first, "dtype", out.dtype) != out.dtype
                 and all(a is not out for a in args)):

@@ -32,6 +32,12 @@ __all__ = [
 class Adapter(Protocol):
     """What the core asks of a framework adapter (a module, e.g. :mod:`xce.adapters.torch`)."""
 
+    def dispatch_cross_entropy(self, input: Array, target: Array, weight: Array | None, options: Any,
+                               axis: int | None) -> Array | None:
+        """The loss by the library's own means (a native kernel, a custom derivative rule), or
+        None to run xce's definition. ``options``: the checked hyper-parameters."""
+        ...
+
     def wants_cross_entropy(self, input: Array, target: Array, weight: Array | None) -> bool:
         """Whether this call should run through the adapter's autodiff registration."""
         ...

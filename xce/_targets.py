@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 from ._namespace import Array, Namespace, device_of, has_values, index_dtype
-from ._validate import check_target_range
+from ._validate import check_target_range, out_of_range
 
 __all__ = [
     "IndexTarget",
@@ -44,7 +44,7 @@ def prepare_index(target: Array, n_classes: int, ignore_index: int, *, xp: Names
     ignored = target == ignore_index if info.min <= ignore_index <= info.max else None
     invalid = None
     if lazy:
-        invalid = _out_of_range(target, n_classes, info, xp=xp)
+        invalid = out_of_range(target, n_classes, xp=xp)
         if invalid is not None and ignored is not None:
             invalid = invalid & ~ignored
     elif _all_valid(target, n_classes, ignore_index, xp=xp):
@@ -70,17 +70,6 @@ def _all_valid(target: Array, n_classes: int, ignore_index: int, *, xp: Namespac
         return False
     lo, hi = int(xp.min(target)), int(xp.max(target))
     return lo >= 0 and hi < n_classes and not lo <= ignore_index <= hi
-
-
-def _out_of_range(target: Array, n_classes: int, info, *, xp: Namespace) -> Array | None:
-    checks = []
-    if info.min < 0:
-        checks.append(target < 0)
-    if info.max >= n_classes:
-        checks.append(target >= n_classes)
-    if not checks:
-        return None
-    return checks[0] if len(checks) == 1 else checks[0] | checks[1]
 
 
 def gather_weight(w: Array, index: Array, *, xp: Namespace) -> Array:

@@ -22,17 +22,23 @@ def check_reduction(reduction: object, allowed: tuple[str, ...] = REDUCTIONS) ->
     return reduction  # type: ignore[return-value]
 
 
-def check_fraction(value: object, name: str) -> float:
-    """A Python number in [0, 1] (label smoothing and the like)."""
+def _as_float(value: object, name: str, what: str) -> float:
+    """``value`` as a Python float: numbers and 0-d arrays with a concrete value; ``what``
+    describes the expected value in the messages."""
     if isinstance(value, bool) or (not isinstance(value, (int, float)) and not hasattr(value, "__float__")):
-        raise TypeError(f"{name} must be a float in [0, 1]; got {type(value).__name__} {value!r}.")
+        raise TypeError(f"{name} must be a float{what}; got {type(value).__name__} {value!r}.")
     try:
-        out = float(value)  # type: ignore[arg-type]
+        return float(value)  # type: ignore[arg-type]
     except TypeError as e:  # a traced array: hyper-parameters are static
         raise TypeError(
-            f"{name} must be a Python float in [0, 1], not an array; under jax.jit pass it as a "
+            f"{name} must be a Python float{what}, not an array; under jax.jit pass it as a "
             f"static argument (static_argnames=('{name}',))."
         ) from e
+
+
+def check_fraction(value: object, name: str) -> float:
+    """A Python number in [0, 1] (label smoothing and the like)."""
+    out = _as_float(value, name, " in [0, 1]")
     if math.isnan(out) or not 0.0 <= out <= 1.0:
         raise ValueError(f"{name} must lie in [0, 1]; got {value!r}.")
     return out
@@ -145,6 +151,21 @@ def check_probability_target(target: Array, x: Array, ignore_index: int, *, xp: 
         check_same_device(x, target, "target")
 
 
+def out_of_range(target: Array, n_classes: int, *, xp: Namespace) -> Array | None:
+    """``(target < 0) | (target >= n_classes)``; None where the dtype cannot hold such a value
+    (besides saving a pass, comparing a uint8 array with 300 overflows in array-api-strict and
+    wraps in PyTorch)."""
+    info = xp.iinfo(target.dtype)
+    checks = []
+    if info.min < 0:
+        checks.append(target < 0)
+    if info.max >= n_classes:
+        checks.append(target >= n_classes)
+    if not checks:
+        return None
+    return checks[0] if len(checks) == 1 else checks[0] | checks[1]
+
+
 def check_target_range(target: Array, n_classes: int, ignored: Array | None, *, xp: Namespace) -> None:
     """Eager only: every non-ignored index lies in [0, n_classes).
 
@@ -153,15 +174,9 @@ def check_target_range(target: Array, n_classes: int, ignored: Array | None, *, 
     """
     if not has_values(target) or 0 in tuple(target.shape):
         return
-    info = xp.iinfo(target.dtype)
-    checks = []
-    if info.min < 0:
-        checks.append(target < 0)
-    if info.max >= n_classes:
-        checks.append(target >= n_classes)
-    if not checks:
+    bad = out_of_range(target, n_classes, xp=xp)
+    if bad is None:
         return
-    bad = checks[0] if len(checks) == 1 else checks[0] | checks[1]
     if ignored is not None:
         bad = bad & ~ignored
     if bool(xp.any(bad)):
@@ -212,15 +227,7 @@ def _first(values: Array, mask: Array, *, xp: Namespace) -> Any:
 def check_real(value: object, name: str, *, minimum: float | None = None, hint: str = "") -> float:
     """A finite Python number, at least ``minimum`` when given (focal γ, z-loss, poly ε...)."""
     bound = "" if minimum is None else f" >= {minimum}"
-    if isinstance(value, bool) or (not isinstance(value, (int, float)) and not hasattr(value, "__float__")):
-        raise TypeError(f"{name} must be a float{bound}; got {type(value).__name__} {value!r}.")
-    try:
-        out = float(value)  # type: ignore[arg-type]
-    except TypeError as e:  # a traced array: hyper-parameters are static
-        raise TypeError(
-            f"{name} must be a Python float{bound}, not an array; under jax.jit pass it as a static "
-            f"argument (static_argnames=('{name}',))."
-        ) from e
+    out = _as_float(value, name, bound)
     if not math.isfinite(out) or (minimum is not None and out < minimum):
         raise ValueError(f"{name} must be a finite float{bound}; got {value!r}.{hint}")
     return out

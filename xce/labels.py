@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from ._namespace import Array, Namespace, compute_dtype, device_of, index_dtype, is_lazy, namespace
+from ._engine import reads_values
+from ._namespace import Array, Namespace, compute_dtype, device_of, index_dtype, namespace
 from ._targets import class_ids
 from ._validate import check_choice, check_floating, check_fraction, check_integer, check_values_in
 
@@ -71,7 +72,7 @@ def one_hot(
     device = device_of(target)
     if dtype is None:
         dtype = xp.__array_namespace_info__().default_dtypes(device=device)["real floating"]
-    lazy = is_lazy(target)
+    lazy = not reads_values(target)
     info = xp.iinfo(target.dtype)
     can_be_invalid = info.min < 0 or info.max >= num_classes  # skip comparisons a dtype cannot fail
     # Compare in the indexing dtype: int8 cannot hold num_classes=200 (torch and JAX would wrap it).

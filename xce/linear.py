@@ -40,6 +40,7 @@ from ._namespace import (
     compute_dtype,
     device_of,
     is_lazy,
+    is_traced,
     namespace,
     take_along_class_axis,
     write_into,
@@ -62,6 +63,7 @@ _NAMES = ("hidden", "weight", "target", "bias")
 # Elements of one (v_chunk, D) slice of a block's dW product (8 MiB in float32).
 _VOCAB_CHUNK_ELEMENTS = 1 << 21
 _ALIASING: dict[int, bool] = {}
+_MAX_BLOCK_FRACTION = 12
 
 
 class Fused(NamedTuple):
@@ -138,7 +140,7 @@ def linear_cross_entropy(
     xp = namespace(_NAMES, hidden, weight, target, bias, xp=xp)
     reduction, eps, z, ignore_index = _check(hidden, weight, target, bias, ignore_index, reduction, label_smoothing,
                                              z_loss, xp=xp)
-    if is_lazy(hidden):
+    if is_lazy(hidden) or is_traced(hidden):  # JAX, Dask, torch.compile / torch.func: one formula
         return cross_entropy(_logits(hidden, weight, bias, xp=xp), target, None, ignore_index, reduction, eps,
                              axis=-1, z_loss=z, xp=xp)
     adapter = adapter_for(hidden)
@@ -182,7 +184,7 @@ def value_and_grad_linear_cross_entropy(
     xp = namespace(_NAMES, hidden, weight, target, bias, xp=xp)
     reduction, eps, z, ignore_index = _check(hidden, weight, target, bias, ignore_index, reduction, label_smoothing,
                                              z_loss, xp=xp)
-    if is_lazy(hidden):
+    if is_lazy(hidden) or is_traced(hidden):  # JAX, Dask, torch.compile / torch.func: one formula
         logits = _logits(hidden, weight, bias, xp=xp)
         loss = cross_entropy(logits, target, None, ignore_index, reduction, eps, axis=-1, z_loss=z, xp=xp)
         g = cross_entropy_grad(logits, target, None, ignore_index, reduction, eps, axis=-1, z_loss=z,
@@ -276,6 +278,9 @@ def _start(hidden: Array, weight: Array, target: Array, bias: Array | None, igno
     rows = block_rows if block_rows is not None else _engine.options().get("block_rows")
     if rows is None:  # the engine's policy for a block of logits of a matmul
         rows = max(8, _engine.block_bytes(hidden, "matmul") // (xp.finfo(dtype).bits // 8 * max(vocab, 1)))
+        # ...and never more than a twelfth of the rows: the block stays a small part of the
+        # logits it replaces, whatever N (one block of 64 MiB was a quarter of N=2048's logits).
+        rows = min(rows, max(8, n // _MAX_BLOCK_FRACTION))
     rows = max(1, min(int(rows), max(n, 1)))
     sw = _Sweep(h2, weight, bias, index, eps, z, dtype, rows, max(1, min(vocab, _VOCAB_CHUNK_ELEMENTS //
                 max(n_features, 1))), _slices_alias(xp, dev), dtype == hidden.dtype, want_loss, want_grad)

@@ -12,8 +12,7 @@ from collections.abc import Callable
 from typing import Any, ClassVar
 
 from ._namespace import Array
-from ._validate import REDUCTIONS, check_choice, check_fraction, check_integer, check_real, check_reduction
-from .labels import SMOOTHING_MODES
+from ._validate import REDUCTIONS, check_fraction, check_integer, check_real, check_reduction
 from .losses.binary import (
     binary_cross_entropy,
     binary_cross_entropy_with_logits,
@@ -21,7 +20,7 @@ from .losses.binary import (
     multilabel_soft_margin_loss,
     sigmoid_focal_loss,
 )
-from .losses.cross_entropy import cross_entropy
+from .losses.cross_entropy import check_options, cross_entropy
 from .losses.divergence import kl_div
 from .losses.index import nll_loss, softmax_focal_loss
 
@@ -93,15 +92,10 @@ label_smoothing_mode='uniform', z_loss=0.0)
         label_smoothing_mode: str = "uniform",
         z_loss: float = 0.0,
     ) -> None:
-        super().__init__(
-            weight=weight,
-            ignore_index=check_integer(ignore_index, "ignore_index"),
-            reduction=check_reduction(reduction),
-            label_smoothing=check_fraction(label_smoothing, "label_smoothing"),
-            axis=_axis(axis),
-            label_smoothing_mode=check_choice(label_smoothing_mode, "label_smoothing_mode", SMOOTHING_MODES),
-            z_loss=check_real(z_loss, "z_loss", minimum=0.0),
-        )
+        opts = check_options(ignore_index, reduction, label_smoothing, label_smoothing_mode, z_loss)
+        super().__init__(weight=weight, ignore_index=opts.ignore_index, reduction=opts.reduction,
+                         label_smoothing=opts.label_smoothing, axis=_axis(axis), label_smoothing_mode=opts.mode,
+                         z_loss=opts.z)
 
 
 class NLLLoss(_Loss):

@@ -1,5 +1,6 @@
 """Framework adapters: the analytic backward passes of the losses registered with PyTorch
-autograd (:mod:`xce.adapters.torch`) and ``jax.custom_vjp`` (:mod:`xce.adapters.jax`), and
+autograd (:mod:`xce.adapters.torch`) and ``jax.custom_jvp`` (:mod:`xce.adapters.jax`), the
+delegation to PyTorch's own kernel, and
 PyTorch's ``torch.distributed`` code.
 
 Adapters depend on the core, never the reverse: this package only tells the core's registry

@@ -1,13 +1,12 @@
-"""``jax.custom_vjp`` registration of xce's analytic cross-entropy backward.
+"""JAX adapter: cross entropy's derivative rule registered with ``jax.custom_jvp``.
 
-:func:`cross_entropy` is :func:`xce.cross_entropy` with a custom VJP: the forward saves the
-inputs and the per-position logsumexp (O(N)); the backward is the loss's own gradient rule
-(:func:`xce.losses.cross_entropy.gradient`, and for probability targets
-:func:`~xce.losses.cross_entropy.probability_target_gradient`). It composes with ``jax.jit``,
-``jax.grad``, ``jax.vmap`` and (through the backward formula, which is itself
-differentiable) higher-order derivatives. The VJP is taken w.r.t. ``input`` and, for
-probability targets, ``target``; class ``weight`` is treated as a constant (its cotangent is
-zero; differentiate :func:`xce.cross_entropy` directly to learn weights).
+:func:`xce.cross_entropy` on JAX arrays runs through :func:`_ce`, whose JVP is the loss's own
+rule (:func:`xce.losses.cross_entropy.jvp`): the tangent is linear in the input, target and
+weight tangents, so ``jax.grad`` (its transpose), ``jax.jvp``, ``jacfwd``, ``jacrev``, ``vmap``
+and higher orders all work, and ``jit(grad)`` computes the analytic gradient
+``a·softmax - b·onehot - u·w`` instead of XLA's autodiff of the shifted formula. Gradients
+flow to ``input``, to probability ``target`` s and to the class ``weight``.
+``xce.config(delegate=False)`` runs the plain definition under JAX's autodiff instead.
 
 This module depends on the core and registers itself with it (:mod:`xce._registry`); no core
 module imports it.
@@ -16,36 +15,39 @@ module imports it.
 from __future__ import annotations
 
 from functools import partial
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 
+from .. import _engine
 from ..losses import cross_entropy as ce
 
-__all__ = ["cross_entropy", "wants_cross_entropy"]
+__all__ = ["cross_entropy", "dispatch_cross_entropy", "wants_cross_entropy"]
 
 
-def wants_cross_entropy(input, target, weight) -> bool:
-    """JAX arrays never take the adapter implicitly: ``jax.grad`` differentiates the definition."""
-    return False
+def dispatch_cross_entropy(input: Any, target: Any, weight: Any, options: ce.Options, axis: int | None) -> Any:
+    """The custom-JVP cross entropy (None under ``xce.config(delegate=False)``)."""
+    if not _engine.options().get("delegate", True):
+        return None
+    return _ce(input, target, weight, options.ignore_index, options.reduction, options.label_smoothing, axis,
+               options.mode, options.z)
 
 
-def cross_entropy(
-    input,
-    target,
-    weight=None,
-    ignore_index: int = -100,
-    reduction: str = "mean",
-    label_smoothing: float = 0.0,
-    *,
-    axis: int | None = None,
-    label_smoothing_mode: str = "uniform",
-    z_loss: float = 0.0,
-):
-    """:func:`xce.cross_entropy` with the analytic backward registered as a custom VJP."""
+def wants_cross_entropy(input: Any, target: Any, weight: Any) -> bool:
+    return False  # dispatch_cross_entropy already serves every call
+
+
+def cross_entropy(*args: Any, **kwargs: Any) -> Any:
+    """:func:`xce.cross_entropy` (same parameters) with its derivative rule registered as a
+    custom JVP, whatever ``xce.config(delegate=)`` says."""
+    input, target, weight, *options = ce.bind_arguments(args, kwargs)
     input, target = jnp.asarray(input), jnp.asarray(target)  # check_grads passes NumPy arrays
     weight = None if weight is None else jnp.asarray(weight)
-    return _ce(input, target, weight, ignore_index, reduction, label_smoothing, axis, label_smoothing_mode, z_loss)
+    return _ce(input, target, weight, *options)
+
+
+cross_entropy.__signature__ = ce.SIGNATURE  # type: ignore[attr-defined]
 
 
 def _args(input, target, weight, ignore_index, reduction, label_smoothing, axis, mode, z_loss) -> ce.CrossEntropyArgs:
@@ -53,29 +55,17 @@ def _args(input, target, weight, ignore_index, reduction, label_smoothing, axis,
                               xp=jnp)
 
 
-@partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5, 6, 7, 8))
+@partial(jax.custom_jvp, nondiff_argnums=(3, 4, 5, 6, 7, 8))
 def _ce(input, target, weight, ignore_index, reduction, label_smoothing, axis, mode, z_loss):
     args = _args(input, target, weight, ignore_index, reduction, label_smoothing, axis, mode, z_loss)
     return ce.cross_entropy_with_stats(input, target, weight, args, xp=jnp)[0]
 
 
-def _fwd(input, target, weight, ignore_index, reduction, label_smoothing, axis, mode, z_loss):
+@_ce.defjvp
+def _ce_jvp(ignore_index, reduction, label_smoothing, axis, mode, z_loss, primals, tangents):
+    input, target, weight = primals
     args = _args(input, target, weight, ignore_index, reduction, label_smoothing, axis, mode, z_loss)
-    # The loss and the per-position logsumexp from the same statistics: one softmax pass.
-    loss, st = ce.cross_entropy_with_stats(input, target, weight, args, xp=jnp)
-    return loss, (input, target, weight, jnp.expand_dims(st.shift + st.lse, args.ax))
-
-
-def _bwd(ignore_index, reduction, label_smoothing, axis, mode, z_loss, residuals, g):
-    input, target, weight, lse = residuals
-    # The same checked arguments as the forward (the index rebuilt from the saved target).
-    args = _args(input, target, weight, ignore_index, reduction, label_smoothing, axis, mode, z_loss)
-    d_input = ce.gradient(input, target, weight, args, g, lse, xp=jnp)
-    d_target = None
-    if args.index is None:
-        d_target = ce.probability_target_gradient(input, target, weight, args, g, lse, xp=jnp)
-    d_weight = None if weight is None else jnp.zeros_like(weight)
-    return d_input, d_target, d_weight
-
-
-_ce.defvjp(_fwd, _bwd)
+    dx, dt, dw = tangents
+    if not jnp.issubdtype(target.dtype, jnp.floating):
+        dt = None  # integer targets have float0 tangents
+    return ce.jvp(input, target, weight, args, (dx, dt, dw), xp=jnp)

@@ -27,9 +27,12 @@ from typing import Any
 import array_api_compat.torch as txp
 import torch
 import torch.distributed as dist
+import torch.nn.functional as _F
 
+from .. import _engine
 from .. import linear as _linear
-from .._namespace import Namespace, namespace
+from .._namespace import Namespace, is_traced, namespace
+from ..labels import uniform_equivalent
 from ..losses import cross_entropy as ce
 from ..parallel import (
     ShardStatistics,
@@ -42,6 +45,7 @@ from ..parallel import (
 
 __all__ = [
     "cross_entropy",
+    "dispatch_cross_entropy",
     "linear_cross_entropy",
     "needs_autograd",
     "vocab_parallel_loss",
@@ -61,13 +65,73 @@ def wants_cross_entropy(input: torch.Tensor, target: torch.Tensor, weight: torch
     """Whether :func:`cross_entropy`'s autograd Function serves this call: ``input`` requires
     grad and neither the class ``weight`` nor a probability ``target`` does (the Function's
     backward gives d/d input only; those fall back to autograd through the definition)."""
-    if not needs_autograd(input):
-        return False
+    if not needs_autograd(input) or is_traced(input):
+        return False  # under torch.compile / torch.func the fused formula's autograd serves
     return not needs_autograd(weight, target if target.is_floating_point() else None)
 
 
+# --- delegation to PyTorch's own kernel --------------------------------------------------------
+
+# Up to this many logits a CPU call goes to F.cross_entropy, above it to the blocked engine
+# (and its analytic backward): measured crossover on a 2-core CPU, forward and forward+backward
+# (docs/performance.md, `python -m benchmarks sweep`). The native kernel is dispatch-cheap
+# (~3 µs at 8x10, where xce's own Python path costs ~70 µs); the engine wins on large inputs
+# in time under autograd and always in memory (F.cross_entropy keeps an (N, C) log-softmax).
+DELEGATE_MAX_ELEMENTS_CPU = 1 << 21
+# On a GPU the native kernels are fused and the engine's Python loop over blocks is not.
+DELEGATE_MAX_ELEMENTS_GPU = 1 << 28
+_NATIVE_DTYPES = (torch.float32, torch.float64)
+
+
+def dispatch_cross_entropy(input: Any, target: Any, weight: Any, options: ce.Options, axis: int | None) -> Any:
+    """``F.cross_entropy(...)`` where it computes exactly :func:`xce.cross_entropy`'s function
+    and measures faster; None where it does not (the caller then runs the definition).
+
+    Delegated: float32/float64 logits with integer targets, classes on axis 1 (PyTorch's
+    layout), no z-loss, smoothing whose uniform equivalent is at most 1 (``"off_target"`` ε
+    becomes ε·C/(C-1)), a class ``weight`` that does not require grad (PyTorch's ``nll_loss``
+    is not differentiable in it), up to ``DELEGATE_MAX_ELEMENTS_*`` logits. Not delegated:
+    probability targets (xce gives 0, PyTorch NaN, for zero-mass classes at ``-inf`` logits),
+    half precision (xce accumulates in float32). No check reads the arrays first: an invalid
+    call makes the native kernel raise, and the definition then raises xce's own error; a NaN
+    result (non-finite logits) is recomputed by the definition where values may be read.
+    """
+    if not isinstance(input, torch.Tensor) or input.dtype not in _NATIVE_DTYPES or options.z > 0.0:
+        return None
+    if not isinstance(target, torch.Tensor) or target.is_floating_point() or target.dtype == torch.bool \
+            or target.is_complex():
+        return None
+    ndim = input.ndim
+    if axis is not None and (type(axis) is not int or not -ndim <= axis < ndim or axis % ndim != (ndim > 1)):
+        return None  # another layout, or an invalid axis (the definition names the problem)
+    limit = DELEGATE_MAX_ELEMENTS_CPU if input.device.type == "cpu" else DELEGATE_MAX_ELEMENTS_GPU
+    if input.numel() > limit or not _engine.options().get("delegate", True):
+        return None
+    if weight is not None and (not isinstance(weight, torch.Tensor) or not weight.is_floating_point()
+                               or needs_autograd(weight)):
+        return None
+    eps = options.label_smoothing
+    try:
+        if options.mode != "uniform" and ndim:
+            eps = uniform_equivalent(eps, options.mode, input.shape[1 if ndim > 1 else 0], "label_smoothing")
+        if eps > 1.0:
+            return None
+        w = weight if weight is None or weight.dtype == input.dtype else weight.to(input.dtype)
+        t = target if target.dtype == torch.int64 else target.to(torch.int64)
+        out = _F.cross_entropy(input, t, w, ignore_index=options.ignore_index, reduction=options.reduction,
+                               label_smoothing=eps)
+    except (IndexError, RuntimeError, ValueError, TypeError):
+        return None  # out-of-range targets, shapes, devices: the definition names the problem
+    # Non-finite logits are where the two differ: a row with +inf on another class than the
+    # target is NaN for PyTorch and +inf (the limit) for xce. Where values may be read (CPU,
+    # eager), a NaN result sends the call to the definition; elsewhere it stands (no sync).
+    if _engine.reads_values(input) and bool(torch.isnan(out).any()):
+        return None
+    return out
+
+
 def wants_linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> bool:
-    return needs_autograd(hidden, weight, bias)
+    return needs_autograd(hidden, weight, bias) and not is_traced(hidden)
 
 
 class _CrossEntropy(torch.autograd.Function):
@@ -106,29 +170,22 @@ class _CrossEntropy(torch.autograd.Function):
         return grad, None, None, None, None, None, None, None, None
 
 
-def cross_entropy(
-    input: torch.Tensor,
-    target: torch.Tensor,
-    weight: torch.Tensor | None = None,
-    ignore_index: int = -100,
-    reduction: str = "mean",
-    label_smoothing: float = 0.0,
-    *,
-    axis: int | None = None,
-    label_smoothing_mode: str = "uniform",
-    z_loss: float = 0.0,
-) -> torch.Tensor:
-    """:func:`xce.cross_entropy` with the analytic, memory-lean backward (see the module)."""
+def cross_entropy(*args: Any, **kwargs: Any) -> torch.Tensor:
+    """:func:`xce.cross_entropy` (same parameters) with the analytic, memory-lean backward (see
+    the module)."""
+    values = ce.bind_arguments(args, kwargs)
+    input, target, weight = values[:3]
     if not wants_cross_entropy(input, target, weight):
         # Plain autograd through the definition (never back through the dispatching
         # xce.cross_entropy, which would route here again).
         xp = namespace(_CE_NAMES, input, target, weight)
-        args = ce.check_arguments(input, target, weight, ignore_index, reduction, label_smoothing, axis,
-                                  label_smoothing_mode, z_loss, xp=xp)
-        return ce.cross_entropy_with_stats(input, target, weight, args, xp=xp)[0]
-    loss, _, _ = _CrossEntropy.apply(input, target, weight, ignore_index, reduction, label_smoothing, axis,
-                                     label_smoothing_mode, z_loss)
+        checked = ce.check_arguments(*values, xp=xp)
+        return ce.cross_entropy_with_stats(input, target, weight, checked, xp=xp)[0]
+    loss, _, _ = _CrossEntropy.apply(*values)
     return loss
+
+
+cross_entropy.__signature__ = ce.SIGNATURE  # type: ignore[attr-defined]
 
 
 class _LinearCrossEntropy(torch.autograd.Function):

@@ -9,6 +9,7 @@ elementwise: ``target`` has ``input``'s shape, ``weight`` (and ``pos_weight``) b
 from __future__ import annotations
 
 from .._arrays import expand_at, like_input
+from .._engine import reads_values
 from .._namespace import Array, Namespace, compute_dtype, is_lazy, namespace
 from .._reduce import reduce_loss, reduction_scale
 from .._registry import register_gradient
@@ -95,14 +96,8 @@ def binary_cross_entropy(
     1.5081
     """
     xp = namespace(("input", "target", "weight"), input, target, weight, xp=xp)
-    reduction = check_reduction(reduction)
-    eps = check_fraction(label_smoothing, "label_smoothing")
-    lazy = is_lazy(input)
-    work, y = _prepare(input, target, eps, xp=xp, lazy=lazy)
-    check_broadcastable(weight, input, "weight", xp=xp, lazy=lazy)
-    if not lazy:
-        hint = " binary_cross_entropy takes probabilities; for logits use binary_cross_entropy_with_logits."
-        check_values_in(input, 0.0, 1.0, "input", xp=xp, hint=hint)
+    reduction, work, y, lazy = _check(input, target, weight, None, reduction, label_smoothing, probabilities=True,
+                                      xp=xp)
     # PyTorch's clamp at -100: p ∈ {0, 1} gives a finite loss and 0·log 0 = 0. The inner where
     # keeps log(0) from ever being evaluated (no warning, no inf in the gradient).
     pos, neg = work > 0.0, work < 1.0
@@ -172,13 +167,7 @@ def binary_cross_entropy_with_logits(
     10000.0
     """
     xp = namespace(("input", "target", "weight", "pos_weight"), input, target, weight, pos_weight, xp=xp)
-    reduction = check_reduction(reduction)
-    eps = check_fraction(label_smoothing, "label_smoothing")
-    lazy = is_lazy(input)
-    work, y = _prepare(input, target, eps, xp=xp, lazy=lazy)
-    check_broadcastable(weight, input, "weight", xp=xp, lazy=lazy)
-    check_broadcastable(pos_weight, input, "pos_weight", xp=xp, lazy=lazy,
-                        hint=" pos_weight runs along the last axis, e.g. shape (C,) for (N, C) input.")
+    reduction, work, y, _ = _check(input, target, weight, pos_weight, reduction, label_smoothing, xp=xp)
     pw = None if pos_weight is None else xp.astype(pos_weight, work.dtype)
     loss = logistic_loss(work, y, pw, xp=xp)
     return _finish(loss, weight, reduction, input, xp=xp)
@@ -333,13 +322,8 @@ def binary_cross_entropy_grad(
     [-1.0, 1.0]
     """
     xp = namespace(_GRAD_NAMES, input, target, weight, cotangent, xp=xp)
-    reduction = check_reduction(reduction)
-    eps = check_fraction(label_smoothing, "label_smoothing")
-    lazy = is_lazy(input)
-    work, y = _prepare(input, target, eps, xp=xp, lazy=lazy)
-    check_broadcastable(weight, input, "weight", xp=xp, lazy=lazy)
-    if not lazy:
-        check_values_in(input, 0.0, 1.0, "input", xp=xp)
+    reduction, work, y, lazy = _check(input, target, weight, None, reduction, label_smoothing, probabilities=True,
+                                      xp=xp)
     pos, neg = work > 0.0, work < 1.0
     p_safe = xp.where(pos, work, 1.0)
     q_safe = xp.where(neg, 1.0 - work, 1.0)
@@ -373,12 +357,7 @@ def binary_cross_entropy_with_logits_grad(
     """
     xp = namespace(("input", "target", "weight", "pos_weight", "cotangent"), input, target, weight, pos_weight,
                    cotangent, xp=xp)
-    reduction = check_reduction(reduction)
-    eps = check_fraction(label_smoothing, "label_smoothing")
-    lazy = is_lazy(input)
-    work, y = _prepare(input, target, eps, xp=xp, lazy=lazy)
-    check_broadcastable(weight, input, "weight", xp=xp, lazy=lazy)
-    check_broadcastable(pos_weight, input, "pos_weight", xp=xp, lazy=lazy)
+    reduction, work, y, _ = _check(input, target, weight, pos_weight, reduction, label_smoothing, xp=xp)
     sig = sigmoid(work, xp=xp)
     if pos_weight is None:
         g = sig - y
@@ -481,6 +460,25 @@ def logistic_loss(x: Array, y: Array, pos_weight: Array | None, *, xp: Namespace
     if pos_weight is None:
         return (1.0 - y) * x + sp
     return (1.0 - y) * x + (1.0 + (pos_weight - 1.0) * y) * sp
+
+
+def _check(input: Array, target: Array, weight: Array | None, pos_weight: Array | None, reduction: object,
+           label_smoothing: object, *, probabilities: bool = False, xp: Namespace) -> tuple[str, Array, Array, bool]:
+    """The checks of the BCE pair (forward and gradient): ``(reduction, input, smoothed target,
+    unread)``, the arrays in the compute dtype. ``probabilities``: ``input`` must lie in [0, 1]
+    (checked where values may be read; ``unread``: they may not, so the caller marks NaN)."""
+    reduction = check_reduction(reduction)
+    eps = check_fraction(label_smoothing, "label_smoothing")
+    lazy = is_lazy(input)
+    work, y = _prepare(input, target, eps, xp=xp, lazy=lazy)
+    check_broadcastable(weight, input, "weight", xp=xp, lazy=lazy)
+    check_broadcastable(pos_weight, input, "pos_weight", xp=xp, lazy=lazy,
+                        hint=" pos_weight runs along the last axis, e.g. shape (C,) for (N, C) input.")
+    unread = not reads_values(input)  # lazy, accelerator, traced: out-of-range values give NaN
+    if probabilities and not unread:
+        hint = " binary_cross_entropy takes probabilities; for logits use binary_cross_entropy_with_logits."
+        check_values_in(input, 0.0, 1.0, "input", xp=xp, hint=hint)
+    return reduction, work, y, unread
 
 
 def _prepare(input: Array, target: Array, eps: float, *, xp: Namespace, lazy: bool) -> tuple[Array, Array]:

@@ -21,6 +21,8 @@ eager arrays); the loss needs only per-position arithmetic on them; the gradient
 
 from __future__ import annotations
 
+import functools
+import inspect
 import math
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -35,6 +37,7 @@ from .._namespace import (
     compute_dtype,
     device_of,
     is_lazy,
+    is_traced,
     namespace,
     take_along_class_axis,
     write_into,
@@ -61,9 +64,13 @@ from .._validate import (
 from ..labels import SMOOTHING_MODES, uniform_equivalent
 
 __all__ = [
+    "SIGNATURE",
     "CrossEntropyArgs",
+    "Options",
     "RowStats",
+    "bind_arguments",
     "check_arguments",
+    "check_options",
     "cross_entropy",
     "cross_entropy_grad",
     "cross_entropy_with_stats",
@@ -71,6 +78,7 @@ __all__ = [
     "gradient",
     "gradient_coefficients",
     "index_loss",
+    "jvp",
     "probability_target_gradient",
     "row_stats",
     "smoothing_coefficients",
@@ -92,9 +100,45 @@ class CrossEntropyArgs:
     z: float  #: z-loss coefficient
     ax: int  #: the class axis, non-negative
     n_classes: int
-    lazy: bool  #: values cannot be read (JAX, Dask): invalid values become NaN
+    lazy: bool  #: a lazy array (JAX, Dask): one fused formula, no blocks
     ignore_index: int
     index: IndexTarget | None  #: None for probability targets
+    reads: bool = True  #: values may be read (eager, CPU, not traced): else invalid values become NaN
+
+
+class Options(NamedTuple):
+    """:func:`cross_entropy`'s hyper-parameters, checked (they do not depend on the arrays)."""
+
+    ignore_index: int
+    reduction: str
+    label_smoothing: float  #: as given, in its ``mode``
+    mode: str
+    z: float
+
+
+def check_options(ignore_index: object, reduction: object, label_smoothing: object, label_smoothing_mode: object,
+                  z_loss: object) -> Options:
+    """The checks of :func:`cross_entropy`'s hyper-parameters, cached per distinct call (they
+    depend on no array, and small calls are dispatch-bound). Shared with the loss object."""
+    try:
+        return _cached_options(ignore_index, reduction, label_smoothing, label_smoothing_mode, z_loss)
+    except TypeError as e:
+        if "unhashable" not in str(e):
+            raise
+        return _check_options(ignore_index, reduction, label_smoothing, label_smoothing_mode, z_loss)
+
+
+def _check_options(ignore_index: object, reduction: object, label_smoothing: object, label_smoothing_mode: object,
+                   z_loss: object) -> Options:
+    reduction = check_reduction(reduction)
+    eps = check_fraction(label_smoothing, "label_smoothing")
+    mode = check_choice(label_smoothing_mode, "label_smoothing_mode", SMOOTHING_MODES)
+    z = check_real(z_loss, "z_loss", minimum=0.0)
+    return Options(check_integer(ignore_index, "ignore_index"), reduction, eps, mode, z)
+
+
+# typed: 1, 1.0 and True are different calls (True is refused, 1 is a valid ignore_index).
+_cached_options = functools.lru_cache(maxsize=1024, typed=True)(_check_options)
 
 
 def check_arguments(
@@ -102,11 +146,8 @@ def check_arguments(
     axis: int | None, label_smoothing_mode: str, z_loss: float, *, xp: Namespace,
 ) -> CrossEntropyArgs:
     """Every check of :func:`cross_entropy`'s arguments (shared with its gradient)."""
-    reduction = check_reduction(reduction)
-    eps = check_fraction(label_smoothing, "label_smoothing")
-    mode = check_choice(label_smoothing_mode, "label_smoothing_mode", SMOOTHING_MODES)
-    z = check_real(z_loss, "z_loss", minimum=0.0)
-    ignore_index = check_integer(ignore_index, "ignore_index")
+    ignore_index, reduction, eps, mode, z = check_options(ignore_index, reduction, label_smoothing,
+                                                          label_smoothing_mode, z_loss)
     ax = class_axis(input, axis)
     check_floating(input, "input", xp=xp)
     n_classes = check_classes(input, ax)
@@ -114,12 +155,13 @@ def check_arguments(
     lazy = is_lazy(input)
     check_weight(weight, n_classes, input, xp=xp, lazy=lazy)
     index = None
+    reads = _engine.reads_values(input)  # else invalid targets become NaN (no sync, no graph break)
     if tuple(target.shape) == tuple(input.shape):
         check_probability_target(target, input, ignore_index, xp=xp, lazy=lazy)
     else:
         check_index_target(target, input, ax, xp=xp, lazy=lazy)
-        index = prepare_index(target, n_classes, ignore_index, xp=xp, lazy=lazy)
-    return CrossEntropyArgs(reduction, eps, z, ax, n_classes, lazy, ignore_index, index)
+        index = prepare_index(target, n_classes, ignore_index, xp=xp, lazy=not reads)
+    return CrossEntropyArgs(reduction, eps, z, ax, n_classes, lazy, ignore_index, index, reads)
 
 
 def smoothing_coefficients(eps: float, n_classes: int) -> tuple[float, float]:
@@ -375,16 +417,34 @@ def cross_entropy(
     0.3518
     """
     xp = namespace(_NAMES, input, target, weight, xp=xp)
-    if _engine.supports(input):
+    adapter = adapter_for(input)
+    if adapter is not None:
+        # The library's own kernel where it computes exactly this function and measures faster.
+        options = check_options(ignore_index, reduction, label_smoothing, label_smoothing_mode, z_loss)
+        out = adapter.dispatch_cross_entropy(input, target, weight, options, axis)
+        if out is not None:
+            return out
         # Large eager inputs under autograd: the adapter's analytic backward saves O(N), not
         # the blocked forward's temporaries (torch; other libraries have no such adapter).
-        adapter = adapter_for(input)
-        if adapter is not None and adapter.wants_cross_entropy(input, target, weight):
+        if _engine.supports(input) and adapter.wants_cross_entropy(input, target, weight):
             return adapter.cross_entropy(input, target, weight, ignore_index, reduction, label_smoothing, axis=axis,
                                          label_smoothing_mode=label_smoothing_mode, z_loss=z_loss)
     args = check_arguments(input, target, weight, ignore_index, reduction, label_smoothing, axis,
                            label_smoothing_mode, z_loss, xp=xp)
     return cross_entropy_with_stats(input, target, weight, args, xp=xp)[0]
+
+
+# cross_entropy's parameters without ``xp``: what the adapters' wrappers take.
+SIGNATURE = inspect.signature(cross_entropy).replace(
+    parameters=[p for name, p in inspect.signature(cross_entropy).parameters.items() if name != "xp"])
+
+
+def bind_arguments(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, ...]:
+    """``(input, target, weight, ignore_index, reduction, label_smoothing, axis,
+    label_smoothing_mode, z_loss)`` from a call with :func:`cross_entropy`'s parameters."""
+    bound = SIGNATURE.bind(*args, **kwargs)
+    bound.apply_defaults()
+    return tuple(bound.arguments.values())
 
 
 def cross_entropy_with_stats(
@@ -432,7 +492,8 @@ class _Rule(NamedTuple):
     cax: int  # the class axis of the (viewed) array
     dtype: Any
     classes: Array | None  # class ids along cax (None: assign per row)
-    inplace: bool  # blocks may be formed in place (out= and setitem)
+    inplace: bool  # blocks may be formed in place (out= buffers)
+    reads: bool  # values may be read: masked setitem, per-row loops, tests of a value
     exp_trick: bool  # a·softmax as exp(x - (lse - log a)) where every a > 0 (reads a value)
 
 
@@ -479,13 +540,13 @@ def gradient(
     on, off = smoothing_coefficients(args.eps, args.n_classes)
     device = device_of(input)
     inplace = rows is not None and writes_into(input)
-    loop = last and args.n_classes >= _LOOP_CLASSES and not _engine.on_accelerator(input)
+    reads = inplace and args.reads
+    loop = reads and last and args.n_classes >= _LOOP_CLASSES
     classes = None
-    if t is not None and not (inplace and loop):
+    if t is not None and not loop:
         classes = class_ids(args.n_classes, x.ndim, cax, xp=xp, device=device, dtype=t.dtype)
     rule = _Rule(args.eps, args.n_classes, on, off, args.z, None if w is None else along_classes(w, x.ndim, cax, xp=xp),
-                 float(args.n_classes) if w is None else xp.sum(w), cax, dtype, classes, inplace,
-                 inplace and not _engine.on_accelerator(input))
+                 float(args.n_classes) if w is None else xp.sum(w), cax, dtype, classes, inplace, reads, reads)
     if rows is None:
         g = gradient_rows(x, lse, s, s_z, t, drop, probs, rule, xp=xp)
         return like_input(xp.reshape(g, tuple(input.shape)) if last else g, input, xp=xp)
@@ -605,7 +666,7 @@ def _subtract_at(g: Array, t: Array, c: Array | float, rule: _Rule, *, xp: Names
     are the last axis; else ``c`` is put in that order by indexing its broadcast with the mask.
     """
     cax = rule.cax
-    if not rule.inplace:
+    if not rule.reads:
         hit = xp.expand_dims(t, axis=cax) == rule.classes
         return xp.where(hit, g - expand_at(c, cax, xp=xp), g)
     if cax == g.ndim - 1:
@@ -629,7 +690,7 @@ def _zero_rows(g: Array, drop: Array | None, rule: _Rule, *, xp: Namespace) -> A
     if drop is None:
         return g
     mask = xp.expand_dims(drop, axis=rule.cax)
-    if not rule.inplace:
+    if not rule.reads:
         return xp.where(mask, 0.0, g)
     if bool(xp.any(drop)):
         g[drop if rule.cax == g.ndim - 1 else xp.broadcast_to(mask, tuple(g.shape))] = 0.0
@@ -641,7 +702,7 @@ def _block_rows(input: Array, ax: int, *, xp: Namespace) -> int | None:
     ``xce.config(enabled=False)``); ``xce.config(block_rows=)`` when set. Rows are the
     positions of ``(R, C)`` when the classes are the last axis, else slices along axis 0."""
     opts = _engine.options()
-    if input.ndim < 2 or ax == 0 or opts.get("enabled") is False:
+    if input.ndim < 2 or ax == 0 or opts.get("enabled") is False or is_traced(input):
         return None
     rows = opts.get("block_rows")
     if rows is not None:
@@ -649,6 +710,67 @@ def _block_rows(input: Array, ax: int, *, xp: Namespace) -> int | None:
     per_row = input.shape[-1] if ax == input.ndim - 1 else math.prod(input.shape[1:])
     itemsize = xp.finfo(compute_dtype(input.dtype, xp=xp)).bits // 8
     return max(1, _engine.block_bytes(input, "gradient") // (itemsize * max(per_row, 1)))
+
+
+def _contract(g: Array, d: Array, args: CrossEntropyArgs, *, xp: Namespace) -> Array:
+    """``Σ g·d``: over everything for a reduced loss, over the class axis for ``"none"``."""
+    prod = g * d
+    return xp.sum(prod, axis=args.ax) if args.reduction == "none" else xp.sum(prod)
+
+
+def _weighted_numerator(neg_log_p: Array, target: Array, v: Array, args: CrossEntropyArgs, *,
+                        xp: Namespace) -> tuple[Array, Array | None]:
+    """Per-position cross-entropy numerator with class weights ``v`` (linear in ``v``), and for
+    index targets the ``"mean"`` denominator terms ``v_y`` at kept positions."""
+    on, off = smoothing_coefficients(args.eps, args.n_classes)
+    v_c = along_classes(v, neg_log_p.ndim, args.ax, xp=xp)
+    if args.index is None:
+        q = _smoothed(target, None, args.eps, args.n_classes, neg_log_p.dtype, xp=xp)
+        # 0 where q = 0: no mass on a class at a -inf logit contributes nothing.
+        return xp.sum(xp.where(q == 0.0, 0.0, v_c * q * neg_log_p), axis=args.ax), None
+    index = args.index
+    nll = take_along_class_axis(neg_log_p, index.safe, args.ax, xp=xp)
+    v_y = gather_weight(v, index.safe, xp=xp)
+    n = on * v_y * nll
+    if off > 0.0:
+        n = n + off * xp.sum(v_c * neg_log_p, axis=args.ax)
+    drop = index.dropped
+    if drop is not None:
+        n, v_y = xp.where(drop, 0.0, n), xp.where(drop, 0.0, v_y)
+    return n, v_y
+
+
+def jvp(input: Array, target: Array, weight: Array | None, args: CrossEntropyArgs,
+        tangents: tuple[Array, Array | None, Array | None], *, xp: Namespace) -> tuple[Array, Array]:
+    """``(loss, its directional derivative)`` along ``tangents = (d_input, d_target, d_weight)``
+    (``d_target`` used for probability targets only, ``d_weight`` when ``weight`` is given).
+
+    The derivative is linear in the tangents (so reverse mode is its transpose): ``Σ g·dx`` with
+    ``g`` the gradient rule's result, ``Σ (∂l/∂q)·dq`` (:func:`probability_target_gradient`), and
+    for the class weights, in which the per-position loss is linear, the numerator evaluated at
+    ``dw`` (the ``"mean"`` denominator ``Σ w_y`` differentiated too). The derivative rule of
+    :func:`cross_entropy` beside its forward (registered by :mod:`xce.adapters.jax`).
+    """
+    dx, dt, dw = tangents
+    loss, st = cross_entropy_with_stats(input, target, weight, args, xp=xp)
+    lse = xp.expand_dims(st.shift + st.lse, axis=args.ax)
+    tangent = _contract(gradient(input, target, weight, args, None, lse, xp=xp), dx, args, xp=xp)
+    if args.index is None and dt is not None:
+        tangent = tangent + _contract(probability_target_gradient(input, target, weight, args, None, lse, xp=xp),
+                                      as_dtype(dt, lse.dtype, xp=xp), args, xp=xp)
+    if weight is not None and dw is not None:
+        neg_log_p = lse - as_dtype(input, lse.dtype, xp=xp)
+        dn, dv_y = _weighted_numerator(neg_log_p, target, as_dtype(dw, lse.dtype, xp=xp), args, xp=xp)
+        if args.reduction == "none":
+            dl = dn
+        elif args.reduction == "sum" or args.index is None:
+            dl = reduce_loss(dn, args.reduction, xp=xp)
+        else:  # d(N/D) = (dN - (N/D)·dD) / D
+            n, v_y = _weighted_numerator(neg_log_p, target, as_dtype(weight, lse.dtype, xp=xp), args, xp=xp)
+            den = xp.sum(v_y)
+            dl = (xp.sum(dn) - xp.sum(n) / den * xp.sum(dv_y)) / den
+        tangent = tangent + dl
+    return loss, as_dtype(tangent, loss.dtype, xp=xp)
 
 
 def probability_target_gradient(input: Array, target: Array, weight: Array | None, args: CrossEntropyArgs,

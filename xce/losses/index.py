@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import NamedTuple
 
 from .._arrays import expand_at, like_input
+from .._engine import reads_values
 from .._namespace import Array, Namespace, as_compute, compute_dtype, is_lazy, namespace, take_along_class_axis
 from .._reduce import reduce_loss, reduction_scale
 from .._registry import register_gradient
@@ -65,7 +66,8 @@ def _check(input: Array, target: Array, weight: Array | None, ignore_index: int,
             f"shape {tuple(input.shape)}. Convert probabilities with argmax, or use cross_entropy for soft targets."
         )
     check_index_target(target, input, ax, xp=xp, lazy=lazy)
-    index = prepare_index(target, n_classes, ignore_index, xp=xp, lazy=lazy)
+    # Values unread (lazy, accelerator, traced): invalid targets give NaN instead of raising.
+    index = prepare_index(target, n_classes, ignore_index, xp=xp, lazy=not reads_values(input))
     dtype = compute_dtype(input.dtype, xp=xp)
     w_y = None if weight is None else gather_weight(xp.astype(weight, dtype), index.safe, xp=xp)
     return _Checked(ax, index, w_y)
