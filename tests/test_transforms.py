@@ -216,3 +216,37 @@ def test_jax_forward_mode_and_second_order():
 def test_config_rejects_non_bool_switches():
     with pytest.raises(TypeError, match="delegate must be a bool"), xce.config(delegate=1):
         pass
+
+
+@pytest.mark.parametrize("mode", ["uniform", "off_target"])
+def test_jax_traced_numeric_hyper_parameters(mode):
+    """label_smoothing, z_loss (cross_entropy), gamma (focal) and epsilon (poly-1) may be traced
+    under jit: one compilation serves a schedule, values and gradients equal the static ones,
+    and an out-of-range value gives NaN (its value is not read), as an invalid target does."""
+    jax = pytest.importorskip("jax")
+    jnp = jax.numpy
+    rng = np.random.default_rng(9)
+    x = jnp.asarray(rng.normal(size=(6, 5)))
+    y = jnp.asarray(rng.integers(0, 5, size=6))
+    traces = []
+
+    def ce(x, eps, z):
+        traces.append(1)
+        return xce.cross_entropy(x, y, label_smoothing=eps, label_smoothing_mode=mode, z_loss=z)
+
+    step = jax.jit(jax.value_and_grad(ce))
+    for eps, z in ((0.0, 0.0), (0.1, 1e-3), (0.3, 0.0)):
+        loss, dx = step(x, eps, z)
+        want_loss, want_dx = jax.value_and_grad(
+            lambda x, eps=eps, z=z: xce.cross_entropy(x, y, label_smoothing=eps, label_smoothing_mode=mode,
+                                                       z_loss=z))(x)
+        np.testing.assert_allclose(float(loss), float(want_loss), rtol=1e-12)
+        np.testing.assert_allclose(np.asarray(dx), np.asarray(want_dx), rtol=1e-10, atol=1e-12)
+    assert len(traces) == 1  # one compilation for the whole schedule
+    assert np.isnan(float(step(x, 1.5, 0.0)[0])) and np.isnan(float(step(x, 0.1, -1.0)[0]))
+
+    for fn, name, value in ((xce.softmax_focal_loss, "gamma", 1.5), (xce.poly1_cross_entropy, "epsilon", 0.7)):
+        traced = jax.jit(jax.value_and_grad(lambda x, v, fn=fn, name=name: fn(x, y, **{name: v})))(x, value)
+        static = jax.value_and_grad(lambda x, fn=fn, name=name, value=value: fn(x, y, **{name: value}))(x)
+        np.testing.assert_allclose(float(traced[0]), float(static[0]), rtol=1e-12)
+        np.testing.assert_allclose(np.asarray(traced[1]), np.asarray(static[1]), rtol=1e-10, atol=1e-12)

@@ -11,6 +11,8 @@ import math
 import operator
 from typing import Any, cast
 
+import array_api_compat
+
 from ._namespace import Array, Namespace, device_of, has_values
 
 REDUCTIONS = ("none", "mean", "sum")
@@ -22,23 +24,38 @@ def check_reduction(reduction: object, allowed: tuple[str, ...] = REDUCTIONS) ->
     return reduction  # type: ignore[return-value]
 
 
-def _as_float(value: object, name: str, what: str) -> float:
+def _as_float(value: object, name: str, what: str, traced: bool = False) -> Any:
     """``value`` as a Python float: numbers and 0-d arrays with a concrete value; ``what``
-    describes the expected value in the messages."""
+    describes the expected value in the messages. ``traced``: a 0-d traced array (a JAX
+    tracer under ``jit``) is accepted and returned as it is."""
     if isinstance(value, bool) or (not isinstance(value, (int, float)) and not hasattr(value, "__float__")):
         raise TypeError(f"{name} must be a float{what}; got {type(value).__name__} {value!r}.")
     try:
         return float(value)  # type: ignore[arg-type]
-    except TypeError as e:  # a traced array: hyper-parameters are static
-        raise TypeError(
-            f"{name} must be a Python float{what}, not an array; under jax.jit pass it as a "
-            f"static argument (static_argnames=('{name}',))."
-        ) from e
+    except TypeError as e:  # a traced array
+        if traced and getattr(value, "ndim", None) == 0:
+            return value
+        hint = "" if traced else f"; under jax.jit pass it as a static argument (static_argnames=('{name}',))"
+        raise TypeError(f"{name} must be a Python float{what}, not an array{hint}.") from e
 
 
-def check_fraction(value: object, name: str) -> float:
-    """A Python number in [0, 1] (label smoothing and the like)."""
-    out = _as_float(value, name, " in [0, 1]")
+def _lazy_range(value: Any, ok: Any) -> Any:
+    """A traced hyper-parameter: NaN where it is out of range (its values are not read)."""
+    xp = array_api_compat.array_namespace(value)
+    return xp.where(ok, value, float("nan"))
+
+
+def maybe_nonzero(value: Any) -> bool:
+    """False only for a Python number equal to 0: terms of a traced hyper-parameter stay."""
+    return not isinstance(value, (int, float)) or value != 0.0
+
+
+def check_fraction(value: object, name: str, *, traced: bool = False) -> Any:
+    """A Python number in [0, 1] (label smoothing and the like); with ``traced`` a 0-d traced
+    array is accepted too, NaN where it is out of range."""
+    out = _as_float(value, name, " in [0, 1]", traced)
+    if not isinstance(out, float):
+        return _lazy_range(out, (out >= 0.0) & (out <= 1.0))
     if math.isnan(out) or not 0.0 <= out <= 1.0:
         raise ValueError(f"{name} must lie in [0, 1]; got {value!r}.")
     return out
@@ -224,10 +241,15 @@ def _first(values: Array, mask: Array, *, xp: Namespace) -> Any:
 # --- checks added for the binary / divergence / label helpers and the loss objects ----------
 
 
-def check_real(value: object, name: str, *, minimum: float | None = None, hint: str = "") -> float:
-    """A finite Python number, at least ``minimum`` when given (focal γ, z-loss, poly ε...)."""
+def check_real(value: object, name: str, *, minimum: float | None = None, hint: str = "", traced: bool = False) -> Any:
+    """A finite Python number, at least ``minimum`` when given (focal γ, z-loss, poly ε...);
+    with ``traced`` a 0-d traced array is accepted too, NaN where it is out of range."""
     bound = "" if minimum is None else f" >= {minimum}"
-    out = _as_float(value, name, bound)
+    out = _as_float(value, name, bound, traced)
+    if not isinstance(out, float):
+        xp = array_api_compat.array_namespace(out)
+        ok = xp.isfinite(out) if minimum is None else xp.isfinite(out) & (out >= minimum)
+        return _lazy_range(out, ok)
     if not math.isfinite(out) or (minimum is not None and out < minimum):
         raise ValueError(f"{name} must be a finite float{bound}; got {value!r}.{hint}")
     return out

@@ -156,9 +156,9 @@ def smooth_labels(
     return out if out.dtype == labels.dtype else xp.astype(out, labels.dtype)
 
 
-def uniform_equivalent(eps: float, mode: str, n_classes: int, name: str) -> float:
+def uniform_equivalent(eps: Any, mode: str, n_classes: int, name: str) -> Any:
     """The uniform-mode ε that a ``mode`` smoothing of ``eps`` amounts to with ``n_classes``."""
-    if mode == "uniform" or eps == 0.0:
+    if mode == "uniform" or (isinstance(eps, float) and eps == 0.0):
         return eps
     if n_classes < 2:
         raise ValueError(

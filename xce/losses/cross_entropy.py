@@ -60,6 +60,7 @@ from .._validate import (
     check_reduction,
     check_weight,
     class_axis,
+    maybe_nonzero,
 )
 from ..labels import SMOOTHING_MODES, uniform_equivalent
 
@@ -96,8 +97,8 @@ class CrossEntropyArgs:
     and the adapters."""
 
     reduction: str
-    eps: float  #: label smoothing in the uniform convention (off_target already converted)
-    z: float  #: z-loss coefficient
+    eps: Any  #: label smoothing in the uniform convention (off_target converted); a float or a traced 0-d array
+    z: Any  #: z-loss coefficient; a float or a traced 0-d array
     ax: int  #: the class axis, non-negative
     n_classes: int
     lazy: bool  #: a lazy array (JAX, Dask): one fused formula, no blocks
@@ -111,9 +112,9 @@ class Options(NamedTuple):
 
     ignore_index: int
     reduction: str
-    label_smoothing: float  #: as given, in its ``mode``
+    label_smoothing: Any  #: as given, in its ``mode`` (a float, or a traced 0-d array)
     mode: str
-    z: float
+    z: Any
 
 
 def check_options(ignore_index: object, reduction: object, label_smoothing: object, label_smoothing_mode: object,
@@ -131,9 +132,11 @@ def check_options(ignore_index: object, reduction: object, label_smoothing: obje
 def _check_options(ignore_index: object, reduction: object, label_smoothing: object, label_smoothing_mode: object,
                    z_loss: object) -> Options:
     reduction = check_reduction(reduction)
-    eps = check_fraction(label_smoothing, "label_smoothing")
+    # Numeric hyper-parameters may be traced (a smoothing schedule under jax.jit): out of
+    # range they give NaN, as invalid targets do; the structural ones stay Python values.
+    eps = check_fraction(label_smoothing, "label_smoothing", traced=True)
     mode = check_choice(label_smoothing_mode, "label_smoothing_mode", SMOOTHING_MODES)
-    z = check_real(z_loss, "z_loss", minimum=0.0)
+    z = check_real(z_loss, "z_loss", minimum=0.0, traced=True)
     return Options(check_integer(ignore_index, "ignore_index"), reduction, eps, mode, z)
 
 
@@ -164,7 +167,7 @@ def check_arguments(
     return CrossEntropyArgs(reduction, eps, z, ax, n_classes, lazy, ignore_index, index, reads)
 
 
-def smoothing_coefficients(eps: float, n_classes: int) -> tuple[float, float]:
+def smoothing_coefficients(eps: Any, n_classes: int) -> tuple[Any, Any]:
     """``(1 - ε, ε / C)``: the mass label smoothing leaves on the target and puts on every
     class (uniform convention). The one place these two numbers are computed."""
     return 1.0 - eps, eps / n_classes
@@ -178,7 +181,7 @@ def index_loss(lse: Array, target: Array, class_sum: Array | None, w_y: Array | 
     loss = lse - target  # -ℓ[y]
     if w_y is not None:
         loss = w_y * loss
-    if eps > 0.0:
+    if maybe_nonzero(eps):
         # -Σ_c w_c ℓ_c = Σ_c w_c (lse - s_c) = W·lse - class_sum: per-position sums only.
         on, off = smoothing_coefficients(eps, n_classes)
         loss = on * loss + off * (w_sum * lse - class_sum)
@@ -197,8 +200,8 @@ def gradient_coefficients(s: Any, s_z: Any, log_z: Array | None, w_y: Array | fl
     """
     on, off = smoothing_coefficients(eps, n_classes)
     b = s * (on * w_y)  # one array operation where w_y is a number (no class weights)
-    a = s * (on * w_y + off * w_sum) if off > 0.0 else b
-    if z > 0.0:
+    a = s * (on * w_y + off * w_sum) if maybe_nonzero(off) else b
+    if maybe_nonzero(z):
         a = a + s_z * (2.0 * z) * log_z
     return a, b, s * off
 
@@ -233,7 +236,7 @@ class RowStats(NamedTuple):
 def _smoothed(q: Array, w: Array | None, eps: float, n_classes: int, dtype: Any, *, xp: Namespace) -> Array:
     """``q̃ = w ⊙ ((1-ε) q + ε/C)`` in the compute dtype."""
     q = as_dtype(q, dtype, xp=xp)
-    if eps > 0.0:
+    if maybe_nonzero(eps):
         on, off = smoothing_coefficients(eps, n_classes)
         q = on * q + off
     return q if w is None else q * w
@@ -459,17 +462,17 @@ def cross_entropy_with_stats(
     if index is None:  # probability targets
         st = statistics(input, args.ax, xp=xp, lazy=args.lazy, weight=w, probs=target, smoothing=eps, dtype=dtype)
         loss = st.prob_mass * st.lse - st.prob_dot  # -Σ_c q̃_c ℓ_c
-        if z > 0.0:
+        if maybe_nonzero(z):
             loss = loss + z * (st.lse + st.shift) ** 2  # same count denominator as the cross-entropy part
         out = reduce_loss(loss, args.reduction, xp=xp)
     else:
-        st = statistics(input, args.ax, xp=xp, lazy=args.lazy, index=index.safe, weight=w, class_sum=eps > 0.0,
+        st = statistics(input, args.ax, xp=xp, lazy=args.lazy, index=index.safe, weight=w, class_sum=maybe_nonzero(eps),
                         dtype=dtype)
         w_y = None if w is None else gather_weight(w, index.safe, xp=xp)
         w_sum = n_classes if w is None else xp.sum(w)
         loss = mask_loss(index_loss(st.lse, st.target, st.class_sum, w_y, w_sum, eps, n_classes), index, xp=xp)
         out = reduce_loss(loss, args.reduction, denominator=mean_weights(w_y, index, xp=xp), xp=xp)
-        if z > 0.0:
+        if maybe_nonzero(z):
             # Unweighted: averaged over the non-ignored positions whatever the class weights.
             z_term = mask_loss(z * (st.lse + st.shift) ** 2, index, xp=xp)
             out = out + reduce_loss(z_term, args.reduction, denominator=mean_weights(None, index, xp=xp), xp=xp)
@@ -521,7 +524,7 @@ def gradient(
     s_z: Array | float = s
     if index is not None:
         s_z = reduction_scale(cotangent, args.reduction, like, mean_weights(None, index, xp=xp), dtype,
-                              xp=xp) if args.z > 0.0 else 0.0
+                              xp=xp) if maybe_nonzero(args.z) else 0.0
     # Classes last: viewed as (R, C) so blocks are runs of positions; else slices along axis 0.
     last = ax == input.ndim - 1
     n_rows = math.prod(per_position)
@@ -615,12 +618,12 @@ def gradient_rows(
     if probs is not None:  # q̃ = w ⊙ ((1-ε) y + ε/C), in a buffer where there is one
         q = write_into("multiply", None if buffer is None else buffer("q"), probs, rule.on, xp=xp)
         q = as_dtype(q, rule.dtype, xp=xp)  # no out=: the product kept the target's dtype
-        if rule.off > 0.0:
+        if maybe_nonzero(rule.off):
             q = write_into("add", q if rule.inplace else None, q, rule.off, xp=xp)
         if rule.w is not None:
             q = write_into("multiply", q if rule.inplace else None, q, rule.w, xp=xp)
         a = xp.sum(q, axis=cax)
-        if rule.z > 0.0:
+        if maybe_nonzero(rule.z):
             a = a + 2.0 * rule.z * lse_r
         g = _scaled_softmax(g, x, None if fresh else lse, expand_at(s * a, cax, xp=xp), rule, xp=xp)
         if not (isinstance(s, float) and s == 1.0):
@@ -630,7 +633,7 @@ def gradient_rows(
     a, b, u = gradient_coefficients(s, s_z, lse_r, w_t, rule.w_sum, rule.eps, rule.z, rule.n_classes)
     g = _scaled_softmax(g, x, None if fresh else lse, expand_at(a, cax, xp=xp), rule, xp=xp)
     g = _subtract_at(g, t, b, rule, xp=xp)
-    if rule.eps > 0.0:
+    if maybe_nonzero(rule.eps):
         u = expand_at(u, cax, xp=xp)
         if rule.w is None or isinstance(u, float) or u.ndim == 0:
             u = u if rule.w is None else u * rule.w
@@ -732,7 +735,7 @@ def _weighted_numerator(neg_log_p: Array, target: Array, v: Array, args: CrossEn
     nll = take_along_class_axis(neg_log_p, index.safe, args.ax, xp=xp)
     v_y = gather_weight(v, index.safe, xp=xp)
     n = on * v_y * nll
-    if off > 0.0:
+    if maybe_nonzero(off):
         n = n + off * xp.sum(v_c * neg_log_p, axis=args.ax)
     drop = index.dropped
     if drop is not None:

@@ -11,7 +11,7 @@ so a loss of this family is its pair :math:`(f, f')` and the shared code below.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from .._arrays import expand_at, like_input
 from .._engine import reads_values
@@ -29,6 +29,7 @@ from .._validate import (
     check_reduction,
     check_weight,
     class_axis,
+    maybe_nonzero,
 )
 from .cross_entropy import statistics
 
@@ -179,7 +180,7 @@ def nll_loss_grad(
 # --- softmax_focal_loss -----------------------------------------------------------------------
 
 
-def _focal(log_p: Array, gamma: float, *, xp: Namespace) -> Array:
+def _focal(log_p: Array, gamma: Any, *, xp: Namespace) -> Array:
     """:math:`f(\\ell) = -(1-p)^\\gamma \\ell`; ``1 - p = -expm1(ℓ)``, accurate as p → 1."""
     one_minus_p = -xp.expm1(log_p)
     # Rounding can leave log p a hair above 0; a negative base would make a fractional power NaN.
@@ -187,12 +188,12 @@ def _focal(log_p: Array, gamma: float, *, xp: Namespace) -> Array:
     return -(one_minus_p**gamma) * log_p
 
 
-def _focal_derivative(log_p: Array, p_y: Array, gamma: float, *, xp: Namespace) -> Array:
+def _focal_derivative(log_p: Array, p_y: Array, gamma: Any, *, xp: Namespace) -> Array:
     """:math:`f' = -u^\\gamma + \\gamma\\,p\\,\\ell\\,u^{\\gamma-1}` with u = 1 - p (second term 0 at u = 0)."""
     u = -xp.expm1(log_p)
     u = xp.where(u > 0.0, u, 0.0)
     d = -(u**gamma)
-    if gamma > 0.0:
+    if maybe_nonzero(gamma):
         safe = xp.where(u > 0.0, u, 1.0)
         d = d + xp.where(u > 0.0, gamma * p_y * log_p * safe ** (gamma - 1.0), 0.0)
     return d
@@ -252,7 +253,7 @@ def softmax_focal_loss(
     """
     xp = namespace(_NAMES, input, target, weight, xp=xp)
     reduction = check_reduction(reduction)
-    gamma = check_real(gamma, "gamma", minimum=0.0)
+    gamma = check_real(gamma, "gamma", minimum=0.0, traced=True)
     c = _check(input, target, weight, ignore_index, axis, "softmax_focal_loss", xp=xp)
     return _reduce(_focal(_target_log_prob(input, c, xp=xp), gamma, xp=xp), c, reduction, input, xp=xp)
 
@@ -282,7 +283,7 @@ def softmax_focal_loss_grad(
     """
     xp = namespace(_GRAD_NAMES, input, target, weight, cotangent, xp=xp)
     reduction = check_reduction(reduction)
-    gamma = check_real(gamma, "gamma", minimum=0.0)
+    gamma = check_real(gamma, "gamma", minimum=0.0, traced=True)
     c = _check(input, target, weight, ignore_index, axis, "softmax_focal_loss", xp=xp)
     return _softmax_grad(input, c, reduction, cotangent,
                          lambda log_p, p_y: _focal_derivative(log_p, p_y, gamma, xp=xp), xp=xp)
@@ -344,7 +345,7 @@ def poly1_cross_entropy(
     """
     xp = namespace(_NAMES, input, target, weight, xp=xp)
     reduction = check_reduction(reduction)
-    epsilon = check_real(epsilon, "epsilon")
+    epsilon = check_real(epsilon, "epsilon", traced=True)
     c = _check(input, target, weight, ignore_index, axis, "poly1_cross_entropy", xp=xp)
     log_p = _target_log_prob(input, c, xp=xp)
     return _reduce(epsilon * -xp.expm1(log_p) - log_p, c, reduction, input, xp=xp)
@@ -373,7 +374,7 @@ def poly1_cross_entropy_grad(
     """
     xp = namespace(_GRAD_NAMES, input, target, weight, cotangent, xp=xp)
     reduction = check_reduction(reduction)
-    epsilon = check_real(epsilon, "epsilon")
+    epsilon = check_real(epsilon, "epsilon", traced=True)
     c = _check(input, target, weight, ignore_index, axis, "poly1_cross_entropy", xp=xp)
     return _softmax_grad(input, c, reduction, cotangent, lambda log_p, p_y: -1.0 - epsilon * p_y, xp=xp)
 
