@@ -757,7 +757,10 @@ def jvp(input: Array, target: Array, weight: Array | None, args: CrossEntropyArg
     dx, dt, dw = tangents
     loss, st = cross_entropy_with_stats(input, target, weight, args, xp=xp)
     lse = xp.expand_dims(st.shift + st.lse, axis=args.ax)
-    tangent = _contract(gradient(input, target, weight, args, None, lse, xp=xp), dx, args, xp=xp)
+    # Lazy arrays (XLA): the softmax recomputed from x repeats the forward's max-shift and exp
+    # exactly, which the compiler merges into one exp pass; exp(x - lse) would be a second one.
+    g = gradient(input, target, weight, args, None, None if args.lazy else lse, xp=xp)
+    tangent = _contract(g, dx, args, xp=xp)
     if args.index is None and dt is not None:
         tangent = tangent + _contract(probability_target_gradient(input, target, weight, args, None, lse, xp=xp),
                                       as_dtype(dt, lse.dtype, xp=xp), args, xp=xp)
