@@ -36,6 +36,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from benchmarks.sweep import FwdBwd
+
 SIZES: tuple[tuple[int, int], ...] = ((8, 10), (64, 100), (256, 1000), (1024, 10000), (4096, 32000))
 HUGE = (8192, 131072)
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -235,19 +237,6 @@ class Result:
     abs_diff: float | None = None  # |xce loss - reference loss|
 
 
-class _FwdBwd:
-    def __init__(self, loss_fn: Callable[[Any, Any], Any], x: Any, y: Any) -> None:
-        self.loss_fn, self.x, self.y = loss_fn, x, y
-
-    def __call__(self) -> Any:
-        self.x.grad = None
-        self.loss_fn(self.x, self.y).backward()
-        return self.x.grad
-
-    def reset(self) -> None:
-        self.x.grad = None
-
-
 def _finish(res: Result, samples: dict[str, list[float]], bw: float | None, nbytes: int) -> Result:
     res.samples = samples
     res.median_s = {k: statistics.median(v) for k, v in samples.items()}
@@ -277,7 +266,7 @@ def torch_cases(n: int, c: int, dev: Device, bw: float | None, repeats: int, tar
         res.syncs["control: float(x.sum())"] = count_syncs(lambda: float(x.sum()), dev)
         out.append(_finish(res, time_device(fns, dev, repeats, target_s), bw, logits))
     xg = x.clone().requires_grad_(True)
-    steps = {"xce": _FwdBwd(xce.cross_entropy, xg, y), "F.cross_entropy": _FwdBwd(F.cross_entropy, xg, y)}
+    steps = {"xce": FwdBwd(xce.cross_entropy, xg, y), "F.cross_entropy": FwdBwd(F.cross_entropy, xg, y)}
     res = Result(n, c, dev.name, "fwd+bwd", ("xce", "F.cross_entropy"))
     grads = [steps[k]().detach().clone() for k in steps]
     res.abs_diff = float((grads[0] - grads[1]).abs().max())

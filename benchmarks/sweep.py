@@ -120,7 +120,7 @@ def build_impls(
             impls = [Impl(name, "torch", k, _bind(f, x, y)) for (name, f), k in zip(losses.items(), kinds)]
             return impls, torch.no_grad()
         xg = torch.from_numpy(x_np).clone().requires_grad_(True)
-        impls = [Impl(name, "torch", k, _FwdBwd(f, xg, y)) for (name, f), k in zip(losses.items(), kinds)]
+        impls = [Impl(name, "torch", k, FwdBwd(f, xg, y)) for (name, f), k in zip(losses.items(), kinds)]
         return impls, torch.enable_grad()
     if case == "numpy fwd":
         impls = [Impl(name, "numpy", k, _bind(f, x_np, y_np)) for (name, f), k in zip(losses.items(), kinds)]
@@ -149,7 +149,7 @@ def _bind_blocking(f: LossFn, x: Any, y: Any) -> Callable[[], Any]:
     return lambda: f(x, y).block_until_ready()
 
 
-class _FwdBwd:
+class FwdBwd:
     """``x.grad = None``, then ``loss_fn(x, y).backward()``; returns the gradient."""
 
     def __init__(self, loss_fn: LossFn, x: Any, y: Any) -> None:
@@ -455,7 +455,7 @@ def memory_child(spec: dict[str, Any]) -> dict[str, Any]:
     fn = next(i.fn for i in impls if i.name == impl)
     with ctx:
         fn()
-        if isinstance(fn, _FwdBwd):
+        if isinstance(fn, FwdBwd):
             fn.reset()  # the warm-up's gradient must not be in the baseline (the call frees it first)
         gc.collect()
         try:
