@@ -250,3 +250,46 @@ def test_jax_traced_numeric_hyper_parameters(mode):
         static = jax.value_and_grad(lambda x, fn=fn, name=name, value=value: fn(x, y, **{name: value}))(x)
         np.testing.assert_allclose(float(traced[0]), float(static[0]), rtol=1e-12)
         np.testing.assert_allclose(np.asarray(traced[1]), np.asarray(static[1]), rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("probabilities", [False, True])
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_where_mask(backend, probabilities, reduction):
+    """optax's where=: masked positions contribute 0 and leave the mean, exactly like ignored
+    positions (index targets: the mean divides by Σ w_y over kept positions); gradients too."""
+    from conftest import assert_close_to
+
+    xp = backend.xp
+    rng = np.random.default_rng(10)
+    x = rng.normal(size=(6, 4, 3))  # classes on axis 1, K-dim positions (6, 3)
+    w = rng.uniform(0.5, 2.0, size=4)
+    keep = rng.uniform(size=(6, 3)) > 0.4
+    if probabilities:
+        y = np.moveaxis(rng.dirichlet(np.ones(4), size=(6, 3)), -1, 1)
+    else:
+        y = rng.integers(0, 4, size=(6, 3))
+        y[~keep] = 99  # out of range, but masked: never checked, never read
+    xt = torch.tensor(x, requires_grad=True)
+    if probabilities:
+        per = ce_formula(xt, torch.tensor(y), torch.tensor(w), reduction="none", label_smoothing=0.1)
+        per = torch.where(torch.tensor(keep), per, 0.0)
+        expected = {"none": per, "sum": per.sum(), "mean": per.sum() / keep.sum()}[reduction]
+    else:
+        expected = ce_formula(xt, torch.tensor(np.where(keep, y, -100)), torch.tensor(w), reduction=reduction,
+                              label_smoothing=0.1)
+    expected.sum().backward()
+    kwargs = {"reduction": reduction, "label_smoothing": 0.1, "where": backend.asarray(keep)}
+    args = (backend.asarray(x), backend.asarray(y), backend.asarray(w))
+    out = xce.cross_entropy(*args, **kwargs)
+    assert_close_to(out, expected.detach().numpy(), dtype=xp.float64, backend=backend)
+    if not backend.lazy and backend.name != "array_api_strict" and not backend.name.startswith("torch"):
+        grad = xce.grad.cross_entropy_grad(*args, **kwargs)
+        assert_close_to(grad, xt.grad.numpy(), dtype=xp.float64, backend=backend)
+
+
+def test_where_rejects_a_per_class_mask():
+    x, y = np.zeros((2, 3)), np.asarray([0, 1])
+    with pytest.raises(ValueError, match=r"where of shape .* does not broadcast to the per-position loss"):
+        xce.cross_entropy(x, y, where=np.ones((2, 3), bool))
+    with pytest.raises(TypeError, match="where must be a boolean mask"):
+        xce.cross_entropy(x, y, where=np.ones(2))

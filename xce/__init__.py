@@ -17,13 +17,16 @@ from .losses.binary import (
     sigmoid_focal_loss,
 )
 from .losses.cross_entropy import cross_entropy
+from .losses.distillation import generalized_jsd, kl_div_with_logits
 from .losses.divergence import kl_div
 from .losses.index import nll_loss, poly1_cross_entropy, softmax_focal_loss
 from .objects import (
     BCELoss,
     BCEWithLogitsLoss,
     CrossEntropyLoss,
+    GeneralizedJSDLoss,
     KLDivLoss,
+    KLDivWithLogitsLoss,
     MultiLabelSoftMarginLoss,
     NLLLoss,
     SigmoidFocalLoss,
@@ -37,7 +40,9 @@ __all__ = [
     "BCELoss",
     "BCEWithLogitsLoss",
     "CrossEntropyLoss",
+    "GeneralizedJSDLoss",
     "KLDivLoss",
+    "KLDivWithLogitsLoss",
     "MultiLabelSoftMarginLoss",
     "NLLLoss",
     "SigmoidFocalLoss",
@@ -47,7 +52,9 @@ __all__ = [
     "binary_cross_entropy_with_logits",
     "config",
     "cross_entropy",
+    "generalized_jsd",
     "kl_div",
+    "kl_div_with_logits",
     "linear_cross_entropy",
     "log_softmax",
     "logsumexp",

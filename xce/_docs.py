@@ -31,6 +31,10 @@ label_smoothing_mode : {"uniform", "off_target"}, default "uniform"
     How ``label_smoothing`` spreads its mass (see above). ``"off_target"`` needs C >= 2.
 z_loss : float >= 0, default 0.0
     Coefficient of the PaLM z-loss on :math:`\\log Z = \\mathrm{logsumexp}(x)`.
+where : bool array, optional
+    optax's mask: broadcastable to the per-position loss (``input``'s shape without the class
+    axis). Positions where it is False contribute 0 and leave the ``"mean"``'s denominator,
+    exactly like ignored positions (index targets: ``Σ w_y`` over the kept ones).
 xp : namespace, optional
     The array namespace, to skip inference."""
 

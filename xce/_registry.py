@@ -33,7 +33,7 @@ class Adapter(Protocol):
     """What the core asks of a framework adapter (a module, e.g. :mod:`xce.adapters.torch`)."""
 
     def dispatch_cross_entropy(self, input: Array, target: Array, weight: Array | None, options: Any,
-                               axis: int | None) -> Array | None:
+                               axis: int | None, where: Array | None) -> Array | None:
         """The loss by the library's own means (a native kernel, a custom derivative rule), or
         None to run xce's definition. ``options``: the checked hyper-parameters."""
         ...
@@ -44,7 +44,7 @@ class Adapter(Protocol):
 
     def cross_entropy(self, input: Array, target: Array, weight: Array | None, ignore_index: int, reduction: str,
                       label_smoothing: float, *, axis: int | None, label_smoothing_mode: str,
-                      z_loss: float) -> Array: ...
+                      z_loss: float, where: Array | None) -> Array: ...
 
     def wants_linear_cross_entropy(self, hidden: Array, weight: Array, bias: Array | None) -> bool: ...
 

@@ -36,18 +36,22 @@ class IndexTarget(NamedTuple):
         return self.invalid if self.ignored is None else self.ignored | self.invalid
 
 
-def prepare_index(target: Array, n_classes: int, ignore_index: int, *, xp: Namespace, lazy: bool) -> IndexTarget:
+def prepare_index(target: Array, n_classes: int, ignore_index: int, *, xp: Namespace, lazy: bool,
+                  keep: Array | None = None) -> IndexTarget:
     """Check ``target`` against ``[0, n_classes)`` (eager arrays raise ``IndexError``; lazy ones
-    mark the position invalid, later NaN) and make it safe to gather with."""
+    mark the position invalid, later NaN) and make it safe to gather with. ``keep`` (a mask of
+    ``target``'s shape, from ``where=``): positions outside it count as ignored."""
     info = xp.iinfo(target.dtype)
     # A uint8 target can never equal -100; comparing would overflow in strict namespaces.
     ignored = target == ignore_index if info.min <= ignore_index <= info.max else None
+    if keep is not None:
+        ignored = ~keep if ignored is None else ignored | ~keep
     invalid = None
     if lazy:
         invalid = out_of_range(target, n_classes, xp=xp)
         if invalid is not None and ignored is not None:
             invalid = invalid & ~ignored
-    elif _all_valid(target, n_classes, ignore_index, xp=xp):
+    elif keep is None and _all_valid(target, n_classes, ignore_index, xp=xp):
         # The common case, settled by two reductions: no position ignored, none out of range
         # (small calls are dispatch-bound; this skips a comparison, two masks and three `where`s).
         ignored = None

@@ -153,6 +153,24 @@ def check_index_target(target: Array, x: Array, axis: int, *, xp: Namespace, laz
         check_same_device(x, target, "target")
 
 
+def check_where(where: Array, per_position: tuple[int, ...], x: Array, *, xp: Namespace, lazy: bool) -> Array:
+    """optax's ``where=``: a boolean mask broadcastable to the per-position loss (``input``'s
+    shape without the class axis); returned broadcast to that shape."""
+    if not xp.isdtype(where.dtype, "bool"):
+        raise TypeError(f"where must be a boolean mask (True: the position counts); got dtype {where.dtype}.")
+    shape = tuple(where.shape)
+    ok = len(shape) <= len(per_position) and all(
+        a in (1, b) for a, b in zip(reversed(shape), reversed(per_position)))
+    if not ok:
+        raise ValueError(
+            f"where of shape {shape} does not broadcast to the per-position loss, shape {per_position} (input's "
+            "shape without the class axis); a per-class mask is not supported: give masked classes -inf logits."
+        )
+    if not lazy:
+        check_same_device(x, where, "where")
+    return where if shape == per_position else xp.broadcast_to(where, per_position)
+
+
 def check_probability_target(target: Array, x: Array, ignore_index: int, *, xp: Namespace, lazy: bool) -> None:
     if not xp.isdtype(target.dtype, "real floating"):
         raise TypeError(

@@ -53,12 +53,15 @@ from .losses.binary import (
     sigmoid_focal_loss_grad,
 )
 from .losses.cross_entropy import cross_entropy_grad
+from .losses.distillation import generalized_jsd_grad, kl_div_with_logits_grad
 from .losses.index import nll_loss_grad, poly1_cross_entropy_grad, softmax_focal_loss_grad
 
 __all__ = [
     "binary_cross_entropy_grad",
     "binary_cross_entropy_with_logits_grad",
     "cross_entropy_grad",
+    "generalized_jsd_grad",
+    "kl_div_with_logits_grad",
     "multilabel_soft_margin_loss_grad",
     "nll_loss_grad",
     "poly1_cross_entropy_grad",

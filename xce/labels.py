@@ -152,8 +152,16 @@ def smooth_labels(
     eps = uniform_equivalent(eps, mode, n_classes, "smoothing")
     dtype = compute_dtype(labels.dtype, xp=xp)
     y = labels if labels.dtype == dtype else xp.astype(labels, dtype)
-    out = (1.0 - eps) * y + eps / n_classes
+    on, off = smoothing_coefficients(eps, n_classes)
+    out = on * y + off
     return out if out.dtype == labels.dtype else xp.astype(out, labels.dtype)
+
+
+def smoothing_coefficients(eps: Any, n_classes: int) -> tuple[Any, Any]:
+    """``(1 - ε, ε / C)``: the mass label smoothing leaves on the target and puts on every
+    class (uniform convention). The one place these two numbers are computed: cross entropy's
+    forward, gradient, fused linear and vocab-parallel paths and :func:`smooth_labels` use it."""
+    return 1.0 - eps, eps / n_classes
 
 
 def uniform_equivalent(eps: Any, mode: str, n_classes: int, name: str) -> Any:

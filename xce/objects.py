@@ -12,7 +12,7 @@ from collections.abc import Callable
 from typing import Any, ClassVar
 
 from ._namespace import Array
-from ._validate import REDUCTIONS, check_fraction, check_integer, check_real, check_reduction
+from ._validate import REDUCTIONS, check_choice, check_fraction, check_integer, check_real, check_reduction
 from .losses.binary import (
     binary_cross_entropy,
     binary_cross_entropy_with_logits,
@@ -21,6 +21,8 @@ from .losses.binary import (
     sigmoid_focal_loss,
 )
 from .losses.cross_entropy import check_options, cross_entropy
+from .losses.distillation import DIRECTIONS, generalized_jsd, kl_div_with_logits
+from .losses.distillation import REDUCTIONS as DISTILLATION_REDUCTIONS
 from .losses.divergence import kl_div
 from .losses.index import nll_loss, softmax_focal_loss
 
@@ -28,7 +30,9 @@ __all__ = [
     "BCELoss",
     "BCEWithLogitsLoss",
     "CrossEntropyLoss",
+    "GeneralizedJSDLoss",
     "KLDivLoss",
+    "KLDivWithLogitsLoss",
     "MultiLabelSoftMarginLoss",
     "NLLLoss",
     "SigmoidFocalLoss",
@@ -265,3 +269,69 @@ class SoftmaxFocalLoss(_Loss):
 
 def _axis(axis: int | None) -> int | None:
     return None if axis is None else check_integer(axis, "axis")
+
+
+class _DistillationLoss(_Loss):
+    """``__call__(student_logits, teacher_logits, target=None)`` with the stored configuration."""
+
+    def __call__(self, student_logits: Array, teacher_logits: Array, target: Array | None = None) -> Array:  # type: ignore[override]
+        return type(self)._function(student_logits, teacher_logits, target, **self._config)
+
+
+def _distillation_config(temperature: float, ignore_index: int, reduction: str, axis: int | None,
+                         softcap: float | None) -> dict[str, Any]:
+    if softcap is not None:
+        softcap = check_real(softcap, "softcap", hint=" softcap must be positive (None: no capping).")
+        if softcap <= 0.0:
+            raise ValueError(f"softcap must be positive (None: no capping); got {softcap!r}.")
+    temperature = check_real(temperature, "temperature")
+    if temperature <= 0.0:
+        raise ValueError(f"temperature must be positive; got {temperature!r}.")
+    return {"temperature": temperature, "ignore_index": check_integer(ignore_index, "ignore_index"),
+            "reduction": check_reduction(reduction, DISTILLATION_REDUCTIONS), "axis": _axis(axis),
+            "softcap": softcap}
+
+
+class KLDivWithLogitsLoss(_DistillationLoss):
+    """:func:`xce.kl_div_with_logits` with its configuration held; called as
+    ``loss(student_logits, teacher_logits, target=None)``.
+
+    Examples
+    --------
+    >>> import numpy as np, xce
+    >>> loss = xce.KLDivWithLogitsLoss(temperature=2.0)
+    >>> loss
+    KLDivWithLogitsLoss(direction='forward', temperature=2.0, ignore_index=-100, reduction='mean', axis=None, \
+softcap=None)
+    >>> float(loss(np.zeros((2, 3)), np.zeros((2, 3))))
+    0.0
+    """
+
+    _function = staticmethod(kl_div_with_logits)
+
+    def __init__(self, direction: str = "forward", *, temperature: float = 1.0, ignore_index: int = -100,
+                 reduction: str = "mean", axis: int | None = None, softcap: float | None = None) -> None:
+        super().__init__(direction=check_choice(direction, "direction", DIRECTIONS),
+                         **_distillation_config(temperature, ignore_index, reduction, axis, softcap))
+
+
+class GeneralizedJSDLoss(_DistillationLoss):
+    """:func:`xce.generalized_jsd` with its configuration held; called as
+    ``loss(student_logits, teacher_logits, target=None)``.
+
+    Examples
+    --------
+    >>> import numpy as np, xce
+    >>> loss = xce.GeneralizedJSDLoss(beta=0.5)
+    >>> loss
+    GeneralizedJSDLoss(beta=0.5, temperature=1.0, ignore_index=-100, reduction='mean', axis=None, softcap=None)
+    >>> abs(float(loss(np.zeros((2, 3)), np.zeros((2, 3))))) < 1e-12  # identical models
+    True
+    """
+
+    _function = staticmethod(generalized_jsd)
+
+    def __init__(self, beta: float = 0.5, *, temperature: float = 1.0, ignore_index: int = -100,
+                 reduction: str = "mean", axis: int | None = None, softcap: float | None = None) -> None:
+        super().__init__(beta=check_fraction(beta, "beta"),
+                         **_distillation_config(temperature, ignore_index, reduction, axis, softcap))

@@ -39,9 +39,14 @@ import xce
 # Which optax name runs what.
 
 MAPPED: dict[str, str] = {
-    "softmax_cross_entropy": 'xce.cross_entropy(logits, labels, reduction="none", axis=axis)',
+    "softmax_cross_entropy": (
+        'xce.cross_entropy(logits, labels, reduction="none", axis=axis, where=where) (a per-logit where: masked '
+        "logits -inf with no label mass, empty examples masked)"
+    ),
     "safe_softmax_cross_entropy": 'xce.cross_entropy(logits, labels, reduction="none", axis=-1)',
-    "softmax_cross_entropy_with_integer_labels": 'xce.cross_entropy(logits, labels, reduction="none", axis=axis)',
+    "softmax_cross_entropy_with_integer_labels": (
+        'xce.cross_entropy(logits, labels, reduction="none", axis=axis, where=where) (per-logit where as above)'
+    ),
     "sigmoid_binary_cross_entropy": 'xce.binary_cross_entropy_with_logits(logits, labels, reduction="none")',
     "sigmoid_focal_loss": (
         'xce.sigmoid_focal_loss(logits, labels, alpha=-1 if alpha is None else alpha, gamma=gamma, reduction="none")'
@@ -49,9 +54,9 @@ MAPPED: dict[str, str] = {
     "poly_loss_cross_entropy": (
         'xce.poly1_cross_entropy(logits, labels, epsilon=epsilon, reduction="none", axis=axis) (class-index labels)'
     ),
-    "kl_divergence": 'xce.kl_div(log_predictions, targets, reduction="none").sum(axis)',
+    "kl_divergence": 'xce.kl_div(log_predictions, targets, reduction="none") masked by where, .sum(axis)',
     "kl_divergence_with_log_targets": (
-        'xce.kl_div(log_predictions, log_targets, reduction="none", log_target=True).sum(axis)'
+        'xce.kl_div(log_predictions, log_targets, reduction="none", log_target=True) masked by where, .sum(axis)'
     ),
 }
 
@@ -101,6 +106,22 @@ def _no_where(fn: str, where: Any) -> None:
         )
 
 
+def _masked(where: Any, logits: jax.Array, labels: jax.Array | None, axis: int) -> tuple[Any, Any, Any]:
+    """optax's ``where=`` onto xce: a mask of the per-example shape is xce's ``where=``; a
+    per-logit mask (logits' rank) takes the masked logits out of the softmax (-inf, with no
+    label mass there), and an example with no logit left is masked as a whole."""
+    if where is None:
+        return logits, labels, None
+    where = jnp.asarray(where, dtype=bool)
+    if where.ndim < logits.ndim:
+        return logits, labels, where
+    per_logit = jnp.broadcast_to(where, logits.shape)
+    logits = jnp.where(per_logit, logits, -jnp.inf)
+    if labels is not None:
+        labels = jnp.where(per_logit, labels, 0.0)
+    return logits, labels, jnp.any(per_logit, axis=axis)
+
+
 def _class_axis(fn: str, axis: Any) -> int:
     if isinstance(axis, numbers.Integral) and not isinstance(axis, bool):
         return int(axis)
@@ -142,12 +163,12 @@ def _floating_like(labels: jax.Array, logits: jax.Array) -> jax.Array:
 
 
 def softmax_cross_entropy(logits: Any, labels: Any, axis: Any = -1, where: Any = None) -> jax.Array:
-    _no_where("softmax_cross_entropy", where)
     axis = _class_axis("softmax_cross_entropy", axis)
     logits, labels = jnp.asarray(logits), jnp.asarray(labels)
     labels = _floating_like(labels, logits)
     _same_shape("softmax_cross_entropy", "labels", labels, logits)
-    return xce.cross_entropy(logits, labels, reduction="none", axis=axis)
+    logits, labels, where = _masked(where, logits, labels, axis)
+    return xce.cross_entropy(logits, labels, reduction="none", axis=axis, where=where)
 
 
 def safe_softmax_cross_entropy(logits: Any, labels: Any) -> jax.Array:
@@ -159,9 +180,9 @@ def safe_softmax_cross_entropy(logits: Any, labels: Any) -> jax.Array:
 
 
 def softmax_cross_entropy_with_integer_labels(logits: Any, labels: Any, axis: Any = -1, where: Any = None) -> jax.Array:
-    _no_where("softmax_cross_entropy_with_integer_labels", where)
     axis = _class_axis("softmax_cross_entropy_with_integer_labels", axis)
-    return xce.cross_entropy(jnp.asarray(logits), jnp.asarray(labels), reduction="none", axis=axis)
+    logits, _, where = _masked(where, jnp.asarray(logits), None, axis)
+    return xce.cross_entropy(logits, jnp.asarray(labels), reduction="none", axis=axis, where=where)
 
 
 def sigmoid_binary_cross_entropy(logits: Any, labels: Any) -> jax.Array:
@@ -192,7 +213,6 @@ def poly_loss_cross_entropy(
 ) -> jax.Array:
     _no_where("poly_loss_cross_entropy", where)
     axis = _class_axis("poly_loss_cross_entropy", axis)
-    epsilon = _static_float("poly_loss_cross_entropy", "epsilon", epsilon)
     logits, labels = jnp.asarray(logits), jnp.asarray(labels)
     if not jnp.issubdtype(labels.dtype, jnp.integer):
         raise NotImplementedError(
@@ -203,20 +223,24 @@ def poly_loss_cross_entropy(
 
 
 def kl_divergence(log_predictions: Any, targets: Any, axis: Any = -1, where: Any = None) -> jax.Array:
-    _no_where("kl_divergence", where)
     log_predictions, targets = jnp.asarray(log_predictions), jnp.asarray(targets)
     _same_shape("kl_divergence", "targets", targets, log_predictions)
-    # xce.kl_div is elementwise with reduction="none"; optax sums over the class axis (or axes).
-    return jnp.sum(xce.kl_div(log_predictions, targets, reduction="none"), axis=axis)
+    # xce.kl_div is elementwise with reduction="none"; optax sums over the class axis (or axes),
+    # leaving out the masked elements.
+    return jnp.sum(_where_elements(where, xce.kl_div(log_predictions, targets, reduction="none")), axis=axis)
 
 
 def kl_divergence_with_log_targets(
     log_predictions: Any, log_targets: Any, axis: Any = -1, where: Any = None
 ) -> jax.Array:
-    _no_where("kl_divergence_with_log_targets", where)
     log_predictions, log_targets = jnp.asarray(log_predictions), jnp.asarray(log_targets)
     _same_shape("kl_divergence_with_log_targets", "log_targets", log_targets, log_predictions)
-    return jnp.sum(xce.kl_div(log_predictions, log_targets, reduction="none", log_target=True), axis=axis)
+    kl = xce.kl_div(log_predictions, log_targets, reduction="none", log_target=True)
+    return jnp.sum(_where_elements(where, kl), axis=axis)
+
+
+def _where_elements(where: Any, elementwise: jax.Array) -> jax.Array:
+    return elementwise if where is None else jnp.where(jnp.asarray(where, dtype=bool), elementwise, 0.0)
 
 
 __all__ = sorted([*MAPPED, *NOT_MAPPED, "MAPPED", "NOT_MAPPED"])

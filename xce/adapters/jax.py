@@ -26,11 +26,12 @@ from ..losses import cross_entropy as ce
 __all__ = ["cross_entropy", "dispatch_cross_entropy", "wants_cross_entropy"]
 
 
-def dispatch_cross_entropy(input: Any, target: Any, weight: Any, options: ce.Options, axis: int | None) -> Any:
+def dispatch_cross_entropy(input: Any, target: Any, weight: Any, options: ce.Options, axis: int | None,
+                           where: Any = None) -> Any:
     """The custom-JVP cross entropy (None under ``xce.config(delegate=False)``)."""
     if not _engine.options().get("delegate", True):
         return None
-    return _ce(input, target, weight, options.ignore_index, options.reduction, options.label_smoothing, axis,
+    return _ce(input, target, weight, where, options.ignore_index, options.reduction, options.label_smoothing, axis,
                options.mode, options.z)
 
 
@@ -41,31 +42,32 @@ def wants_cross_entropy(input: Any, target: Any, weight: Any) -> bool:
 def cross_entropy(*args: Any, **kwargs: Any) -> Any:
     """:func:`xce.cross_entropy` (same parameters) with its derivative rule registered as a
     custom JVP, whatever ``xce.config(delegate=)`` says."""
-    input, target, weight, *options = ce.bind_arguments(args, kwargs)
+    input, target, weight, *options, where = ce.bind_arguments(args, kwargs)
     input, target = jnp.asarray(input), jnp.asarray(target)  # check_grads passes NumPy arrays
     weight = None if weight is None else jnp.asarray(weight)
-    return _ce(input, target, weight, *options)
+    return _ce(input, target, weight, where, *options)
 
 
 cross_entropy.__signature__ = ce.SIGNATURE  # type: ignore[attr-defined]
 
 
-def _args(input, target, weight, ignore_index, reduction, label_smoothing, axis, mode, z_loss) -> ce.CrossEntropyArgs:
+def _args(input, target, weight, where, ignore_index, reduction, label_smoothing, axis, mode,
+          z_loss) -> ce.CrossEntropyArgs:
     return ce.check_arguments(input, target, weight, ignore_index, reduction, label_smoothing, axis, mode, z_loss,
-                              xp=jnp)
+                              where, xp=jnp)
 
 
-@partial(jax.custom_jvp, nondiff_argnums=(3, 4, 5, 6, 7, 8))
-def _ce(input, target, weight, ignore_index, reduction, label_smoothing, axis, mode, z_loss):
-    args = _args(input, target, weight, ignore_index, reduction, label_smoothing, axis, mode, z_loss)
+@partial(jax.custom_jvp, nondiff_argnums=(4, 5, 6, 7, 8, 9))
+def _ce(input, target, weight, where, ignore_index, reduction, label_smoothing, axis, mode, z_loss):
+    args = _args(input, target, weight, where, ignore_index, reduction, label_smoothing, axis, mode, z_loss)
     return ce.cross_entropy_with_stats(input, target, weight, args, xp=jnp)[0]
 
 
 @_ce.defjvp
 def _ce_jvp(ignore_index, reduction, label_smoothing, axis, mode, z_loss, primals, tangents):
-    input, target, weight = primals
-    args = _args(input, target, weight, ignore_index, reduction, label_smoothing, axis, mode, z_loss)
-    dx, dt, dw = tangents
+    input, target, weight, where = primals
+    args = _args(input, target, weight, where, ignore_index, reduction, label_smoothing, axis, mode, z_loss)
+    dx, dt, dw, _ = tangents  # the mask's tangent is float0
     if not jnp.issubdtype(target.dtype, jnp.floating):
         dt = None  # integer targets have float0 tangents
     return ce.jvp(input, target, weight, args, (dx, dt, dw), xp=jnp)

@@ -83,7 +83,8 @@ DELEGATE_MAX_ELEMENTS_GPU = 1 << 28
 _NATIVE_DTYPES = (torch.float32, torch.float64)
 
 
-def dispatch_cross_entropy(input: Any, target: Any, weight: Any, options: ce.Options, axis: int | None) -> Any:
+def dispatch_cross_entropy(input: Any, target: Any, weight: Any, options: ce.Options, axis: int | None,
+                           where: Any = None) -> Any:
     """``F.cross_entropy(...)`` where it computes exactly :func:`xce.cross_entropy`'s function
     and measures faster; None where it does not (the caller then runs the definition).
 
@@ -96,7 +97,8 @@ def dispatch_cross_entropy(input: Any, target: Any, weight: Any, options: ce.Opt
     call makes the native kernel raise, and the definition then raises xce's own error; a NaN
     result (non-finite logits) is recomputed by the definition where values may be read.
     """
-    if not isinstance(input, torch.Tensor) or input.dtype not in _NATIVE_DTYPES or options.z > 0.0:
+    if not isinstance(input, torch.Tensor) or input.dtype not in _NATIVE_DTYPES or options.z != 0.0 \
+            or where is not None:
         return None
     if not isinstance(target, torch.Tensor) or target.is_floating_point() or target.dtype == torch.bool \
             or target.is_complex():
@@ -139,11 +141,11 @@ class _CrossEntropy(torch.autograd.Function):
     def forward(*inputs):
         # (*inputs): torch binds a setup_context Function's arguments with inspect.signature on
         # every call; a bare *args signature makes that ~10x cheaper than nine named ones.
-        input, target, weight, ignore_index, reduction, label_smoothing, axis, mode, z_loss = inputs
+        input, target, weight, ignore_index, reduction, label_smoothing, axis, mode, z_loss, where = inputs
         xp = namespace(_CE_NAMES, input, target, weight)
         with torch.no_grad():
             args = ce.check_arguments(input, target, weight, ignore_index, reduction, label_smoothing, axis, mode,
-                                      z_loss, xp=xp)
+                                      z_loss, where, xp=xp)
             # One sweep over the logits: the loss and the per-position logsumexp it was built from.
             loss, st = ce.cross_entropy_with_stats(input, target, weight, args, xp=xp)
             lse = (st.shift + st.lse).unsqueeze(args.ax)  # O(N): one value per position
@@ -167,7 +169,7 @@ class _CrossEntropy(torch.autograd.Function):
         second_order = torch.is_grad_enabled()
         grad = ce.gradient(input, target, weight, args, grad_output, None if second_order else lse, xp=txp,
                            blocked=not second_order)
-        return grad, None, None, None, None, None, None, None, None
+        return grad, None, None, None, None, None, None, None, None, None
 
 
 def cross_entropy(*args: Any, **kwargs: Any) -> torch.Tensor:

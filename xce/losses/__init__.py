@@ -8,5 +8,7 @@ gradient rule.
   ``softmax_focal_loss``, ``poly1_cross_entropy``;
 * :mod:`xce.losses.binary`: ``binary_cross_entropy`` (on probabilities and on logits),
   ``multilabel_soft_margin_loss``, ``sigmoid_focal_loss``;
-* :mod:`xce.losses.divergence`: ``kl_div``.
+* :mod:`xce.losses.divergence`: ``kl_div``;
+* :mod:`xce.losses.distillation`: ``kl_div_with_logits``, ``generalized_jsd`` (teacher and
+  student logits, temperature, soft-capping), their gradients beside them.
 """

@@ -59,10 +59,11 @@ from .._validate import (
     check_real,
     check_reduction,
     check_weight,
+    check_where,
     class_axis,
     maybe_nonzero,
 )
-from ..labels import SMOOTHING_MODES, uniform_equivalent
+from ..labels import SMOOTHING_MODES, smoothing_coefficients, uniform_equivalent
 
 __all__ = [
     "SIGNATURE",
@@ -105,6 +106,9 @@ class CrossEntropyArgs:
     ignore_index: int
     index: IndexTarget | None  #: None for probability targets
     reads: bool = True  #: values may be read (eager, CPU, not traced): else invalid values become NaN
+    #: probability targets: the positions kept by ``where`` (None: all); index targets fold
+    #: ``where`` into ``index.ignored``
+    keep: Array | None = None
 
 
 class Options(NamedTuple):
@@ -146,7 +150,7 @@ _cached_options = functools.lru_cache(maxsize=1024, typed=True)(_check_options)
 
 def check_arguments(
     input: Array, target: Array, weight: Array | None, ignore_index: int, reduction: str, label_smoothing: float,
-    axis: int | None, label_smoothing_mode: str, z_loss: float, *, xp: Namespace,
+    axis: int | None, label_smoothing_mode: str, z_loss: float, where: Array | None = None, *, xp: Namespace,
 ) -> CrossEntropyArgs:
     """Every check of :func:`cross_entropy`'s arguments (shared with its gradient)."""
     ignore_index, reduction, eps, mode, z = check_options(ignore_index, reduction, label_smoothing,
@@ -157,20 +161,19 @@ def check_arguments(
     eps = uniform_equivalent(eps, mode, n_classes, "label_smoothing")
     lazy = is_lazy(input)
     check_weight(weight, n_classes, input, xp=xp, lazy=lazy)
-    index = None
+    index = keep = None
     reads = _engine.reads_values(input)  # else invalid targets become NaN (no sync, no graph break)
+    per_position = tuple(input.shape[:ax]) + tuple(input.shape[ax + 1 :])
+    if where is not None:
+        keep = check_where(where, per_position, input, xp=xp, lazy=lazy)
     if tuple(target.shape) == tuple(input.shape):
         check_probability_target(target, input, ignore_index, xp=xp, lazy=lazy)
     else:
         check_index_target(target, input, ax, xp=xp, lazy=lazy)
-        index = prepare_index(target, n_classes, ignore_index, xp=xp, lazy=not reads)
-    return CrossEntropyArgs(reduction, eps, z, ax, n_classes, lazy, ignore_index, index, reads)
-
-
-def smoothing_coefficients(eps: Any, n_classes: int) -> tuple[Any, Any]:
-    """``(1 - ε, ε / C)``: the mass label smoothing leaves on the target and puts on every
-    class (uniform convention). The one place these two numbers are computed."""
-    return 1.0 - eps, eps / n_classes
+        # Positions outside ``where`` count as ignored: no loss, not in the mean, no range check.
+        index = prepare_index(target, n_classes, ignore_index, xp=xp, lazy=not reads, keep=keep)
+        keep = None
+    return CrossEntropyArgs(reduction, eps, z, ax, n_classes, lazy, ignore_index, index, reads, keep)
 
 
 def index_loss(lse: Array, target: Array, class_sum: Array | None, w_y: Array | None, w_sum: Array | float,
@@ -352,6 +355,7 @@ def cross_entropy(
     axis: int | None = None,
     label_smoothing_mode: str = "uniform",
     z_loss: float = 0.0,
+    where: Array | None = None,
     xp: Namespace | None = None,
 ) -> Array:
     r"""Cross entropy between logits and class-index or class-probability targets.
@@ -419,21 +423,21 @@ def cross_entropy(
     ...                               label_smoothing_mode="off_target")), 4)
     0.3518
     """
-    xp = namespace(_NAMES, input, target, weight, xp=xp)
+    xp = namespace(_NAMES if where is None else (*_NAMES, "where"), input, target, weight, where, xp=xp)
     adapter = adapter_for(input)
     if adapter is not None:
         # The library's own kernel where it computes exactly this function and measures faster.
         options = check_options(ignore_index, reduction, label_smoothing, label_smoothing_mode, z_loss)
-        out = adapter.dispatch_cross_entropy(input, target, weight, options, axis)
+        out = adapter.dispatch_cross_entropy(input, target, weight, options, axis, where)
         if out is not None:
             return out
         # Large eager inputs under autograd: the adapter's analytic backward saves O(N), not
         # the blocked forward's temporaries (torch; other libraries have no such adapter).
         if _engine.supports(input) and adapter.wants_cross_entropy(input, target, weight):
             return adapter.cross_entropy(input, target, weight, ignore_index, reduction, label_smoothing, axis=axis,
-                                         label_smoothing_mode=label_smoothing_mode, z_loss=z_loss)
+                                         label_smoothing_mode=label_smoothing_mode, z_loss=z_loss, where=where)
     args = check_arguments(input, target, weight, ignore_index, reduction, label_smoothing, axis,
-                           label_smoothing_mode, z_loss, xp=xp)
+                           label_smoothing_mode, z_loss, where, xp=xp)
     return cross_entropy_with_stats(input, target, weight, args, xp=xp)[0]
 
 
@@ -444,10 +448,16 @@ SIGNATURE = inspect.signature(cross_entropy).replace(
 
 def bind_arguments(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, ...]:
     """``(input, target, weight, ignore_index, reduction, label_smoothing, axis,
-    label_smoothing_mode, z_loss)`` from a call with :func:`cross_entropy`'s parameters."""
+    label_smoothing_mode, z_loss, where)`` from a call with :func:`cross_entropy`'s parameters."""
     bound = SIGNATURE.bind(*args, **kwargs)
     bound.apply_defaults()
     return tuple(bound.arguments.values())
+
+
+def _kept_count(args: CrossEntropyArgs, *, xp: Namespace) -> Array | None:
+    """Probability targets: the ``"mean"`` denominator's per-position weights under ``where``
+    (None: count every position)."""
+    return None if args.keep is None else xp.astype(args.keep, xp.float32)
 
 
 def cross_entropy_with_stats(
@@ -464,7 +474,9 @@ def cross_entropy_with_stats(
         loss = st.prob_mass * st.lse - st.prob_dot  # -Σ_c q̃_c ℓ_c
         if maybe_nonzero(z):
             loss = loss + z * (st.lse + st.shift) ** 2  # same count denominator as the cross-entropy part
-        out = reduce_loss(loss, args.reduction, xp=xp)
+        if args.keep is not None:  # where=: masked positions add nothing and leave the mean's count
+            loss = xp.where(args.keep, loss, 0.0)
+        out = reduce_loss(loss, args.reduction, denominator=_kept_count(args, xp=xp), xp=xp)
     else:
         st = statistics(input, args.ax, xp=xp, lazy=args.lazy, index=index.safe, weight=w, class_sum=maybe_nonzero(eps),
                         dtype=dtype)
@@ -519,8 +531,8 @@ def gradient(
     per_position = tuple(input.shape[:ax]) + tuple(input.shape[ax + 1 :])
     like = xp.empty(per_position, dtype=dtype, device=device_of(input))
     w_y = None if w is None or index is None else gather_weight(w, index.safe, xp=xp)
-    s = reduction_scale(cotangent, args.reduction, like, None if index is None else mean_weights(w_y, index, xp=xp),
-                        dtype, xp=xp)
+    s = reduction_scale(cotangent, args.reduction, like,
+                        _kept_count(args, xp=xp) if index is None else mean_weights(w_y, index, xp=xp), dtype, xp=xp)
     s_z: Array | float = s
     if index is not None:
         s_z = reduction_scale(cotangent, args.reduction, like, mean_weights(None, index, xp=xp), dtype,
@@ -536,7 +548,7 @@ def gradient(
         return a if a is None or isinstance(a, float) or a.ndim == 0 or not last else xp.reshape(a, (n_rows,))
 
     t = None if index is None else flat(index.safe)
-    drop = None if index is None else flat(index.dropped)
+    drop = flat(index.dropped) if index is not None else None if args.keep is None else flat(~args.keep)
     probs = None if index is not None else (xp.reshape(target, (n_rows, args.n_classes)) if last else target)
     s, s_z = flat(s), flat(s_z)
     lse = None if lse is None else (xp.reshape(lse, (n_rows, 1)) if last else lse)
@@ -628,7 +640,7 @@ def gradient_rows(
         g = _scaled_softmax(g, x, None if fresh else lse, expand_at(s * a, cax, xp=xp), rule, xp=xp)
         if not (isinstance(s, float) and s == 1.0):
             q = write_into("multiply", q if rule.inplace else None, q, expand_at(s, cax, xp=xp), xp=xp)
-        return write_into("subtract", g if rule.inplace else None, g, q, xp=xp)
+        return _zero_rows(write_into("subtract", g if rule.inplace else None, g, q, xp=xp), drop, rule, xp=xp)
     w_t = 1.0 if rule.w is None else gather_weight(xp.reshape(rule.w, (-1,)), t, xp=xp)
     a, b, u = gradient_coefficients(s, s_z, lse_r, w_t, rule.w_sum, rule.eps, rule.z, rule.n_classes)
     g = _scaled_softmax(g, x, None if fresh else lse, expand_at(a, cax, xp=xp), rule, xp=xp)
@@ -730,7 +742,8 @@ def _weighted_numerator(neg_log_p: Array, target: Array, v: Array, args: CrossEn
     if args.index is None:
         q = _smoothed(target, None, args.eps, args.n_classes, neg_log_p.dtype, xp=xp)
         # 0 where q = 0: no mass on a class at a -inf logit contributes nothing.
-        return xp.sum(xp.where(q == 0.0, 0.0, v_c * q * neg_log_p), axis=args.ax), None
+        n = xp.sum(xp.where(q == 0.0, 0.0, v_c * q * neg_log_p), axis=args.ax)
+        return (n if args.keep is None else xp.where(args.keep, n, 0.0)), None
     index = args.index
     nll = take_along_class_axis(neg_log_p, index.safe, args.ax, xp=xp)
     v_y = gather_weight(v, index.safe, xp=xp)
@@ -770,7 +783,7 @@ def jvp(input: Array, target: Array, weight: Array | None, args: CrossEntropyArg
         if args.reduction == "none":
             dl = dn
         elif args.reduction == "sum" or args.index is None:
-            dl = reduce_loss(dn, args.reduction, xp=xp)
+            dl = reduce_loss(dn, args.reduction, denominator=_kept_count(args, xp=xp), xp=xp)
         else:  # d(N/D) = (dN - (N/D)·dD) / D
             n, v_y = _weighted_numerator(neg_log_p, target, as_dtype(weight, lse.dtype, xp=xp), args, xp=xp)
             den = xp.sum(v_y)
@@ -789,10 +802,13 @@ def probability_target_gradient(input: Array, target: Array, weight: Array | Non
     if weight is not None:
         neg_log_p = neg_log_p * along_classes(xp.astype(weight, dtype), input.ndim, args.ax, xp=xp)
     per_position = tuple(input.shape[: args.ax]) + tuple(input.shape[args.ax + 1 :])
-    s = reduction_scale(cotangent, args.reduction, xp.empty(per_position, dtype=dtype, device=device_of(input)), None,
-                        dtype, xp=xp)
+    s = reduction_scale(cotangent, args.reduction, xp.empty(per_position, dtype=dtype, device=device_of(input)),
+                        _kept_count(args, xp=xp), dtype, xp=xp)
     on, _ = smoothing_coefficients(args.eps, args.n_classes)
-    return like_input(expand_at(s, args.ax, xp=xp) * (on * neg_log_p), target, xp=xp)
+    g = expand_at(s, args.ax, xp=xp) * (on * neg_log_p)
+    if args.keep is not None:
+        g = xp.where(xp.expand_dims(args.keep, axis=args.ax), g, 0.0)
+    return like_input(g, target, xp=xp)
 
 
 @fill_doc(CROSS_ENTROPY_PARAMETERS)
@@ -807,6 +823,7 @@ def cross_entropy_grad(
     axis: int | None = None,
     label_smoothing_mode: str = "uniform",
     z_loss: float = 0.0,
+    where: Array | None = None,
     cotangent: Array | None = None,
     xp: Namespace | None = None,
 ) -> Array:
@@ -830,9 +847,9 @@ def cross_entropy_grad(
     >>> dx.tolist()
     [[-0.5, 0.5], [0.0, 0.0]]
     """
-    xp = namespace((*_NAMES, "cotangent"), input, target, weight, cotangent, xp=xp)
+    xp = namespace((*_NAMES, "cotangent", "where"), input, target, weight, cotangent, where, xp=xp)
     args = check_arguments(input, target, weight, ignore_index, reduction, label_smoothing, axis,
-                           label_smoothing_mode, z_loss, xp=xp)
+                           label_smoothing_mode, z_loss, where, xp=xp)
     return gradient(input, target, weight, args, cotangent, None, xp=xp)
 
 

@@ -1,0 +1,545 @@
+r"""Distillation losses on logits: ``kl_div_with_logits`` and ``generalized_jsd``, their checks,
+their per-position divergence and their gradient rule, in one place.
+
+Notation: ``s`` student logits, ``t`` teacher logits, classes along ``axis``; ``T`` the
+temperature; :math:`\mathrm{cap}(x) = c\,\tanh(x/c)` the optional soft cap;
+:math:`P = \mathrm{softmax}(\mathrm{cap}(t)/T)` the teacher's distribution,
+:math:`Q = \mathrm{softmax}(\mathrm{cap}(s)/T)` the student's, and with :math:`0 < \beta < 1`
+the mixture :math:`M = \beta P + (1-\beta) Q`. Per position:
+
+* forward KL :math:`\sum_c P_c(\log P_c - \log Q_c)`; gradient w.r.t. the scaled student
+  logits :math:`Q - P`;
+* reverse KL :math:`\sum_c Q_c(\log Q_c - \log P_c)`; gradient :math:`Q \odot (r - \sum_k Q_k r_k)`
+  with :math:`r = \log Q - \log P`;
+* generalized JSD :math:`\beta\,\mathrm{KL}(P\|M) + (1-\beta)\,\mathrm{KL}(Q\|M)`; since
+  :math:`\partial/\partial Q_c = (1-\beta)(\log Q_c - \log M_c)`, the gradient is
+  :math:`(1-\beta)\,Q \odot (r - \sum_k Q_k r_k)` with :math:`r = \log Q - \log M`.
+
+Everything is computed from the two log-softmaxes (``log M`` as a two-term logsumexp), and a
+class whose weighting probability is 0 contributes exactly 0, also where the other
+log-probability is ``-inf`` (a masked vocabulary), in the value and in the gradient. The
+gradient w.r.t. ``s`` is the above times :math:`1/T` and, with a soft cap,
+:math:`1 - \tanh^2(s/c)`.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, NamedTuple
+
+from .._arrays import expand_at, like_input
+from .._docs import fill_doc
+from .._namespace import Array, Namespace, as_dtype, compute_dtype, device_of, is_lazy, namespace
+from .._reduce import reduce_loss, reduction_scale
+from .._registry import register_value_and_grad
+from .._softmax import finite_or_zero, shifted_logsumexp
+from .._targets import IndexTarget, mask_loss, mean_weights
+from .._validate import (
+    check_choice,
+    check_classes,
+    check_floating,
+    check_fraction,
+    check_integer,
+    check_real,
+    check_reduction,
+    check_same_device,
+    class_axis,
+)
+
+__all__ = [
+    "DistillationArgs",
+    "check_arguments",
+    "generalized_jsd",
+    "generalized_jsd_grad",
+    "gradient",
+    "kl_div_with_logits",
+    "kl_div_with_logits_grad",
+    "pointwise",
+]
+
+REDUCTIONS = ("none", "mean", "sum", "batchmean")
+DIRECTIONS = ("forward", "reverse")
+
+DISTILLATION_PARAMETERS = """\
+student_logits : array
+    The student's logits, shape ``(C,)``, ``(N, C)``, ``(N, C, d1, ..., dk)`` or, with
+    ``axis=-1``, ``(B, T, V)``. Half precision is computed in float32 and the result
+    returned in the input dtype.
+teacher_logits : array
+    The teacher's logits: ``student_logits``'s shape, dtype and library. Gradients flow into
+    it too under autodiff unless you detach it (``.detach()``, ``jax.lax.stop_gradient``).
+target : array, optional
+    Integer labels of shape ``student_logits.shape`` without the class axis. Only used to
+    mask: positions equal to ``ignore_index`` contribute 0 and are left out of ``"mean"``.
+    The values are not range-checked (they are never gathered).
+temperature : float > 0, default 1.0
+    Both distributions are taken at this temperature. The loss is **not** multiplied by
+    ``temperature**2`` (Hinton et al., "Distilling the Knowledge in a Neural Network",
+    2015, do, to keep the gradient's scale independent of ``T``): multiply the result
+    yourself. May be a traced JAX 0-d array (then a value <= 0 gives NaN).
+ignore_index : int, default -100
+reduction : {"mean", "sum", "none", "batchmean"}, default "mean"
+    ``"mean"``: the average over the non-ignored positions (NaN when every position is
+    ignored); ``"sum"``; ``"none"``: one value per position (0 at ignored ones);
+    ``"batchmean"``: the sum divided by ``student_logits.shape[0]``, as in
+    :func:`xce.kl_div` and PyTorch (for ``(B, T, V)`` logits that is ``B``, not ``B·T``).
+axis : int, optional
+    The class axis. ``None`` is PyTorch's rule: 0 for 1-D logits, else 1. Use ``axis=-1``
+    for ``(batch, time, vocab)`` logits.
+softcap : float > 0, optional
+    When given, both logits are first replaced by ``softcap * tanh(logits / softcap)``
+    (Gemma 2's final-logit soft-capping), before the temperature. May be traced.
+xp : namespace, optional
+    The array namespace, to skip inference."""
+
+
+# --- arguments ------------------------------------------------------------------------------
+
+
+class DistillationArgs(NamedTuple):
+    """The checked arguments shared by the losses and their gradients."""
+
+    reduction: str
+    ax: int  #: the class axis, non-negative
+    temperature: Any  #: a float > 0, or a traced 0-d array (NaN where <= 0)
+    softcap: Any  #: None, a float > 0, or a traced 0-d array
+    ignore: IndexTarget | None  #: positions equal to ignore_index; None without ``target``
+
+
+def _namespace(student: Array, teacher: Array, target: Array | None, cotangent: Array | None,
+               xp: Namespace | None) -> Namespace:
+    names = ["student_logits", "teacher_logits"]
+    arrays = [student, teacher]
+    # Only present optional arrays are named: "target" may not be None in namespace().
+    for name, a in (("target", target), ("cotangent", cotangent)):
+        if a is not None:
+            names.append(name)
+            arrays.append(a)
+    return namespace(tuple(names), *arrays, xp=xp)
+
+
+def _positive(value: object, name: str, hint: str, *, xp: Namespace) -> Any:
+    """A finite float > 0; a traced 0-d array passes, NaN where it is not > 0."""
+    out = check_real(value, name, traced=True, hint=hint)
+    if isinstance(out, float):
+        if out <= 0.0:
+            raise ValueError(f"{name} must be a finite float > 0; got {value!r}.{hint}")
+        return out
+    return xp.where(out > 0.0, out, float("nan"))
+
+
+def check_arguments(student: Array, teacher: Array, target: Array | None, temperature: object, ignore_index: object,
+                    reduction: object, axis: int | None, softcap: object, *, xp: Namespace) -> DistillationArgs:
+    """Every check of the distillation losses' arguments (shared with their gradients)."""
+    reduction = check_reduction(reduction, REDUCTIONS)
+    ignore_index = check_integer(ignore_index, "ignore_index")
+    temperature = _positive(temperature, "temperature", " Pass 1.0 for the plain distributions.", xp=xp)
+    if softcap is not None:
+        softcap = _positive(softcap, "softcap", " Pass softcap=None to leave the logits uncapped.", xp=xp)
+    check_floating(student, "student_logits", xp=xp)
+    check_floating(teacher, "teacher_logits", xp=xp)
+    if tuple(teacher.shape) != tuple(student.shape):
+        raise ValueError(
+            f"teacher_logits of shape {tuple(teacher.shape)} must have student_logits's shape "
+            f"{tuple(student.shape)} (the same positions and the same classes)."
+        )
+    if teacher.dtype != student.dtype:
+        raise TypeError(
+            f"student_logits ({student.dtype}) and teacher_logits ({teacher.dtype}) must have the same dtype; "
+            "cast one, e.g. xp.astype(teacher_logits, student_logits.dtype)."
+        )
+    ax = class_axis(student, axis, "student_logits")
+    check_classes(student, ax, "student_logits")
+    lazy = is_lazy(student)
+    if not lazy:
+        check_same_device(student, teacher, "teacher_logits")
+    ignore = None
+    if target is not None:
+        expected = tuple(student.shape[:ax]) + tuple(student.shape[ax + 1 :])
+        if not xp.isdtype(target.dtype, "integral"):
+            raise TypeError(
+                f"target must hold integer labels of shape {expected} (only the positions equal to ignore_index "
+                f"are used, to mask them); got dtype {target.dtype}."
+            )
+        if tuple(target.shape) != expected:
+            raise ValueError(
+                f"target shape {tuple(target.shape)} does not match student_logits shape {tuple(student.shape)} "
+                f"with the class axis {ax} removed; expected {expected}."
+            )
+        if not lazy:
+            check_same_device(student, target, "target")
+        info = xp.iinfo(target.dtype)
+        # A uint8 target can never equal -100 (and comparing would overflow in strict namespaces).
+        if info.min <= ignore_index <= info.max:
+            ignore = IndexTarget(target, target == ignore_index, None)
+    return DistillationArgs(reduction, ax, temperature, softcap, ignore)
+
+
+# --- the divergence -------------------------------------------------------------------------
+
+
+def _scalar(v: Any, dtype: Any, *, xp: Namespace) -> Any:
+    """A hyper-parameter in the compute dtype (a traced one would otherwise promote)."""
+    return v if isinstance(v, float) else as_dtype(v, dtype, xp=xp)
+
+
+def _log_probs(x: Array, args: DistillationArgs, dtype: Any, *, xp: Namespace) -> Array:
+    """``log_softmax(cap(x) / T)`` along the class axis, in ``dtype``."""
+    z = as_dtype(x, dtype, xp=xp)
+    if args.softcap is not None:
+        c = _scalar(args.softcap, dtype, xp=xp)
+        z = c * xp.tanh(z / c)
+    t = args.temperature
+    if not (isinstance(t, float) and t == 1.0):
+        z = z / _scalar(t, dtype, xp=xp)
+    shifted, lse = shifted_logsumexp(z, args.ax, xp=xp)
+    return shifted - lse
+
+
+def _xlog_ratio(w: Array, log_w: Array, log_other: Array, *, xp: Namespace) -> Array:
+    """``w·(log w - log other)``, exactly 0 where ``w = 0`` (whatever ``log other``). Double
+    ``where``, before the product: neither the value nor its derivative meets ``0·inf`` or
+    ``-inf - (-inf)``."""
+    zero = w == 0.0
+    return w * xp.where(zero, 0.0, log_w - xp.where(zero, 0.0, log_other))
+
+
+def _log_mixture(log_p: Array, log_q: Array, beta: Any, *, xp: Namespace) -> Array:
+    """``log(β P + (1-β) Q)`` as an elementwise two-term logsumexp of ``log β + log P`` and
+    ``log(1-β) + log Q``. Where both terms are ``-inf`` (P = Q = 0) the value is finite and
+    meaningless (every use of it there is masked), so no ``log 0`` enters a derivative."""
+    if isinstance(beta, float):
+        a, b = log_p + math.log(beta), log_q + math.log1p(-beta)
+    else:
+        a, b = log_p + xp.log(beta), log_q + xp.log1p(-beta)
+    m = finite_or_zero(xp.maximum(a, b), xp=xp)
+    u = xp.exp(a - m) + xp.exp(b - m)
+    return m + xp.log(xp.where(u == 0.0, 1.0, u))
+
+
+def _is(beta: Any, value: float) -> bool:
+    """``beta`` is the Python number ``value`` (a traced beta never is: general formula)."""
+    return isinstance(beta, float) and beta == value
+
+
+def pointwise(log_p: Array, log_q: Array, beta: Any, *, xp: Namespace) -> Array:
+    """Per-class terms of the divergence (sum them over the class axis): forward KL(P‖Q) for
+    ``beta == 0``, reverse KL(Q‖P) for ``beta == 1``, else the generalized JSD."""
+    p, q = xp.exp(log_p), xp.exp(log_q)
+    if _is(beta, 0.0):
+        return _xlog_ratio(p, log_p, log_q, xp=xp)
+    if _is(beta, 1.0):
+        return _xlog_ratio(q, log_q, log_p, xp=xp)
+    log_m = _log_mixture(log_p, log_q, beta, xp=xp)
+    return beta * _xlog_ratio(p, log_p, log_m, xp=xp) + (1.0 - beta) * _xlog_ratio(q, log_q, log_m, xp=xp)
+
+
+def _divergence(student: Array, teacher: Array, args: DistillationArgs, beta: Any, *, xp: Namespace) -> Array:
+    """The reduced loss, in ``student``'s dtype."""
+    dtype = compute_dtype(student.dtype, xp=xp)
+    log_q = _log_probs(student, args, dtype, xp=xp)
+    log_p = _log_probs(teacher, args, dtype, xp=xp)
+    beta = _scalar(beta, dtype, xp=xp)
+    loss = xp.sum(pointwise(log_p, log_q, beta, xp=xp), axis=args.ax)
+    if args.ignore is not None:
+        loss = mask_loss(loss, args.ignore, xp=xp)
+    if args.reduction == "batchmean":
+        # PyTorch's kl_div: the sum over student_logits.shape[0] (ignored positions still count).
+        out = xp.sum(loss) / float(student.shape[0])
+    else:
+        denominator = None if args.ignore is None else mean_weights(None, args.ignore, xp=xp)
+        out = reduce_loss(loss, args.reduction, denominator=denominator, xp=xp)
+    return out if out.dtype == student.dtype else xp.astype(out, student.dtype)
+
+
+# --- the gradient rule ----------------------------------------------------------------------
+
+
+def gradient(student: Array, teacher: Array, args: DistillationArgs, beta: Any, cotangent: Array | None, *,
+             xp: Namespace) -> Array:
+    """d loss / d ``student`` (a vector-Jacobian product with ``cotangent``; default 1)."""
+    dtype = compute_dtype(student.dtype, xp=xp)
+    ax = args.ax
+    log_q = _log_probs(student, args, dtype, xp=xp)
+    log_p = _log_probs(teacher, args, dtype, xp=xp)
+    beta = _scalar(beta, dtype, xp=xp)
+    q = xp.exp(log_q)
+    if _is(beta, 0.0):
+        d = q - xp.exp(log_p)
+    else:
+        log_ref = log_p if _is(beta, 1.0) else _log_mixture(log_p, log_q, beta, xp=xp)
+        zero = q == 0.0
+        r = xp.where(zero, 0.0, log_q - xp.where(zero, 0.0, log_ref))
+        d = q * (r - xp.sum(q * r, axis=ax, keepdims=True))
+        if not _is(beta, 1.0):
+            d = (1.0 - beta) * d
+    per_position = tuple(student.shape[:ax]) + tuple(student.shape[ax + 1 :])
+    like = xp.empty(per_position, dtype=dtype, device=device_of(student))
+    if args.reduction == "batchmean":
+        s = reduction_scale(cotangent, "sum", like, None, dtype, xp=xp) / float(student.shape[0])
+    else:
+        denominator = None if args.ignore is None else mean_weights(None, args.ignore, xp=xp)
+        s = reduction_scale(cotangent, args.reduction, like, denominator, dtype, xp=xp)
+    g = expand_at(s, ax, xp=xp) * d
+    t = args.temperature
+    if not (isinstance(t, float) and t == 1.0):
+        g = g / _scalar(t, dtype, xp=xp)
+    if args.softcap is not None:
+        c = _scalar(args.softcap, dtype, xp=xp)
+        g = g * (1.0 - xp.tanh(as_dtype(student, dtype, xp=xp) / c) ** 2)
+    if args.ignore is not None:  # a where, not a product: non-finite ignored rows cannot leak NaN
+        g = xp.where(xp.expand_dims(args.ignore.ignored, axis=ax), 0.0, g)
+    return like_input(g, student, xp=xp)
+
+
+# --- the losses -----------------------------------------------------------------------------
+
+
+@fill_doc(DISTILLATION_PARAMETERS)
+def kl_div_with_logits(
+    student_logits: Array,
+    teacher_logits: Array,
+    target: Array | None = None,
+    *,
+    direction: str = "forward",
+    temperature: float = 1.0,
+    ignore_index: int = -100,
+    reduction: str = "mean",
+    axis: int | None = None,
+    softcap: float | None = None,
+    xp: Namespace | None = None,
+) -> Array:
+    r"""Kullback-Leibler divergence between the teacher's and the student's softmax, from logits.
+
+    With :math:`P = \mathrm{softmax}(t/T)` (teacher) and :math:`Q = \mathrm{softmax}(s/T)`
+    (student) over the class axis, per position
+
+    .. math::
+       \text{forward: } \mathrm{KL}(P\,\|\,Q) = \sum_c P_c(\log P_c - \log Q_c), \qquad
+       \text{reverse: } \mathrm{KL}(Q\,\|\,P) = \sum_c Q_c(\log Q_c - \log P_c).
+
+    Forward KL (the default; Hinton et al.'s distillation loss, mean-seeking) equals
+    ``F.kl_div(F.log_softmax(s / T, 1), F.log_softmax(t / T, 1), log_target=True)``
+    summed over the classes; reverse KL (mode-seeking, as in MiniLLM) swaps the two.
+    Computed from the two log-softmaxes, never from probabilities: large logits do not
+    overflow, and a class where the weighting probability is 0 contributes exactly 0, also
+    where the other distribution's log-probability is ``-inf`` (a vocabulary masked in both
+    models), with a finite gradient. Gradients come from your framework's autodiff (both
+    arguments are differentiable: detach the teacher yourself), or from
+    :func:`kl_div_with_logits_grad` / :func:`xce.value_and_grad` on libraries without one.
+
+    Parameters
+    ----------
+    {parameters}
+    direction : {"forward", "reverse"}, default "forward"
+
+    Returns
+    -------
+    array
+        ``student_logits``'s library, device and dtype: 0-d, or one value per position for
+        ``"none"`` (``student_logits``'s shape without the class axis).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from xce.losses.distillation import kl_div_with_logits
+    >>> s = np.asarray([[2.0, 0.5, -1.0], [0.0, 1.0, 0.0]])
+    >>> t = np.asarray([[1.0, 1.0, -1.0], [0.0, 3.0, 0.0]])
+    >>> round(float(kl_div_with_logits(s, t)), 4)
+    0.262
+    >>> round(float(kl_div_with_logits(s, t, direction="reverse", temperature=2.0)), 4)
+    0.091
+    >>> kl_div_with_logits(s, t, np.asarray([5, -100]), reduction="none").round(4)
+    array([0.2485, 0.    ])
+    """
+    xp = _namespace(student_logits, teacher_logits, target, None, xp)
+    direction = check_choice(direction, "direction", DIRECTIONS)
+    args = check_arguments(student_logits, teacher_logits, target, temperature, ignore_index, reduction, axis, softcap,
+                           xp=xp)
+    return _divergence(student_logits, teacher_logits, args, 0.0 if direction == "forward" else 1.0, xp=xp)
+
+
+@fill_doc(DISTILLATION_PARAMETERS)
+def generalized_jsd(
+    student_logits: Array,
+    teacher_logits: Array,
+    target: Array | None = None,
+    *,
+    beta: float = 0.5,
+    temperature: float = 1.0,
+    ignore_index: int = -100,
+    reduction: str = "mean",
+    axis: int | None = None,
+    softcap: float | None = None,
+    xp: Namespace | None = None,
+) -> Array:
+    r"""Generalized Jensen-Shannon divergence between the teacher's and the student's softmax.
+
+    With :math:`P = \mathrm{softmax}(t/T)` (teacher), :math:`Q = \mathrm{softmax}(s/T)`
+    (student) and the mixture :math:`M = \beta P + (1-\beta) Q`, per position
+
+    .. math::
+       \mathrm{JSD}_\beta = \beta\,\mathrm{KL}(P\,\|\,M) + (1-\beta)\,\mathrm{KL}(Q\,\|\,M),
+
+    the generalized JSD of Agarwal et al., "On-Policy Distillation of Language Models:
+    Learning from Self-Generated Mistakes" (GKD, 2024), eq. (1). ``beta=0.5`` is the
+    symmetric Jensen-Shannon divergence. The endpoints are *defined* as the two KL
+    divergences: ``beta=0`` is forward :math:`\mathrm{KL}(P\|Q)` and ``beta=1`` reverse
+    :math:`\mathrm{KL}(Q\|P)` (:func:`kl_div_with_logits` with ``direction="forward"`` /
+    ``"reverse"``). The formula itself tends to 0 there (like :math:`\beta\,\mathrm{KL}(P\|Q)`
+    as :math:`\beta \to 0`), so the endpoints are a convention, taken on the Python value of
+    ``beta``; a traced ``beta`` always takes the general formula.
+
+    This is the convention of TRL's ``GKDTrainer.generalized_jsd_loss`` and of Liger-Kernel's
+    ``LigerJSD`` / ``LigerFusedLinearJSD`` (``jsd_beta``): ``beta`` weights the teacher
+    in the mixture, and the same ``beta`` maps across unchanged. Liger's loss, like
+    ``reduction="mean"`` here, averages over the non-ignored positions; TRL's default
+    ``"batchmean"`` divides by ``B·T`` (this function's ``"mean"`` on ``(B, T, V)`` logits
+    without ignored positions). Neither multiplies by ``temperature**2``.
+
+    ``log M`` is an elementwise two-term logsumexp of :math:`\log\beta + \log P` and
+    :math:`\log(1-\beta) + \log Q`, so no probability is formed in the mixture's logarithm;
+    terms with zero weight count as 0 (see :func:`kl_div_with_logits`).
+
+    Parameters
+    ----------
+    {parameters}
+    beta : float in [0, 1], default 0.5
+        The teacher's weight in the mixture. May be a traced JAX 0-d array (NaN outside
+        [0, 1]).
+
+    Returns
+    -------
+    array
+        ``student_logits``'s library, device and dtype: 0-d, or one value per position for
+        ``"none"``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from xce.losses.distillation import generalized_jsd
+    >>> s = np.asarray([[2.0, 0.5, -1.0], [0.0, 1.0, 0.0]])
+    >>> t = np.asarray([[1.0, 1.0, -1.0], [0.0, 3.0, 0.0]])
+    >>> round(float(generalized_jsd(s, t)), 4)
+    0.0669
+    >>> round(float(generalized_jsd(s, t, beta=0.0)), 4)  # forward KL
+    0.262
+    """
+    xp = _namespace(student_logits, teacher_logits, target, None, xp)
+    b = check_fraction(beta, "beta", traced=True)
+    args = check_arguments(student_logits, teacher_logits, target, temperature, ignore_index, reduction, axis, softcap,
+                           xp=xp)
+    return _divergence(student_logits, teacher_logits, args, b, xp=xp)
+
+
+# --- the analytic gradients -----------------------------------------------------------------
+
+
+@fill_doc(DISTILLATION_PARAMETERS)
+def kl_div_with_logits_grad(
+    student_logits: Array,
+    teacher_logits: Array,
+    target: Array | None = None,
+    *,
+    direction: str = "forward",
+    temperature: float = 1.0,
+    ignore_index: int = -100,
+    reduction: str = "mean",
+    axis: int | None = None,
+    softcap: float | None = None,
+    cotangent: Array | None = None,
+    xp: Namespace | None = None,
+) -> Array:
+    r"""Gradient of :func:`kl_div_with_logits` w.r.t. ``student_logits``.
+
+    With :math:`Q`, :math:`P` the student's and teacher's distributions at temperature
+    :math:`T` and :math:`s_i` the cotangent over the reduction's denominator: forward
+    :math:`s_i (Q - P)/T`; reverse :math:`s_i\,Q \odot (r - \sum_k Q_k r_k)/T` with
+    :math:`r = \log Q - \log P` (0 where :math:`Q = 0`); times :math:`1 - \tanh^2(x/c)` with
+    ``softcap=c``; 0 at ignored positions. The teacher is a constant here.
+
+    Parameters
+    ----------
+    {parameters}
+    direction : {"forward", "reverse"}, default "forward"
+    cotangent : array, optional
+        The upstream gradient (see :mod:`xce.grad`).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from xce.losses.distillation import kl_div_with_logits_grad
+    >>> kl_div_with_logits_grad(np.zeros((1, 2)), np.asarray([[0.0, np.log(3.0)]])).tolist()
+    [[0.25, -0.25]]
+    """
+    xp = _namespace(student_logits, teacher_logits, target, cotangent, xp)
+    direction = check_choice(direction, "direction", DIRECTIONS)
+    args = check_arguments(student_logits, teacher_logits, target, temperature, ignore_index, reduction, axis, softcap,
+                           xp=xp)
+    return gradient(student_logits, teacher_logits, args, 0.0 if direction == "forward" else 1.0, cotangent, xp=xp)
+
+
+@fill_doc(DISTILLATION_PARAMETERS)
+def generalized_jsd_grad(
+    student_logits: Array,
+    teacher_logits: Array,
+    target: Array | None = None,
+    *,
+    beta: float = 0.5,
+    temperature: float = 1.0,
+    ignore_index: int = -100,
+    reduction: str = "mean",
+    axis: int | None = None,
+    softcap: float | None = None,
+    cotangent: Array | None = None,
+    xp: Namespace | None = None,
+) -> Array:
+    r"""Gradient of :func:`generalized_jsd` w.r.t. ``student_logits``.
+
+    For :math:`0 < \beta < 1`, :math:`\partial\,\mathrm{JSD}_\beta/\partial Q_c = (1-\beta)(\log Q_c - \log M_c)`,
+    so through the softmax the gradient is :math:`s_i (1-\beta)\,Q \odot (r - \sum_k Q_k r_k)/T`
+    with :math:`r = \log Q - \log M`; ``beta=0`` and ``beta=1`` are those of
+    :func:`kl_div_with_logits_grad` (forward and reverse). Soft cap, ignored positions and
+    ``cotangent`` as there.
+
+    Parameters
+    ----------
+    {parameters}
+    beta : float in [0, 1], default 0.5
+    cotangent : array, optional
+        The upstream gradient (see :mod:`xce.grad`).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from xce.losses.distillation import generalized_jsd_grad
+    >>> generalized_jsd_grad(np.zeros((1, 2)), np.zeros((1, 2))).tolist()
+    [[0.0, 0.0]]
+    """
+    xp = _namespace(student_logits, teacher_logits, target, cotangent, xp)
+    b = check_fraction(beta, "beta", traced=True)
+    args = check_arguments(student_logits, teacher_logits, target, temperature, ignore_index, reduction, axis, softcap,
+                           xp=xp)
+    return gradient(student_logits, teacher_logits, args, b, cotangent, xp=xp)
+
+
+# --- value_and_grad -------------------------------------------------------------------------
+# Registered as value-and-gradient functions rather than with register_gradient: the generic
+# wrapper of xce.value_and_grad names its second parameter ``target``, which would collide with
+# these losses' own (optional, third) ``target=`` keyword.
+
+
+def _kl_div_with_logits_value_and_grad(student_logits: Array, teacher_logits: Array, target: Array | None = None,
+                                       *, cotangent: Array | None = None, **kwargs: Any) -> tuple[Array, Array]:
+    return (kl_div_with_logits(student_logits, teacher_logits, target, **kwargs),
+            kl_div_with_logits_grad(student_logits, teacher_logits, target, cotangent=cotangent, **kwargs))
+
+
+def _generalized_jsd_value_and_grad(student_logits: Array, teacher_logits: Array, target: Array | None = None,
+                                    *, cotangent: Array | None = None, **kwargs: Any) -> tuple[Array, Array]:
+    return (generalized_jsd(student_logits, teacher_logits, target, **kwargs),
+            generalized_jsd_grad(student_logits, teacher_logits, target, cotangent=cotangent, **kwargs))
+
+
+register_value_and_grad(kl_div_with_logits, _kl_div_with_logits_value_and_grad)
+register_value_and_grad(generalized_jsd, _generalized_jsd_value_and_grad)
