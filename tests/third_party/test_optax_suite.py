@@ -48,7 +48,6 @@ import xce_optax_shims as shims  # noqa: E402
 
 _WHERE = "where= (a mask) does not map onto xce"
 _AXES = "axis= as a tuple of axes does not map onto xce (one int class axis)"
-_PROBS = "probability labels: xce.poly1_cross_entropy takes class indices only"
 _GAMMA = "gamma= traced by jax.jit (not static) does not map onto xce"
 _ALPHA = "alpha= traced by jax.jit (not static) does not map onto xce"
 
@@ -62,12 +61,6 @@ XFAIL: dict[str, str] = {
     # softmax_cross_entropy_with_integer_labels
     **{f"SoftmaxCrossEntropyWithIntegerLabelsTest.test_axes{i}": _AXES for i in range(8)},
     # poly_loss_cross_entropy: optax's tests all use probability labels
-    **{f"PolyLossTest.test_scalar{i}": _PROBS for i in range(8)},
-    **{f"PolyLossTest.test_batched{i}": _PROBS for i in range(7)},
-    **{f"PolyLossTest.test_equals_to_cross_entropy_when_eps0{i}": _PROBS for i in range(5)},
-    "PolyLossTest.test_mask0": _both(_PROBS, _WHERE),
-    "PolyLossTest.test_mask1": _both(_PROBS, _WHERE),
-    **{f"PolyLossTest.test_axis{i}": _PROBS for i in range(3)},
     # kl_divergence, kl_divergence_with_log_targets
     # sigmoid_focal_loss: every test jits it with gamma= / alpha= as traced arguments
     "SigmoidFocalLossTest.test_focal_equals_ce": _GAMMA,
@@ -272,9 +265,6 @@ def test_every_expected_failure_names_a_test() -> None:
         ),
         pytest.param(
             lambda: shims.sigmoid_focal_loss(_LOGITS, _PROBABILITIES, alpha=-0.5), "alpha", id="focal-negative-alpha"
-        ),
-        pytest.param(
-            lambda: shims.poly_loss_cross_entropy(_LOGITS, _PROBABILITIES), "labels", id="poly-probability-labels"
         ),
         pytest.param(
             lambda: shims.sigmoid_binary_cross_entropy(_LOGITS, _PROBABILITIES[0]), "labels", id="bce-broadcast-labels"

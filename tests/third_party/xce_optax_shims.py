@@ -52,7 +52,8 @@ MAPPED: dict[str, str] = {
         'xce.sigmoid_focal_loss(logits, labels, alpha=-1 if alpha is None else alpha, gamma=gamma, reduction="none")'
     ),
     "poly_loss_cross_entropy": (
-        'xce.poly1_cross_entropy(logits, labels, epsilon=epsilon, reduction="none", axis=axis) (class-index labels)'
+        'xce.poly1_cross_entropy(logits, labels, epsilon=epsilon, reduction="none", axis=axis) (probability or '
+        "class-index labels; where as for softmax_cross_entropy, empty examples zeroed in the shim)"
     ),
     "kl_divergence": 'xce.kl_div(log_predictions, targets, reduction="none") masked by where, .sum(axis)',
     "kl_divergence_with_log_targets": (
@@ -211,15 +212,16 @@ def sigmoid_focal_loss(logits: Any, labels: Any, *, alpha: Any = None, gamma: An
 def poly_loss_cross_entropy(
     logits: Any, labels: Any, *, epsilon: Any = 2.0, axis: Any = -1, where: Any = None
 ) -> jax.Array:
-    _no_where("poly_loss_cross_entropy", where)
     axis = _class_axis("poly_loss_cross_entropy", axis)
     logits, labels = jnp.asarray(logits), jnp.asarray(labels)
-    if not jnp.issubdtype(labels.dtype, jnp.integer):
-        raise NotImplementedError(
-            "optax.losses.poly_loss_cross_entropy(labels=<probabilities>): optax takes probability "
-            "(one-hot or soft) labels; xce.poly1_cross_entropy takes class indices only"
-        )
-    return xce.poly1_cross_entropy(logits, labels, epsilon=epsilon, reduction="none", axis=axis)
+    if jnp.issubdtype(labels.dtype, jnp.integer) and labels.shape != logits.shape:  # class indices
+        _no_where("poly_loss_cross_entropy", where)
+        return xce.poly1_cross_entropy(logits, labels, epsilon=epsilon, reduction="none", axis=axis)
+    labels = _floating_like(labels, logits)
+    _same_shape("poly_loss_cross_entropy", "labels", labels, logits)
+    logits, labels, kept = _masked(where, logits, labels, axis)
+    loss = xce.poly1_cross_entropy(logits, labels, epsilon=epsilon, reduction="none", axis=axis)
+    return loss if kept is None else jnp.where(kept, loss, 0.0)
 
 
 def kl_divergence(log_predictions: Any, targets: Any, axis: Any = -1, where: Any = None) -> jax.Array:

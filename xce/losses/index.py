@@ -31,7 +31,7 @@ from .._validate import (
     class_axis,
     maybe_nonzero,
 )
-from .cross_entropy import statistics
+from .cross_entropy import CrossEntropyArgs, check_arguments, cross_entropy_with_stats, gradient, statistics
 
 __all__ = [
     "nll_loss",
@@ -314,8 +314,10 @@ def poly1_cross_entropy(
     0 where :math:`y_i` equals ``ignore_index``, reduced like :func:`cross_entropy`'s index
     path. The class weight multiplies the whole per-position loss (so ``"mean"`` stays a
     weighted mean of Poly-1 losses). ``epsilon=0`` gives ``cross_entropy``; the paper
-    recommends :math:`\varepsilon \ge -1` (any finite value is accepted). Class-index
-    targets only (optax's ``poly_loss_cross_entropy`` is the dense-label form).
+    recommends :math:`\varepsilon \ge -1` (any finite value is accepted). Probability targets
+    (``input``'s shape, optax's ``poly_loss_cross_entropy``):
+    :math:`l_i = -\sum_c y_{i,c}\,\ell_{i,c} + \varepsilon\,(1 - \sum_c y_{i,c}\,p_{i,c})`, ``"mean"``
+    over the positions, no class ``weight``.
 
     Parameters
     ----------
@@ -346,9 +348,34 @@ def poly1_cross_entropy(
     xp = namespace(_NAMES, input, target, weight, xp=xp)
     reduction = check_reduction(reduction)
     epsilon = check_real(epsilon, "epsilon", traced=True)
+    if tuple(target.shape) == tuple(input.shape):  # probability targets: optax's poly_loss_cross_entropy
+        args, st = _poly1_probability_stats(input, target, weight, ignore_index, reduction, axis, xp=xp)
+        ce_part = as_compute(cross_entropy_with_stats(input, target, None, args, xp=xp)[0], xp=xp)
+        loss = ce_part + epsilon * (1.0 - _target_mass(input, target, args, st, xp=xp))
+        out = reduce_loss(loss, reduction, xp=xp)
+        return out if out.dtype == input.dtype else xp.astype(out, input.dtype)
     c = _check(input, target, weight, ignore_index, axis, "poly1_cross_entropy", xp=xp)
     log_p = _target_log_prob(input, c, xp=xp)
     return _reduce(epsilon * -xp.expm1(log_p) - log_p, c, reduction, input, xp=xp)
+
+
+def _poly1_probability_stats(input: Array, target: Array, weight: Array | None, ignore_index: int, reduction: str,
+                             axis: int | None, *, xp: Namespace) -> tuple[CrossEntropyArgs, Array]:
+    """Checks (cross entropy's own) and the logsumexp (class axis kept) of poly-1 with
+    probability targets; per-position arguments (``reduction="none"``)."""
+    if weight is not None:
+        raise ValueError("poly1_cross_entropy with probability targets takes no class weight (optax's "
+                         "poly_loss_cross_entropy has none); weight the targets instead, or use class indices.")
+    args = check_arguments(input, target, None, ignore_index, "none", 0.0, axis, "uniform", 0.0, xp=xp)
+    work = as_compute(input, xp=xp)
+    _, lse = softmax_and_lse(work, args.ax, xp=xp)
+    return args, lse
+
+
+def _target_mass(input: Array, target: Array, args: CrossEntropyArgs, lse: Array, *, xp: Namespace) -> Array:
+    """``Σ_c y_c p_c`` per position: the softmax mass on the target distribution."""
+    work = as_compute(input, xp=xp)
+    return xp.sum(as_compute(target, xp=xp) * xp.exp(work - lse), axis=args.ax)
 
 
 def poly1_cross_entropy_grad(
@@ -375,6 +402,18 @@ def poly1_cross_entropy_grad(
     xp = namespace(_GRAD_NAMES, input, target, weight, cotangent, xp=xp)
     reduction = check_reduction(reduction)
     epsilon = check_real(epsilon, "epsilon", traced=True)
+    if tuple(target.shape) == tuple(input.shape):
+        # d/dx [CE(q) + ε(1 - Σ y p)] = s[(Σ y) p - y] - s ε p ⊙ (y - Σ y p): cross entropy's own
+        # gradient rule for the first part.
+        args, lse = _poly1_probability_stats(input, target, weight, ignore_index, "none", axis, xp=xp)
+        args.reduction = reduction
+        g_ce = gradient(input, target, None, args, cotangent, None, xp=xp)
+        work, y = as_compute(input, xp=xp), as_compute(target, xp=xp)
+        p = xp.exp(work - lse)
+        s = reduction_scale(cotangent, reduction, xp.sum(p, axis=args.ax), None, work.dtype, xp=xp)
+        mass = xp.expand_dims(xp.sum(y * p, axis=args.ax), axis=args.ax)
+        g = as_compute(g_ce, xp=xp) - expand_at(s, args.ax, xp=xp) * epsilon * p * (y - mass)
+        return like_input(g, input, xp=xp)
     c = _check(input, target, weight, ignore_index, axis, "poly1_cross_entropy", xp=xp)
     return _softmax_grad(input, c, reduction, cotangent, lambda log_p, p_y: -1.0 - epsilon * p_y, xp=xp)
 
