@@ -324,3 +324,27 @@ def test_poly1_with_probability_targets(backend, reduction):
         np.testing.assert_allclose(np.asarray(g), xt.grad.numpy(), rtol=1e-10, atol=1e-12)
     with pytest.raises(ValueError, match="takes no class weight"):
         xce.poly1_cross_entropy(backend.asarray(x), backend.asarray(y), weight=backend.asarray(np.ones(4)))
+
+
+@pytest.mark.parametrize("name", ["nll_loss", "softmax_focal_loss", "poly1_cross_entropy", "poly1-probabilities"])
+def test_where_on_the_index_losses(backend, name):
+    """where= on nll, focal and poly-1 (and poly-1's probability targets): the same as the loss
+    over the kept positions only (masked ones ignored), values and, eagerly, gradients."""
+    from conftest import assert_close_to
+
+    xp = backend.xp
+    rng = np.random.default_rng(13)
+    x = rng.normal(size=(7, 4))
+    keep = np.asarray([True, False, True, True, False, True, True])
+    if name == "poly1-probabilities":
+        fn, y = xce.poly1_cross_entropy, rng.dirichlet(np.ones(4), size=7)
+    else:
+        fn, y = getattr(xce, name), rng.integers(0, 4, size=7)
+    out = fn(backend.asarray(x), backend.asarray(y), where=backend.asarray(keep))
+    expected = fn(x[keep], y[keep])
+    assert_close_to(out, np.asarray(expected), dtype=xp.float64, backend=backend)
+    if backend.name == "numpy":
+        _, g = xce.value_and_grad(fn)(x, y, where=keep)
+        _, g_kept = xce.value_and_grad(fn)(x[keep], y[keep])
+        np.testing.assert_allclose(g[keep], g_kept, rtol=1e-10, atol=1e-12)
+        np.testing.assert_array_equal(g[~keep], 0.0)

@@ -28,6 +28,7 @@ from .._validate import (
     check_real,
     check_reduction,
     check_weight,
+    check_where,
     class_axis,
     maybe_nonzero,
 )
@@ -53,8 +54,9 @@ class _Checked(NamedTuple):
 
 
 def _check(input: Array, target: Array, weight: Array | None, ignore_index: int, axis: int | None, name: str | None,
-           *, xp: Namespace) -> _Checked:
-    """The checks of the family; ``name`` refuses probability targets with that loss's name."""
+           where: Array | None = None, *, xp: Namespace) -> _Checked:
+    """The checks of the family; ``name`` refuses probability targets with that loss's name.
+    ``where`` (optax's mask of the per-position shape): positions outside it count as ignored."""
     ignore_index = check_integer(ignore_index, "ignore_index")
     ax = class_axis(input, axis)
     check_floating(input, "input", xp=xp)
@@ -68,7 +70,10 @@ def _check(input: Array, target: Array, weight: Array | None, ignore_index: int,
         )
     check_index_target(target, input, ax, xp=xp, lazy=lazy)
     # Values unread (lazy, accelerator, traced): invalid targets give NaN instead of raising.
-    index = prepare_index(target, n_classes, ignore_index, xp=xp, lazy=not reads_values(input))
+    keep = None
+    if where is not None:
+        keep = check_where(where, tuple(input.shape[:ax]) + tuple(input.shape[ax + 1 :]), input, xp=xp, lazy=lazy)
+    index = prepare_index(target, n_classes, ignore_index, xp=xp, lazy=not reads_values(input), keep=keep)
     dtype = compute_dtype(input.dtype, xp=xp)
     w_y = None if weight is None else gather_weight(xp.astype(weight, dtype), index.safe, xp=xp)
     return _Checked(ax, index, w_y)
@@ -122,6 +127,7 @@ def nll_loss(
     reduction: str = "mean",
     *,
     axis: int | None = None,
+    where: Array | None = None,
     xp: Namespace | None = None,
 ) -> Array:
     r"""Negative log-likelihood of class-index targets given log-probabilities.
@@ -142,7 +148,7 @@ def nll_loss(
     """
     xp = namespace(_NAMES, input, target, weight, xp=xp)
     reduction = check_reduction(reduction)
-    c = _check(input, target, weight, ignore_index, axis, None, xp=xp)
+    c = _check(input, target, weight, ignore_index, axis, None, where, xp=xp)
     loss = -take_along_class_axis(as_compute(input, xp=xp), c.targets.safe, c.ax, xp=xp)
     return _reduce(loss, c, reduction, input, xp=xp)
 
@@ -155,6 +161,7 @@ def nll_loss_grad(
     reduction: str = "mean",
     *,
     axis: int | None = None,
+    where: Array | None = None,
     cotangent: Array | None = None,
     xp: Namespace | None = None,
 ) -> Array:
@@ -168,7 +175,7 @@ def nll_loss_grad(
     """
     xp = namespace(_GRAD_NAMES, input, target, weight, cotangent, xp=xp)
     reduction = check_reduction(reduction)
-    c = _check(input, target, weight, ignore_index, axis, None, xp=xp)
+    c = _check(input, target, weight, ignore_index, axis, None, where, xp=xp)
     work = as_compute(input, xp=xp)
     s = reduction_scale(cotangent, reduction, c.targets.safe, mean_weights(c.w_y, c.targets, xp=xp), work.dtype, xp=xp)
     coef = -s if c.w_y is None else -s * c.w_y
@@ -208,6 +215,7 @@ def softmax_focal_loss(
     reduction: str = "mean",
     *,
     axis: int | None = None,
+    where: Array | None = None,
     xp: Namespace | None = None,
 ) -> Array:
     r"""Multi-class (softmax) focal loss on logits and class-index targets.
@@ -236,6 +244,8 @@ def softmax_focal_loss(
     ignore_index : int, default -100
     reduction : {"mean", "sum", "none"}, default "mean"
     axis : int, optional
+    where : bool array, optional
+        optax's mask of the per-position shape: positions where it is False count as ignored.
     xp : namespace, optional
 
     Returns
@@ -254,7 +264,7 @@ def softmax_focal_loss(
     xp = namespace(_NAMES, input, target, weight, xp=xp)
     reduction = check_reduction(reduction)
     gamma = check_real(gamma, "gamma", minimum=0.0, traced=True)
-    c = _check(input, target, weight, ignore_index, axis, "softmax_focal_loss", xp=xp)
+    c = _check(input, target, weight, ignore_index, axis, "softmax_focal_loss", where, xp=xp)
     return _reduce(_focal(_target_log_prob(input, c, xp=xp), gamma, xp=xp), c, reduction, input, xp=xp)
 
 
@@ -267,6 +277,7 @@ def softmax_focal_loss_grad(
     reduction: str = "mean",
     *,
     axis: int | None = None,
+    where: Array | None = None,
     cotangent: Array | None = None,
     xp: Namespace | None = None,
 ) -> Array:
@@ -284,7 +295,7 @@ def softmax_focal_loss_grad(
     xp = namespace(_GRAD_NAMES, input, target, weight, cotangent, xp=xp)
     reduction = check_reduction(reduction)
     gamma = check_real(gamma, "gamma", minimum=0.0, traced=True)
-    c = _check(input, target, weight, ignore_index, axis, "softmax_focal_loss", xp=xp)
+    c = _check(input, target, weight, ignore_index, axis, "softmax_focal_loss", where, xp=xp)
     return _softmax_grad(input, c, reduction, cotangent,
                          lambda log_p, p_y: _focal_derivative(log_p, p_y, gamma, xp=xp), xp=xp)
 
@@ -301,6 +312,7 @@ def poly1_cross_entropy(
     reduction: str = "mean",
     *,
     axis: int | None = None,
+    where: Array | None = None,
     xp: Namespace | None = None,
 ) -> Array:
     r"""Poly-1 cross entropy: cross entropy plus ε times the first polynomial term.
@@ -331,6 +343,8 @@ def poly1_cross_entropy(
     ignore_index : int, default -100
     reduction : {"mean", "sum", "none"}, default "mean"
     axis : int, optional
+    where : bool array, optional
+        optax's mask of the per-position shape: positions where it is False count as ignored.
     xp : namespace, optional
 
     Returns
@@ -349,24 +363,25 @@ def poly1_cross_entropy(
     reduction = check_reduction(reduction)
     epsilon = check_real(epsilon, "epsilon", traced=True)
     if tuple(target.shape) == tuple(input.shape):  # probability targets: optax's poly_loss_cross_entropy
-        args, st = _poly1_probability_stats(input, target, weight, ignore_index, reduction, axis, xp=xp)
+        args, st = _poly1_probability_stats(input, target, weight, ignore_index, axis, where, xp=xp)
         ce_part = as_compute(cross_entropy_with_stats(input, target, None, args, xp=xp)[0], xp=xp)
         loss = ce_part + epsilon * (1.0 - _target_mass(input, target, args, st, xp=xp))
-        out = reduce_loss(loss, reduction, xp=xp)
+        kept = None if args.keep is None else xp.astype(args.keep, loss.dtype)
+        out = reduce_loss(loss if kept is None else loss * kept, reduction, denominator=kept, xp=xp)
         return out if out.dtype == input.dtype else xp.astype(out, input.dtype)
-    c = _check(input, target, weight, ignore_index, axis, "poly1_cross_entropy", xp=xp)
+    c = _check(input, target, weight, ignore_index, axis, "poly1_cross_entropy", where, xp=xp)
     log_p = _target_log_prob(input, c, xp=xp)
     return _reduce(epsilon * -xp.expm1(log_p) - log_p, c, reduction, input, xp=xp)
 
 
-def _poly1_probability_stats(input: Array, target: Array, weight: Array | None, ignore_index: int, reduction: str,
-                             axis: int | None, *, xp: Namespace) -> tuple[CrossEntropyArgs, Array]:
+def _poly1_probability_stats(input: Array, target: Array, weight: Array | None, ignore_index: int, axis: int | None,
+                             where: Array | None, *, xp: Namespace) -> tuple[CrossEntropyArgs, Array]:
     """Checks (cross entropy's own) and the logsumexp (class axis kept) of poly-1 with
     probability targets; per-position arguments (``reduction="none"``)."""
     if weight is not None:
         raise ValueError("poly1_cross_entropy with probability targets takes no class weight (optax's "
                          "poly_loss_cross_entropy has none); weight the targets instead, or use class indices.")
-    args = check_arguments(input, target, None, ignore_index, "none", 0.0, axis, "uniform", 0.0, xp=xp)
+    args = check_arguments(input, target, None, ignore_index, "none", 0.0, axis, "uniform", 0.0, where, xp=xp)
     work = as_compute(input, xp=xp)
     _, lse = softmax_and_lse(work, args.ax, xp=xp)
     return args, lse
@@ -387,6 +402,7 @@ def poly1_cross_entropy_grad(
     reduction: str = "mean",
     *,
     axis: int | None = None,
+    where: Array | None = None,
     cotangent: Array | None = None,
     xp: Namespace | None = None,
 ) -> Array:
@@ -405,16 +421,18 @@ def poly1_cross_entropy_grad(
     if tuple(target.shape) == tuple(input.shape):
         # d/dx [CE(q) + ε(1 - Σ y p)] = s[(Σ y) p - y] - s ε p ⊙ (y - Σ y p): cross entropy's own
         # gradient rule for the first part.
-        args, lse = _poly1_probability_stats(input, target, weight, ignore_index, "none", axis, xp=xp)
+        args, lse = _poly1_probability_stats(input, target, weight, ignore_index, axis, where, xp=xp)
         args.reduction = reduction
         g_ce = gradient(input, target, None, args, cotangent, None, xp=xp)
         work, y = as_compute(input, xp=xp), as_compute(target, xp=xp)
         p = xp.exp(work - lse)
-        s = reduction_scale(cotangent, reduction, xp.sum(p, axis=args.ax), None, work.dtype, xp=xp)
+        kept = None if args.keep is None else xp.astype(args.keep, work.dtype)
+        s = reduction_scale(cotangent, reduction, xp.sum(p, axis=args.ax), kept, work.dtype, xp=xp)
+        s = s if kept is None else s * kept
         mass = xp.expand_dims(xp.sum(y * p, axis=args.ax), axis=args.ax)
         g = as_compute(g_ce, xp=xp) - expand_at(s, args.ax, xp=xp) * epsilon * p * (y - mass)
         return like_input(g, input, xp=xp)
-    c = _check(input, target, weight, ignore_index, axis, "poly1_cross_entropy", xp=xp)
+    c = _check(input, target, weight, ignore_index, axis, "poly1_cross_entropy", where, xp=xp)
     return _softmax_grad(input, c, reduction, cotangent, lambda log_p, p_y: -1.0 - epsilon * p_y, xp=xp)
 
 
