@@ -363,9 +363,11 @@ def poly1_cross_entropy(
     reduction = check_reduction(reduction)
     epsilon = check_real(epsilon, "epsilon", traced=True)
     if tuple(target.shape) == tuple(input.shape):  # probability targets: optax's poly_loss_cross_entropy
-        args, st = _poly1_probability_stats(input, target, weight, ignore_index, axis, where, xp=xp)
-        ce_part = as_compute(cross_entropy_with_stats(input, target, None, args, xp=xp)[0], xp=xp)
-        loss = ce_part + epsilon * (1.0 - _target_mass(input, target, args, st, xp=xp))
+        args = _poly1_probability_args(input, target, weight, ignore_index, axis, where, xp=xp)
+        ce_part, st = cross_entropy_with_stats(input, target, None, args, xp=xp)
+        # The target mass from the same statistics: log Z = shift + lse, no second sweep.
+        lse = xp.expand_dims(st.shift + st.lse, axis=args.ax)
+        loss = as_compute(ce_part, xp=xp) + epsilon * (1.0 - _target_mass(input, target, args, lse, xp=xp))
         kept = None if args.keep is None else xp.astype(args.keep, loss.dtype)
         out = reduce_loss(loss if kept is None else loss * kept, reduction, denominator=kept, xp=xp)
         return out if out.dtype == input.dtype else xp.astype(out, input.dtype)
@@ -374,17 +376,14 @@ def poly1_cross_entropy(
     return _reduce(epsilon * -xp.expm1(log_p) - log_p, c, reduction, input, xp=xp)
 
 
-def _poly1_probability_stats(input: Array, target: Array, weight: Array | None, ignore_index: int, axis: int | None,
-                             where: Array | None, *, xp: Namespace) -> tuple[CrossEntropyArgs, Array]:
-    """Checks (cross entropy's own) and the logsumexp (class axis kept) of poly-1 with
-    probability targets; per-position arguments (``reduction="none"``)."""
+def _poly1_probability_args(input: Array, target: Array, weight: Array | None, ignore_index: int, axis: int | None,
+                            where: Array | None, *, xp: Namespace) -> CrossEntropyArgs:
+    """Checks (cross entropy's own) of poly-1 with probability targets; per-position
+    arguments (``reduction="none"``)."""
     if weight is not None:
         raise ValueError("poly1_cross_entropy with probability targets takes no class weight (optax's "
                          "poly_loss_cross_entropy has none); weight the targets instead, or use class indices.")
-    args = check_arguments(input, target, None, ignore_index, "none", 0.0, axis, "uniform", 0.0, where, xp=xp)
-    work = as_compute(input, xp=xp)
-    _, lse = softmax_and_lse(work, args.ax, xp=xp)
-    return args, lse
+    return check_arguments(input, target, None, ignore_index, "none", 0.0, axis, "uniform", 0.0, where, xp=xp)
 
 
 def _target_mass(input: Array, target: Array, args: CrossEntropyArgs, lse: Array, *, xp: Namespace) -> Array:
@@ -421,11 +420,11 @@ def poly1_cross_entropy_grad(
     if tuple(target.shape) == tuple(input.shape):
         # d/dx [CE(q) + ε(1 - Σ y p)] = s[(Σ y) p - y] - s ε p ⊙ (y - Σ y p): cross entropy's own
         # gradient rule for the first part.
-        args, lse = _poly1_probability_stats(input, target, weight, ignore_index, axis, where, xp=xp)
+        args = _poly1_probability_args(input, target, weight, ignore_index, axis, where, xp=xp)
         args.reduction = reduction
-        g_ce = gradient(input, target, None, args, cotangent, None, xp=xp)
         work, y = as_compute(input, xp=xp), as_compute(target, xp=xp)
-        p = xp.exp(work - lse)
+        p, lse = softmax_and_lse(work, args.ax, xp=xp)  # one softmax for both parts
+        g_ce = gradient(input, target, None, args, cotangent, lse, xp=xp)
         kept = None if args.keep is None else xp.astype(args.keep, work.dtype)
         s = reduction_scale(cotangent, reduction, xp.sum(p, axis=args.ax), kept, work.dtype, xp=xp)
         s = s if kept is None else s * kept
