@@ -16,7 +16,7 @@ from .losses.binary import (
     multilabel_soft_margin_loss,
     sigmoid_focal_loss,
 )
-from .losses.cross_entropy import cross_entropy
+from .losses.cross_entropy import LossStats, cross_entropy
 from .losses.distillation import generalized_jsd, kl_div_with_logits
 from .losses.divergence import kl_div
 from .losses.index import nll_loss, poly1_cross_entropy, softmax_focal_loss
@@ -43,6 +43,7 @@ __all__ = [
     "GeneralizedJSDLoss",
     "KLDivLoss",
     "KLDivWithLogitsLoss",
+    "LossStats",
     "MultiLabelSoftMarginLoss",
     "NLLLoss",
     "SigmoidFocalLoss",

@@ -35,6 +35,14 @@ where : bool array, optional
     optax's mask: broadcastable to the per-position loss (``input``'s shape without the class
     axis). Positions where it is False contribute 0 and leave the ``"mean"``'s denominator,
     exactly like ignored positions (index targets: ``Σ w_y`` over the kept ones).
+softcap : float > 0, optional
+    Soft-cap the logits to :math:`c\\tanh(x/c)` before the softmax (Gemma 2 uses 30).
+sample_weight : array, optional
+    Per-position weights (the per-position loss's shape): each position's loss is multiplied
+    by its weight and ``"mean"`` divides by ``Σ sample_weight · w_y`` over kept positions.
+normalizer : float or 0-d array, optional
+    ``reduction="mean"`` only: the loss is the (weighted) sum over positions divided by it,
+    e.g. the token count of the whole accumulated batch. An array is never read (no sync).
 xp : namespace, optional
     The array namespace, to skip inference."""
 

@@ -281,13 +281,25 @@ class SoftmaxSums(NamedTuple):
     lse: Array
     sums: tuple[Array, ...]
     masses: tuple[Array | float, ...]  #: ``Σ_c a_c`` of each statistic (a number where the callback gave one)
+    #: ``Σ_c p_c (x_c - shift)`` with ``p`` the softmax (when asked for: the entropy is ``lse - moment``)
+    moment: Array | None = None
+
+
+_Block = tuple[Array, Array, tuple[Array, ...], tuple[Any, ...], "Array | None"]
+
+
+def _exp_moment(e: Array, s: Array, *, xp: Namespace) -> Array:
+    """``Σ_c e_c s_c`` over axis 1 (kept), with ``e = exp(s)``: a class of no mass adds 0
+    (``0·(-inf)`` would be NaN)."""
+    return xp.sum(e * xp.where(e > 0.0, s, 0.0), axis=1, keepdims=True)
 
 
 def _block(
     x: Array, rows: slice, terms: Terms | None, *, class_chunk: int, dtype: Any, xp: Namespace,
-    work: Array | None = None,
-) -> tuple[Array, Array, tuple[Array, ...], tuple[Any, ...]]:
-    """Shift, lse and linear sums of one block ``x`` (rows × C [× B]); axis 1 kept.
+    work: Array | None = None, moment: bool = False,
+) -> _Block:
+    """Shift, lse, linear sums and (``moment``) the softmax's ``Σ p s`` of one block ``x``
+    (rows × C [× B]); axis 1 kept.
 
     ``work``, when given, is a buffer of ``x``'s shape in ``dtype`` that receives the
     shifted logits and then their exponentials (reused from block to block).
@@ -299,15 +311,17 @@ def _block(
         shift = as_dtype(finite_max(x, 1, xp=xp), dtype, xp=xp)
         s = write_into("subtract", work, x, shift, xp=xp)
         pairs = () if terms is None else tuple(terms(s, rows, slice(0, n_classes)))
-        # In place when there is a buffer: s is not needed after this.
-        lse = xp.log(xp.sum(write_into("exp", work, s, xp=xp), axis=1, keepdims=True))
-        return shift, lse, tuple(d for d, _ in pairs), tuple(m for _, m in pairs)
+        # In place when there is a buffer and no moment: s is not needed after this.
+        e = write_into("exp", None if moment else work, s, xp=xp)
+        total = xp.sum(e, axis=1, keepdims=True)
+        mom = _exp_moment(e, s, xp=xp) / total if moment else None
+        return shift, xp.log(total), tuple(d for d, _ in pairs), tuple(m for _, m in pairs), mom
 
     # Classes in chunks: online logsumexp. The running shift only grows (a +inf max is
     # replaced by 0, as in the fused formula); sums accumulated against an older shift are
     # rescaled. Linear sums are accumulated against the first chunk's shift, ref, then moved:
     # Σ a (x - shift) = Σ a (x - ref) + (ref - shift) Σ a.
-    shift = total = ref = raw_max = None
+    shift = total = ref = raw_max = mom = None
     dots: list[Any] = []
     masses: list[Any] = []
     for c0 in range(0, n_classes, class_chunk):
@@ -316,7 +330,11 @@ def _block(
         cmax = xp.max(xc, axis=1, keepdims=True)
         raw_max = cmax if raw_max is None else xp.maximum(raw_max, cmax)
         new_shift = finite_or_zero(raw_max, xp=xp)
-        part = xp.sum(xp.exp(xc - new_shift), axis=1, keepdims=True)
+        e = xp.exp(xc - new_shift)
+        part = xp.sum(e, axis=1, keepdims=True)
+        if moment:  # Σ e^(x-S)(x-S) moved to the new shift S': e^(S-S')·(m + (S-S')·total)
+            m_part = _exp_moment(e, xc - new_shift, xp=xp)
+            mom = m_part if mom is None else xp.exp(shift - new_shift) * (mom + (shift - new_shift) * total) + m_part
         total = part if total is None else total * xp.exp(shift - new_shift) + part
         shift = new_shift
         if ref is None:
@@ -329,7 +347,8 @@ def _block(
                 else:
                     dots[k], masses[k] = dots[k] + dot, masses[k] + mass
     delta = ref - shift
-    return shift, xp.log(total), tuple(d + delta * m for d, m in zip(dots, masses)), tuple(masses)
+    return (shift, xp.log(total), tuple(d + delta * m for d, m in zip(dots, masses)), tuple(masses),
+            None if mom is None else mom / total)
 
 
 # --- the driver -----------------------------------------------------------------------------
@@ -370,7 +389,7 @@ if hasattr(os, "register_at_fork"):  # POSIX
 
 
 def softmax_sums(x: Array, *, xp: Namespace, terms: Terms | None = None, compute_dtype: Any = None,
-                 blocked: bool = True) -> SoftmaxSums:
+                 blocked: bool = True, moment: bool = False) -> SoftmaxSums:
     """Per-row shift, logsumexp and linear statistics of ``x`` along axis 1.
 
     Parameters
@@ -386,41 +405,41 @@ def softmax_sums(x: Array, *, xp: Namespace, terms: Terms | None = None, compute
         True: blocks of rows (and class chunks) by :func:`plan`, on the thread pool where
         the library releases the GIL. False: the fused formula, one block, no Python loop,
         so it traces into one ``jax.jit`` program and keeps Dask's own chunking.
+    moment : bool
+        Also ``SoftmaxSums.moment``, the softmax's mean of the shifted logits (the entropy
+        is ``lse - moment``), from the same exponentials.
     """
     if x.ndim not in (2, 3):
         raise ValueError(f"softmax_sums wants a (A, C) or (A, C, B) array; got shape {tuple(x.shape)}.")
     dtype = compute_dtype if compute_dtype is not None else default_compute_dtype(x.dtype, xp=xp)
     if not blocked:
-        shift, lse, sums, masses = _block(x, slice(None), terms, class_chunk=x.shape[1], dtype=dtype, xp=xp)
-        # Indexing drops the kept axis: cheaper than a wrapped squeeze for dispatch-bound calls.
-        return SoftmaxSums(shift[:, 0, ...], lse[:, 0, ...], tuple(t[:, 0, ...] for t in sums),
-                           tuple(_drop_axis(m) for m in masses))
-    p = plan(x, xp=xp, compute_dtype=dtype)
-    reuse = p.class_chunk >= x.shape[1] and writes_into(x)
+        parts = [_block(x, slice(None), terms, class_chunk=x.shape[1], dtype=dtype, xp=xp, moment=moment)]
+    else:
+        p = plan(x, xp=xp, compute_dtype=dtype)
+        reuse = p.class_chunk >= x.shape[1] and writes_into(x)
 
-    def run(i0: int, i1: int, work: Array | None) -> tuple[Array, Array, tuple[Array, ...], tuple[Any, ...]]:
-        return _block(x[i0:i1, ...], slice(i0, i1), terms, class_chunk=p.class_chunk, dtype=dtype, xp=xp, work=work)
+        def run(i0: int, i1: int, work: Array | None) -> _Block:
+            return _block(x[i0:i1, ...], slice(i0, i1), terms, class_chunk=p.class_chunk, dtype=dtype, xp=xp,
+                          work=work, moment=moment)
 
-    parts = map_rows(run, x, p, buffer_dtype=dtype if reuse else None, xp=xp)
+        parts = map_rows(run, x, p, buffer_dtype=dtype if reuse else None, xp=xp)
     if not parts:  # no rows: empty statistics
         empty = xp.zeros((0, *x.shape[2:]), dtype=dtype, device=device_of(x))
         n_terms = 0 if terms is None else len(terms(xp.zeros((0, *x.shape[1:]), dtype=dtype, device=device_of(x)),
                                                     slice(0, 0), slice(0, x.shape[1])))
-        return SoftmaxSums(empty, empty, (empty,) * n_terms, (empty,) * n_terms)
+        return SoftmaxSums(empty, empty, (empty,) * n_terms, (empty,) * n_terms, empty if moment else None)
 
     def joined(col: list[Any]) -> Any:
-        if isinstance(col[0], float) or col[0].ndim == 0:  # the same number for every row
+        if col[0] is None or isinstance(col[0], float) or col[0].ndim == 0:  # the same number for every row
             return col[0]
+        # Indexing drops the kept axis: cheaper than a wrapped squeeze for dispatch-bound calls.
         return (col[0] if len(col) == 1 else xp.concat(col, axis=0))[:, 0, ...]
 
     n_terms = len(parts[0][2])
     return SoftmaxSums(joined([q[0] for q in parts]), joined([q[1] for q in parts]),
                        tuple(joined([q[2][k] for q in parts]) for k in range(n_terms)),
-                       tuple(joined([q[3][k] for q in parts]) for k in range(n_terms)))
-
-
-def _drop_axis(m: Any) -> Any:
-    return m if isinstance(m, float) or m.ndim == 0 else m[:, 0, ...]
+                       tuple(joined([q[3][k] for q in parts]) for k in range(n_terms)),
+                       joined([q[4] for q in parts]))
 
 
 T = TypeVar("T")

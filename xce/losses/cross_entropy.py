@@ -46,7 +46,7 @@ from .._namespace import (
 from .._namespace import compute_dtype as default_compute_dtype
 from .._reduce import reduce_loss, reduction_scale
 from .._registry import adapter_for, register_gradient
-from .._softmax import softmax_and_lse
+from .._softmax import logsumexp, softmax_and_lse
 from .._targets import IndexTarget, class_ids, gather_weight, mask_loss, mean_weights, prepare_index
 from .._validate import (
     check_choice,
@@ -68,14 +68,20 @@ from ..labels import SMOOTHING_MODES, smoothing_coefficients, uniform_equivalent
 __all__ = [
     "SIGNATURE",
     "CrossEntropyArgs",
+    "Extras",
+    "LossStats",
     "Options",
     "RowStats",
     "bind_arguments",
     "check_arguments",
+    "check_extras",
     "check_options",
+    "check_positive",
     "cross_entropy",
+    "cross_entropy_extras",
     "cross_entropy_grad",
     "cross_entropy_with_stats",
+    "extras_gradient",
     "fused_stats",
     "gradient",
     "gradient_coefficients",
@@ -84,6 +90,7 @@ __all__ = [
     "probability_target_gradient",
     "row_stats",
     "smoothing_coefficients",
+    "softcap_logits",
 ]
 
 _NAMES = ("input", "target", "weight")
@@ -234,6 +241,7 @@ class RowStats(NamedTuple):
     class_sum: Array | None = None
     prob_dot: Array | None = None
     prob_mass: Array | None = None
+    moment: Array | None = None  #: ``Σ_c p_c s_c`` (when asked for): the entropy is ``lse - moment``
 
 
 def _smoothed(q: Array, w: Array | None, eps: float, n_classes: int, dtype: Any, *, xp: Namespace) -> Array:
@@ -275,10 +283,10 @@ def _terms(weight: Array | None, probs: Array | None, *, ndim: int, class_sum: b
 
 
 def _stats(x: Array, index: Array | None, *, xp: Namespace, weight: Array | None, class_sum: bool,
-           probs: Array | None, smoothing: float, dtype: Any, blocked: bool) -> RowStats:
+           probs: Array | None, smoothing: float, dtype: Any, blocked: bool, moment: bool = False) -> RowStats:
     terms = _terms(weight, probs, ndim=x.ndim, class_sum=class_sum, smoothing=smoothing, n_classes=x.shape[1],
                    dtype=dtype, xp=xp)
-    st = _engine.softmax_sums(x, xp=xp, terms=terms, compute_dtype=dtype, blocked=blocked)
+    st = _engine.softmax_sums(x, xp=xp, terms=terms, compute_dtype=dtype, blocked=blocked, moment=moment)
     target = None
     if index is not None:
         # Gathered from x, not from the shifted logits: O(N), and XLA then fuses the shift
@@ -286,12 +294,12 @@ def _stats(x: Array, index: Array | None, *, xp: Namespace, weight: Array | None
         target = as_dtype(take_along_class_axis(x, index, 1, xp=xp), dtype, xp=xp) - st.shift
     csum = st.sums[0] if class_sum else None
     pdot, pmass = (st.sums[-1], st.masses[-1]) if probs is not None else (None, None)
-    return RowStats(st.shift, st.lse, target, csum, pdot, pmass)
+    return RowStats(st.shift, st.lse, target, csum, pdot, pmass, st.moment)
 
 
 def row_stats(x: Array, index: Array | None = None, *, xp: Namespace, weight: Array | None = None,
               class_sum: bool = False, probs: Array | None = None, smoothing: float = 0.0,
-              compute_dtype: Any = None) -> RowStats:
+              compute_dtype: Any = None, moment: bool = False) -> RowStats:
     """Blocked cross-entropy statistics of ``x`` (``(A, C)`` or ``(A, C, B)``, classes on axis 1).
 
     ``index``: valid class indices (``(A,)`` / ``(A, B)``) for ``RowStats.target``; ``weight``:
@@ -301,7 +309,7 @@ def row_stats(x: Array, index: Array | None = None, *, xp: Namespace, weight: Ar
     """
     dtype = compute_dtype if compute_dtype is not None else default_compute_dtype(x.dtype, xp=xp)
     return _stats(x, index, xp=xp, weight=weight, class_sum=class_sum, probs=probs, smoothing=smoothing,
-                  dtype=dtype, blocked=True)
+                  dtype=dtype, blocked=True, moment=moment)
 
 
 def fused_stats(x: Array, index: Array | None = None, *, xp: Namespace, weight: Array | None = None,
@@ -315,7 +323,7 @@ def fused_stats(x: Array, index: Array | None = None, *, xp: Namespace, weight: 
 
 def statistics(x: Array, ax: int, *, xp: Namespace, lazy: bool, index: Array | None = None,
                weight: Array | None = None, class_sum: bool = False, probs: Array | None = None,
-               smoothing: float = 0.0, dtype: Any) -> RowStats:
+               smoothing: float = 0.0, dtype: Any, moment: bool = False) -> RowStats:
     """Per-position statistics of ``x`` along ``ax``, shaped like ``x`` without ``ax``.
 
     ``x`` is viewed as ``(A, C)`` or ``(A, C, B)`` (the axes before and after the class axis
@@ -333,10 +341,10 @@ def statistics(x: Array, ax: int, *, xp: Namespace, lazy: bool, index: Array | N
     x3, index3, probs3 = view(x, shape), view(index, shape[:1] + shape[2:]), view(probs, shape)
     if not lazy and _engine.supports(x):
         st = row_stats(x3, index3, xp=xp, weight=weight, class_sum=class_sum, probs=probs3, smoothing=smoothing,
-                       compute_dtype=dtype)
+                       compute_dtype=dtype, moment=moment)
     else:  # the fused formula (JAX, Dask, small inputs)
         st = _stats(x3, index3, xp=xp, weight=weight, class_sum=class_sum, probs=probs3, smoothing=smoothing,
-                    dtype=dtype, blocked=False)
+                    dtype=dtype, blocked=False, moment=moment)
     return RowStats(*(view(f, out_shape) for f in st))
 
 
@@ -356,6 +364,10 @@ def cross_entropy(
     label_smoothing_mode: str = "uniform",
     z_loss: float = 0.0,
     where: Array | None = None,
+    softcap: float | None = None,
+    sample_weight: Array | None = None,
+    normalizer: float | Array | None = None,
+    return_stats: bool = False,
     xp: Namespace | None = None,
 ) -> Array:
     r"""Cross entropy between logits and class-index or class-probability targets.
@@ -395,16 +407,28 @@ def cross_entropy(
     positions, like the cross-entropy part), so ``z`` means the same with or without
     ``weight``. ``"sum"`` adds the two sums.
 
+    **For LLM training** (all off by default, so the default is PyTorch's answer):
+    ``softcap=c`` replaces the logits by :math:`c\tanh(x/c)` first (Gemma 2);
+    ``sample_weight`` :math:`s_i` multiplies each position's loss (z term included) and
+    ``"mean"`` then divides by :math:`\sum_i s_i w_{y_i}` over kept positions (the z part by
+    :math:`\sum_i s_i`); ``normalizer=n`` makes the loss :math:`\sum_i s_i l_i / n`, whatever
+    the batch holds (gradient accumulation, data parallelism: HF's ``num_items_in_batch``);
+    ``return_stats=True`` returns ``(loss, LossStats)`` from the same pass over the logits.
+
     Parameters
     ----------
     {parameters}
+
+    return_stats : bool, default False
+        Return ``(loss, stats)``, ``stats`` an :class:`xce.LossStats` (per-position logsumexp,
+        the z term alone, accuracy, per-position entropy), from the same pass over the logits.
 
     Returns
     -------
     array
         In ``input``'s library, device and dtype: 0-d for ``"mean"``/``"sum"``, the
         target's shape (index targets) or ``input``'s shape without the class axis for
-        ``"none"``.
+        ``"none"``. With ``return_stats=True``, ``(loss, LossStats)``.
 
     Raises
     ------
@@ -424,6 +448,10 @@ def cross_entropy(
     0.3518
     """
     xp = namespace(_NAMES if where is None else (*_NAMES, "where"), input, target, weight, where, xp=xp)
+    if softcap is not None or sample_weight is not None or normalizer is not None or return_stats is not False:
+        given = (ignore_index, reduction, label_smoothing, axis, label_smoothing_mode, z_loss)
+        extras = _extras(input, given, softcap, sample_weight, normalizer, return_stats, xp=xp)
+        return cross_entropy_extras(input, target, weight, given, where, extras, xp=xp)
     adapter = adapter_for(input)
     if adapter is not None:
         # The library's own kernel where it computes exactly this function and measures faster.
@@ -441,9 +469,18 @@ def cross_entropy(
     return cross_entropy_with_stats(input, target, weight, args, xp=xp)[0]
 
 
-# cross_entropy's parameters without ``xp``: what the adapters' wrappers take.
+def _extras(input: Array, options: tuple[Any, ...], softcap: object, sample_weight: Array | None,
+            normalizer: object, return_stats: object, *, xp: Namespace) -> Extras:
+    if sample_weight is not None:
+        namespace(("input", "sample_weight"), input, sample_weight, xp=xp)
+    return check_extras(input, class_axis(input, options[3]), check_reduction(options[1]), softcap, sample_weight,
+                        normalizer, return_stats, xp=xp)
+
+
+# cross_entropy's parameters without ``xp`` and the LLM extras: what the adapters' wrappers take.
+_EXTRAS = ("softcap", "sample_weight", "normalizer", "return_stats", "xp")
 SIGNATURE = inspect.signature(cross_entropy).replace(
-    parameters=[p for name, p in inspect.signature(cross_entropy).parameters.items() if name != "xp"])
+    parameters=[p for name, p in inspect.signature(cross_entropy).parameters.items() if name not in _EXTRAS])
 
 
 def bind_arguments(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, ...]:
@@ -461,16 +498,18 @@ def _kept_count(args: CrossEntropyArgs, *, xp: Namespace) -> Array | None:
 
 
 def cross_entropy_with_stats(
-    input: Array, target: Array, weight: Array | None, args: CrossEntropyArgs, *, xp: Namespace
+    input: Array, target: Array, weight: Array | None, args: CrossEntropyArgs, *, xp: Namespace,
+    moment: bool = False,
 ) -> tuple[Array, RowStats]:
     """:func:`cross_entropy` of checked arguments (the definition, never dispatched), and the
     per-position statistics it was computed from (``st.shift + st.lse`` is the logsumexp an
-    analytic backward needs)."""
+    analytic backward needs; ``moment``: also ``st.moment``, for the entropy)."""
     dtype = compute_dtype(input.dtype, xp=xp)
     w = None if weight is None else xp.astype(weight, dtype)
     index, eps, z, n_classes = args.index, args.eps, args.z, args.n_classes
     if index is None:  # probability targets
-        st = statistics(input, args.ax, xp=xp, lazy=args.lazy, weight=w, probs=target, smoothing=eps, dtype=dtype)
+        st = statistics(input, args.ax, xp=xp, lazy=args.lazy, weight=w, probs=target, smoothing=eps, dtype=dtype,
+                        moment=moment)
         loss = st.prob_mass * st.lse - st.prob_dot  # -Σ_c q̃_c ℓ_c
         if maybe_nonzero(z):
             loss = loss + z * (st.lse + st.shift) ** 2  # same count denominator as the cross-entropy part
@@ -479,7 +518,7 @@ def cross_entropy_with_stats(
         out = reduce_loss(loss, args.reduction, denominator=_kept_count(args, xp=xp), xp=xp)
     else:
         st = statistics(input, args.ax, xp=xp, lazy=args.lazy, index=index.safe, weight=w, class_sum=maybe_nonzero(eps),
-                        dtype=dtype)
+                        dtype=dtype, moment=moment)
         w_y = None if w is None else gather_weight(w, index.safe, xp=xp)
         w_sum = n_classes if w is None else xp.sum(w)
         loss = mask_loss(index_loss(st.lse, st.target, st.class_sum, w_y, w_sum, eps, n_classes), index, xp=xp)
@@ -824,6 +863,9 @@ def cross_entropy_grad(
     label_smoothing_mode: str = "uniform",
     z_loss: float = 0.0,
     where: Array | None = None,
+    softcap: float | None = None,
+    sample_weight: Array | None = None,
+    normalizer: float | Array | None = None,
     cotangent: Array | None = None,
     xp: Namespace | None = None,
 ) -> Array:
@@ -848,9 +890,240 @@ def cross_entropy_grad(
     [[-0.5, 0.5], [0.0, 0.0]]
     """
     xp = namespace((*_NAMES, "cotangent", "where"), input, target, weight, cotangent, where, xp=xp)
+    if softcap is not None or sample_weight is not None or normalizer is not None:
+        given = (ignore_index, reduction, label_smoothing, axis, label_smoothing_mode, z_loss)
+        extras = _extras(input, given, softcap, sample_weight, normalizer, False, xp=xp)
+        return extras_gradient(input, target, weight, given, where, extras, cotangent, xp=xp)
     args = check_arguments(input, target, weight, ignore_index, reduction, label_smoothing, axis,
                            label_smoothing_mode, z_loss, where, xp=xp)
     return gradient(input, target, weight, args, cotangent, None, xp=xp)
+
+
+# --- LLM extras: soft-capping, per-position weights, a global normaliser, statistics ----------
+
+
+class LossStats(NamedTuple):
+    r"""What the pass that computed the loss also gives (``return_stats=True``).
+
+    * ``lse``: :math:`\log\sum_c e^{x_c}` of the (soft-capped) logits per position (the target's
+      shape; every position, ignored ones too);
+    * ``z_loss``: the z term :math:`z\,\mathrm{lse}^2` alone, reduced like the loss (0 when
+      ``z_loss=0``), for logging;
+    * ``accuracy``: 0-d, the fraction of kept positions whose largest logit is the target's
+      (probability targets: the target's largest entry); a tie with the target counts as a hit;
+    * ``entropy``: per position, :math:`-\sum_c p_c \log p_c` of the softmax.
+
+    Examples
+    --------
+    >>> import numpy as np, xce
+    >>> logits = np.asarray([[2.0, 0.0, 0.0], [0.0, 0.0, 0.0], [1.0, 3.0, 0.0]])
+    >>> loss, stats = xce.cross_entropy(logits, np.asarray([0, 1, -100]), z_loss=1e-4, return_stats=True)
+    >>> float(stats.accuracy), stats.lse.round(4), stats.entropy.round(4)
+    (1.0, array([2.2395, 1.0986, 3.1698]), array([0.6656, 1.0986, 0.5243]))
+    >>> round(float(stats.z_loss), 6)
+    0.000311
+    """
+
+    lse: Array
+    z_loss: Array
+    accuracy: Array
+    entropy: Array
+
+
+@dataclass(frozen=True, slots=True)
+class Extras:
+    """:func:`cross_entropy`'s LLM-training arguments, checked."""
+
+    softcap: Any = None  #: None, a float > 0 or a 0-d (traced) array
+    sample_weight: Array | None = None  #: per-position weights, the per-position loss's shape
+    normalizer: Any = None  #: None, a float > 0 or a 0-d array: replaces the "mean" denominator
+    return_stats: bool = False
+
+
+def check_positive(value: object, name: str, hint: str = "") -> Any:
+    """A finite float > 0; a 0-d traced array passes, NaN where it is not > 0 (lazy contract)."""
+    out = check_real(value, name, traced=True, hint=hint)
+    if isinstance(out, float):
+        if out <= 0.0:
+            raise ValueError(f"{name} must be a finite float > 0; got {value!r}.{hint}")
+        return out
+    xp = namespace((name,), out)
+    return xp.where(out > 0.0, out, float("nan"))
+
+
+def check_extras(input: Array, ax: int, reduction: str, softcap: object, sample_weight: Array | None,
+                 normalizer: object, return_stats: object, *, xp: Namespace) -> Extras:
+    """Checks of ``softcap``, ``sample_weight``, ``normalizer`` and ``return_stats`` (errors name
+    the argument and the fix; array values are never read)."""
+    cap = None if softcap is None else check_positive(softcap, "softcap", " Gemma 2 uses 30.0; None: no cap.")
+    per_position = tuple(input.shape[:ax]) + tuple(input.shape[ax + 1 :])
+    if sample_weight is not None:
+        check_floating(sample_weight, "sample_weight", xp=xp)
+        if tuple(sample_weight.shape) != per_position:
+            raise ValueError(f"sample_weight must have the per-position loss's shape {per_position} (the target's "
+                             f"shape for class indices); got shape {tuple(sample_weight.shape)}.")
+    if normalizer is not None:
+        if reduction != "mean":
+            raise ValueError(f"normalizer= replaces the 'mean' denominator, so it needs reduction='mean'; got "
+                             f"reduction={reduction!r}. Drop normalizer, or use reduction='mean'.")
+        shape = tuple(getattr(normalizer, "shape", ()))
+        if shape:
+            raise ValueError(f"normalizer must be a number or a 0-d array (e.g. the batch's token count); got shape "
+                             f"{shape}.")
+        if not hasattr(normalizer, "shape"):
+            normalizer = check_positive(normalizer, "normalizer")
+    if not isinstance(return_stats, bool):
+        raise TypeError(f"return_stats must be True or False; got {return_stats!r}.")
+    return Extras(cap, sample_weight, normalizer, return_stats)
+
+
+def softcap_logits(x: Array, cap: Any, *, xp: Namespace) -> Array:
+    """``cap·tanh(x/cap)`` (Gemma 2's soft-capping), in ``x``'s dtype."""
+    c = cap if isinstance(cap, float) else as_dtype(cap, x.dtype, xp=xp)
+    return c * xp.tanh(x / c)
+
+
+def _z_apart(args: CrossEntropyArgs, weight: Array | None, extras: Extras) -> bool:
+    """Whether the z term is reduced apart: under a class-weighted "mean" its denominator (Σ
+    sample weights) differs from the cross-entropy part's (Σ sample weight · w_y)."""
+    return maybe_nonzero(args.z) and weight is not None and args.reduction == "mean" and extras.normalizer is None
+
+
+def _denominators(x: Array, args: CrossEntropyArgs, weight: Array | None, sw: Array | None, dtype: Any, *,
+                  xp: Namespace) -> tuple[Array, Array]:
+    """Per-position weights of the "mean" denominators, times the sample weight: the
+    cross-entropy part's (``w_y`` at kept positions; 1 at kept ones for probability targets)
+    and the z term's (1 at kept positions)."""
+    per_position = tuple(x.shape[: args.ax]) + tuple(x.shape[args.ax + 1 :])
+    kept = xp.ones(per_position, dtype=dtype, device=device_of(x))
+    ce_w = kept
+    if args.index is None:
+        kept = ce_w = kept if args.keep is None else xp.where(args.keep, kept, 0.0)
+    else:
+        if args.index.ignored is not None:
+            kept = ce_w = xp.where(args.index.ignored, 0.0, kept)
+        if weight is not None:
+            ce_w = kept * gather_weight(xp.astype(weight, dtype), args.index.safe, xp=xp)
+    return (ce_w, kept) if sw is None else (ce_w * sw, kept * sw)
+
+
+def _reduce_weighted(per: Array, sw: Array | None, den_w: Array, reduction: str, normalizer: Any, *,
+                     xp: Namespace) -> Array:
+    """``Σ sw·l`` over ``Σ den_w`` (or over ``normalizer``) for "mean", the sum, or ``sw·l``."""
+    v = per if sw is None else per * sw
+    if reduction == "none":
+        return v
+    total = xp.sum(v)
+    if reduction == "sum":
+        return total
+    return total / (xp.sum(den_w) if normalizer is None else normalizer)
+
+
+def _scale(cotangent: Array | None, reduction: str, sw: Array | None, den_w: Array, normalizer: Any, *,
+           xp: Namespace) -> Array:
+    """The per-position derivative of :func:`_reduce_weighted` times the cotangent."""
+    s = xp.ones_like(den_w) if cotangent is None else xp.astype(cotangent, den_w.dtype) * xp.ones_like(den_w)
+    if sw is not None:
+        s = s * sw
+    if reduction == "mean":
+        s = s / (xp.sum(den_w) if normalizer is None else normalizer)
+    return s
+
+
+class _Prepared(NamedTuple):
+    x: Array  # the (soft-capped) logits
+    args: CrossEntropyArgs  # checked, reduction "none", the z term left out when it is reduced apart
+    z: Any  # the checked z coefficient
+    apart: bool  # the z term reduced apart (its own "mean" denominator)
+    sw: Array | None
+    ce_w: Array  # the cross-entropy part's "mean" denominator weights (sample weights included)
+    kept: Array  # the z term's
+    normalizer: Any
+
+
+def _prepare(input: Array, target: Array, weight: Array | None, options: tuple[Any, ...], where: Array | None,
+             extras: Extras, *, xp: Namespace) -> _Prepared:
+    ignore_index, reduction, label_smoothing, axis, mode, z_loss = options
+    x = input if extras.softcap is None else softcap_logits(input, extras.softcap, xp=xp)
+    args = check_arguments(x, target, weight, ignore_index, reduction, label_smoothing, axis, mode, z_loss, where,
+                           xp=xp)
+    apart, z = _z_apart(args, weight, extras), args.z
+    dtype = compute_dtype(input.dtype, xp=xp)
+    sw = None if extras.sample_weight is None else as_dtype(extras.sample_weight, dtype, xp=xp)
+    ce_w, kept = _denominators(x, args, weight, sw, dtype, xp=xp)
+    norm = extras.normalizer
+    norm = norm if norm is None or isinstance(norm, float) else as_dtype(norm, dtype, xp=xp)
+    args.reduction, args.z = "none", (0.0 if apart else z)
+    return _Prepared(x, args, z, apart, sw, ce_w, kept, norm)
+
+
+def _z_term(lse: Array, z: Any, kept: Array, *, xp: Namespace) -> Array:
+    """``z·lse²`` at kept positions, 0 elsewhere (whatever ``lse`` is there)."""
+    return xp.where(kept != 0.0, z * lse**2, 0.0)
+
+
+def _accuracy(x: Array, target: Array, st: RowStats, args: CrossEntropyArgs, kept: Array, *, xp: Namespace) -> Array:
+    """Fraction of kept positions whose largest logit is the target's (``st.target`` is
+    ``x_y - max``: 0 exactly at a hit)."""
+    if args.index is None:
+        top = xp.argmax(target, axis=args.ax)
+        gap = as_dtype(take_along_class_axis(x, top, args.ax, xp=xp), st.shift.dtype, xp=xp) - st.shift
+    else:
+        gap = st.target
+    on = kept != 0.0
+    return xp.sum(xp.astype(on & (gap >= 0.0), kept.dtype)) / xp.sum(xp.astype(on, kept.dtype))
+
+
+def cross_entropy_extras(input: Array, target: Array, weight: Array | None, options: tuple[Any, ...],
+                         where: Array | None, extras: Extras, *, xp: Namespace) -> Array | tuple[Array, LossStats]:
+    """:func:`cross_entropy` with ``softcap``, ``sample_weight``, ``normalizer`` or
+    ``return_stats``: the per-position loss (through the adapters, so each framework's fast
+    derivative serves; with ``return_stats`` the definition, whose one pass also gives the
+    statistics), then the weighted reduction in plain array operations (differentiable
+    everywhere, in ``sample_weight`` and an array ``normalizer`` too)."""
+    reduction = options[1]
+    pr = _prepare(input, target, weight, options, where, extras, xp=xp)
+    args, st, lse = pr.args, None, None
+    if extras.return_stats:
+        per, st = cross_entropy_with_stats(pr.x, target, weight, args, xp=xp, moment=True)
+        lse = st.shift + st.lse
+    else:
+        per = cross_entropy(pr.x, target, weight, args.ignore_index, "none", args.eps, axis=args.ax, z_loss=args.z,
+                            where=where, xp=xp)
+        if pr.apart:
+            lse = logsumexp(as_dtype(pr.x, pr.kept.dtype, xp=xp), axis=args.ax, xp=xp)
+    loss = _reduce_weighted(per, pr.sw, pr.ce_w, reduction, pr.normalizer, xp=xp)
+    if pr.apart:
+        loss = loss + _reduce_weighted(_z_term(lse, pr.z, pr.kept, xp=xp), pr.sw, pr.kept, reduction, pr.normalizer,
+                                       xp=xp)
+    loss = as_dtype(loss, input.dtype, xp=xp)
+    if st is None:
+        return loss
+    z_stat = _reduce_weighted(_z_term(lse, pr.z, pr.kept, xp=xp), pr.sw, pr.kept, reduction, pr.normalizer, xp=xp)
+    stats = LossStats(as_dtype(lse, input.dtype, xp=xp), as_dtype(z_stat, input.dtype, xp=xp),
+                      _accuracy(pr.x, target, st, args, pr.kept, xp=xp),
+                      as_dtype(st.lse - st.moment, input.dtype, xp=xp))
+    return loss, stats
+
+
+def extras_gradient(input: Array, target: Array, weight: Array | None, options: tuple[Any, ...],
+                    where: Array | None, extras: Extras, cotangent: Array | None, *, xp: Namespace) -> Array:
+    r"""The gradient of :func:`cross_entropy_extras` w.r.t. ``input``: the rule of
+    :func:`gradient` for ``"none"`` with the weighted reduction's per-position scale as its
+    cotangent, the z term's own scale where it is reduced apart, and the soft cap's chain
+    factor :math:`1 - 	anh^2(x/c) = 1 - (y/c)^2`."""
+    pr = _prepare(input, target, weight, options, where, extras, xp=xp)
+    s = _scale(cotangent, options[1], pr.sw, pr.ce_w, pr.normalizer, xp=xp)
+    g = gradient(pr.x, target, weight, pr.args, s, None, xp=xp)
+    if pr.apart:
+        p, lse = softmax_and_lse(pr.x, pr.args.ax, dtype=pr.kept.dtype, xp=xp)
+        s_z = _scale(cotangent, options[1], pr.sw, pr.kept, pr.normalizer, xp=xp)
+        coef = xp.where(pr.kept != 0.0, s_z * (2.0 * pr.z) * xp.squeeze(lse, axis=pr.args.ax), 0.0)
+        g = g + as_dtype(expand_at(coef, pr.args.ax, xp=xp) * p, g.dtype, xp=xp)
+    if extras.softcap is not None:
+        c = extras.softcap if isinstance(extras.softcap, float) else as_dtype(extras.softcap, g.dtype, xp=xp)
+        g = g * (1.0 - (pr.x / c) ** 2)
+    return like_input(g, input, xp=xp)
 
 
 register_gradient(cross_entropy, cross_entropy_grad)
