@@ -147,8 +147,8 @@ def test_many_vocabulary_chunks_and_skewed_targets(backend, monkeypatch, block_r
     t[[0, 16]] = -100
     kwargs = {"label_smoothing": 0.2, "z_loss": 0.05}
     loss, (dh, dw, db) = xce.grad.value_and_grad(linear_cross_entropy)(
-        backend.asarray(H), backend.asarray(W), backend.asarray(t), linear_bias=backend.asarray(B), block_rows=block_rows,
-        **kwargs)
+        backend.asarray(H), backend.asarray(W), backend.asarray(t), linear_bias=backend.asarray(B),
+        block_rows=block_rows, **kwargs)
     h, w, b = (torch.tensor(a, requires_grad=True) for a in (H, W, B))
     logits = F.linear(h, w, b)
     tt = torch.from_numpy(t)

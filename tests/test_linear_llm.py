@@ -123,7 +123,8 @@ def _gradients(backend, h, t, kwargs, bias, cot):
             return (out * (1.0 if cot is None else backend.asarray(cot))).sum()
 
         grads = jax.jit(jax.grad(f, argnums=(0, 1, 2) if bias else (0, 1)))(backend.asarray(h), backend.asarray(W), lb)
-        loss = xce.linear_cross_entropy(backend.asarray(h), backend.asarray(W), backend.asarray(t), linear_bias=lb, **kw)
+        loss = xce.linear_cross_entropy(backend.asarray(h), backend.asarray(W), backend.asarray(t), linear_bias=lb,
+                                        **kw)
         return (loss, *grads, None) if not bias else (loss, *grads)
     loss, grads = xce.value_and_grad(xce.linear_cross_entropy)(
         backend.asarray(h), backend.asarray(W), backend.asarray(t), linear_bias=lb, block_rows=3,
@@ -145,8 +146,11 @@ def test_gradients(backend, name, kwargs, bias):
             assert_close_to(g, r, dtype=backend.xp.float64, backend=backend)
 
 
-@pytest.mark.parametrize("kwargs", [{}, {"sample_weight": SW3, "weight": CW, "z_loss": 0.1},
-                                    {"reduction": "none", "softcap": 2.0}, {"reduction": "sum", "label_smoothing": 0.1}])
+SHIFT_CASES = [{}, {"sample_weight": SW3, "weight": CW, "z_loss": 0.1}, {"reduction": "none", "softcap": 2.0},
+               {"reduction": "sum", "label_smoothing": 0.1}]
+
+
+@pytest.mark.parametrize("kwargs", SHIFT_CASES)
 def test_shift(backend, kwargs):
     """shift=True: position t predicts target t+1, the last position is dropped; equal to the
     written-out shifted definition, values and gradients."""

@@ -141,9 +141,9 @@ def _migrate(fn: _Fn) -> _Fn:
         weight = kwargs.get("weight")
         if len(args) < 2 and "linear_weight" not in kwargs and getattr(weight, "ndim", 1) == 2:
             raise TypeError(
-                f"{name}(weight=<{tuple(weight.shape)} matrix>) without linear_weight: weight= now means the class "
-                "weights of F.cross_entropy (shape (V,)), as in PyTorch 2.13. Pass the linear layer's (V, D) "
-                f"matrix as linear_weight=..., e.g. {name}(input, linear_weight, target)."
+                f"{name}(weight=<{tuple(getattr(weight, 'shape', ()))} matrix>) without linear_weight: weight= now "
+                "means the class weights of F.cross_entropy (shape (V,)), as in PyTorch 2.13. Pass the linear "
+                f"layer's (V, D) matrix as linear_weight=..., e.g. {name}(input, linear_weight, target)."
             )
         return fn(*args, **kwargs)
 
