@@ -17,9 +17,16 @@ themselves (``dh`` N·D and ``dW`` V·D floats, which any implementation returns
   allocation and free events of ``torch.profiler`` (``profile_memory=True``), summed in
   time order. It is not fooled by allocator caching, but does not see non-tensor buffers.
 
-Time: one more subprocess alternates the two variants ``repeats`` times, so that both see the
+Time: one more subprocess alternates the variants ``repeats`` times, so that both see the
 same machine load (it may be shared), and reports each variant's best and median time and
-the median of the per-round ratios fused/unfused. Compare ratios, not seconds.
+the median of the per-round ratios against the first variant. Compare ratios, not seconds.
+
+Cases (``--case``, default ``default``): ``default`` fused vs unfused; ``shift`` causal
+``shift=True`` on ``(1, N, D)`` vs the explicitly shifted call on a shifted copy of the hidden
+states; ``ignored`` half the targets ``ignore_index`` (dropped before the matmul) vs none,
+and the unfused path on the same; ``torch`` PyTorch 2.13's own ``F.linear_cross_entropy``
+without and with ``options=LinearCrossEntropyOptions()`` vs xce. For example
+``python -m benchmarks.linear_ce 512 64 2000 2 --case torch`` (small, to check it runs).
 """
 
 from __future__ import annotations
@@ -37,6 +44,7 @@ from xce.linear import linear_cross_entropy
 
 mode, n, d, v, repeats, block_rows = sys.argv[1], *map(int, sys.argv[2:7])
 block_rows = block_rows or None
+variants = tuple(sys.argv[7].split(",")) if mode == "time" else (mode,)
 
 def make(n, d, v):
     torch.manual_seed(0)
@@ -44,12 +52,24 @@ def make(n, d, v):
     w = (torch.randn(v, d) * d ** -0.5).requires_grad_(True)
     return h, w, torch.randint(0, v, (n,))
 
+def loss_of(h, w, t, variant):
+    if variant.endswith("ignore50"):
+        t = t.clone()
+        t[::2] = -100  # half the rows ignored (padding, prompt tokens)
+    if variant.startswith("unfused"):
+        return F.cross_entropy(F.linear(h, w), t)
+    if variant.startswith("torch-lce"):
+        opts = torch.nn.LinearCrossEntropyOptions() if variant.endswith("options") else None
+        return F.linear_cross_entropy(h, w, t, options=opts)
+    if variant == "fused-shift":  # position i predicts t[i + 1]; no copy of h
+        return linear_cross_entropy(h[None], w, t[None], shift=True, block_rows=block_rows)
+    if variant == "fused-explicit-shift":  # the usual h[:-1], t[1:] (a copy of h)
+        return linear_cross_entropy(h[:-1].contiguous(), w, t[1:], block_rows=block_rows)
+    return linear_cross_entropy(h, w, t, block_rows=block_rows)
+
 def step(h, w, t, variant):
     h.grad = w.grad = None
-    if variant == "unfused":
-        loss = F.cross_entropy(F.linear(h, w), t)
-    else:
-        loss = linear_cross_entropy(h, w, t, block_rows=block_rows)
+    loss = loss_of(h, w, t, variant)
     loss.backward()
     return float(loss)
 
@@ -74,7 +94,6 @@ def live_peak(h, w, t):
         peak = max(peak, live)
     return peak
 
-variants = ("unfused", "fused") if mode == "time" else (mode,)
 for variant in variants:  # warm-up: libraries and thread pools, not part of the measure
     step(*make(64, 32, 256), variant)
 h, w, t = make(n, d, v)
@@ -94,39 +113,55 @@ else:
 """
 
 
-def _child(mode: str, n: int, d: int, v: int, repeats: int, block_rows: int) -> dict:
-    res = subprocess.run([sys.executable, "-c", _CHILD, mode, str(n), str(d), str(v), str(repeats), str(block_rows)],
-                         capture_output=True, text=True, check=True)
+CASES = {
+    "default": ("unfused", "fused"),
+    "shift": ("fused-explicit-shift", "fused-shift"),
+    "ignored": ("fused", "fused-ignore50", "unfused-ignore50"),
+    "torch": ("torch-lce", "torch-lce-options", "fused"),
+}
+
+
+def _child(mode: str, n: int, d: int, v: int, repeats: int, block_rows: int, variants: tuple[str, ...] = ()) -> dict:
+    res = subprocess.run([sys.executable, "-c", _CHILD, mode, str(n), str(d), str(v), str(repeats), str(block_rows),
+                          ",".join(variants)], capture_output=True, text=True, check=True)
     return json.loads(res.stdout.strip().splitlines()[-1])
 
 
-def run(n: int, d: int, v: int, repeats: int, block_rows: int = 0) -> dict:
-    mem = {variant: _child(variant, n, d, v, 1, block_rows) for variant in ("unfused", "fused")}
-    timing = _child("time", n, d, v, repeats, block_rows)
+def run(n: int, d: int, v: int, repeats: int, block_rows: int = 0, case: str = "default") -> dict:
+    variants = CASES[case]
+    mem = {variant: _child(variant, n, d, v, 1, block_rows) for variant in variants}
+    timing = _child("time", n, d, v, repeats, block_rows, variants)
     times = timing["times"]
-    ratios = [f / u for f, u in zip(times["fused"], times["unfused"])]
     logits = n * v * 4
     grads = (n * d + v * d) * 4
     mib = 2**20
-    print(f"N={n} D={d} V={v} float32, torch CPU threads={timing['threads']}; logits {logits / mib:.0f} MiB, "
-          f"gradients dh+dW {grads / mib:.0f} MiB; extra memory in MiB (x logits), beyond the gradients in [ ]")
+    print(f"N={n} D={d} V={v} float32, torch CPU threads={timing['threads']}, case {case!r}; logits "
+          f"{logits / mib:.0f} MiB, gradients dh+dW {grads / mib:.0f} MiB; extra memory in MiB (x logits), beyond "
+          f"the gradients in [ ]")
     for variant, r in mem.items():
         cols = "  ".join(f"{key} {r[key + '_bytes'] / mib:6.0f} ({r[key + '_bytes'] / logits:.3f}) "
                          f"[{(r[key + '_bytes'] - grads) / mib:6.0f} ({(r[key + '_bytes'] - grads) / logits:.3f})]"
                          for key in ("rss", "live"))
-        print(f"  {variant:8s} loss={r['loss']:.6f}  {cols}")
+        print(f"  {variant:20s} loss={r['loss']:.6f}  {cols}")
         ts = times[variant]
-        print(f"  {'':8s} fwd+bwd best {min(ts):6.2f} s  median {statistics.median(ts):6.2f} s  "
+        print(f"  {'':20s} fwd+bwd best {min(ts):6.2f} s  median {statistics.median(ts):6.2f} s  "
               f"all {' '.join(f'{x:.2f}' for x in ts)}")
-    print(f"  time ratio fused/unfused: median of {len(ratios)} alternating rounds {statistics.median(ratios):.2f} "
-          f"(rounds {' '.join(f'{x:.2f}' for x in ratios)}); of the best times "
-          f"{min(times['fused']) / min(times['unfused']):.2f}")
+    first = variants[0]
+    for variant in variants[1:]:
+        ratios = [f / u for f, u in zip(times[variant], times[first])]
+        print(f"  time ratio {variant}/{first}: median of {len(ratios)} alternating rounds "
+              f"{statistics.median(ratios):.2f} (rounds {' '.join(f'{x:.2f}' for x in ratios)}); of the best times "
+              f"{min(times[variant]) / min(times[first]):.2f}")
     return {"memory": mem, "times": times}
 
 
 def main(argv: list[str]) -> None:
+    case = "default"
+    if "--case" in argv:
+        i = argv.index("--case")
+        case, argv = argv[i + 1], argv[:i] + argv[i + 2:]
     n, d, v, repeats, block_rows = (list(map(int, argv)) + [8192, 1024, 32000, 3, 0][len(argv):])[:5]
-    run(n, d, v, repeats, block_rows)
+    run(n, d, v, repeats, block_rows, case)
 
 
 if __name__ == "__main__":

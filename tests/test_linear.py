@@ -56,7 +56,7 @@ def _reference(kwargs, bias, cot=None):
 def test_value_matches_unfused(backend, kwargs, bias):
     xp = backend.xp
     loss = linear_cross_entropy(backend.asarray(H), backend.asarray(W), backend.asarray(T),
-                                backend.asarray(B) if bias else None, block_rows=4, **kwargs)
+                                linear_bias=backend.asarray(B) if bias else None, block_rows=4, **kwargs)
     assert_close_to(loss, _reference(kwargs, bias)[0], dtype=xp.float64, backend=backend)
 
 
@@ -68,7 +68,7 @@ def test_value_and_grad_matches_autograd(backend, kwargs, bias):
     cot = COT if kwargs.get("reduction") == "none" else None
     ref = _reference(kwargs, bias, cot)
     loss, (dh, dw, db) = xce.grad.value_and_grad(linear_cross_entropy)(
-        backend.asarray(H), backend.asarray(W), backend.asarray(T), backend.asarray(B) if bias else None,
+        backend.asarray(H), backend.asarray(W), backend.asarray(T), linear_bias=backend.asarray(B) if bias else None,
         block_rows=5, cotangent=None if cot is None else backend.asarray(cot), **kwargs)
     assert_close_to(loss, ref[0], dtype=xp.float64, backend=backend)
     assert_close_to(dh, ref[1], dtype=xp.float64, backend=backend)
@@ -84,7 +84,7 @@ def test_torch_backward_matches_autograd(kwargs, bias):
     ref = _reference(kwargs, bias, COT if kwargs.get("reduction") == "none" else None)
     h, w = torch.tensor(H, requires_grad=True), torch.tensor(W, requires_grad=True)
     b = torch.tensor(B, requires_grad=True) if bias else None
-    out = linear_cross_entropy(h, w, torch.from_numpy(T), b, block_rows=7, **kwargs)
+    out = linear_cross_entropy(h, w, torch.from_numpy(T), linear_bias=b, block_rows=7, **kwargs)
     (out * (torch.from_numpy(COT) if kwargs.get("reduction") == "none" else 1.0)).sum().backward()
     np.testing.assert_allclose(out.detach().numpy(), ref[0], rtol=1e-10, atol=1e-12)
     for got, want in zip((h.grad, w.grad, None if b is None else b.grad), ref[1:]):
@@ -98,7 +98,8 @@ def test_torch_gradcheck():
     b = torch.tensor(B[:7], requires_grad=True)
     t = torch.tensor([0, 6, 2, -100, 3])
     assert torch.autograd.gradcheck(
-        lambda h, w, b: linear_cross_entropy(h, w, t, b, label_smoothing=0.1, z_loss=0.05, block_rows=2), (h, w, b))
+        lambda h, w, b: linear_cross_entropy(h, w, t, linear_bias=b, label_smoothing=0.1, z_loss=0.05, block_rows=2),
+        (h, w, b))
 
 
 def test_jax_grad_and_jit():
@@ -107,7 +108,7 @@ def test_jax_grad_and_jit():
     ref = _reference({"label_smoothing": 0.1}, True)
 
     def f(h, w, b):
-        return linear_cross_entropy(h, w, jnp.asarray(T), b, label_smoothing=0.1)
+        return linear_cross_entropy(h, w, jnp.asarray(T), linear_bias=b, label_smoothing=0.1)
 
     for fn in (jax.grad(f, argnums=(0, 1, 2)), jax.jit(jax.grad(f, argnums=(0, 1, 2)))):
         for got, want in zip(fn(jnp.asarray(H), jnp.asarray(W), jnp.asarray(B)), ref[1:]):
@@ -146,7 +147,8 @@ def test_many_vocabulary_chunks_and_skewed_targets(backend, monkeypatch, block_r
     t[[0, 16]] = -100
     kwargs = {"label_smoothing": 0.2, "z_loss": 0.05}
     loss, (dh, dw, db) = xce.grad.value_and_grad(linear_cross_entropy)(
-        backend.asarray(H), backend.asarray(W), backend.asarray(t), backend.asarray(B), block_rows=block_rows, **kwargs)
+        backend.asarray(H), backend.asarray(W), backend.asarray(t), linear_bias=backend.asarray(B),
+        block_rows=block_rows, **kwargs)
     h, w, b = (torch.tensor(a, requires_grad=True) for a in (H, W, B))
     logits = F.linear(h, w, b)
     tt = torch.from_numpy(t)

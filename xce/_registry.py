@@ -46,11 +46,15 @@ class Adapter(Protocol):
                       label_smoothing: float, *, axis: int | None, label_smoothing_mode: str,
                       z_loss: float, where: Array | None) -> Array: ...
 
-    def wants_linear_cross_entropy(self, hidden: Array, weight: Array, bias: Array | None) -> bool: ...
+    def wants_linear_cross_entropy(self, hidden: Array, weight: Array, bias: Array | None, class_weight: Array | None,
+                                   sample_weight: Array | None, normalizer: Any) -> bool:
+        """Whether this call of the fused linear loss should run through the adapter (autodiff)."""
+        ...
 
     def linear_cross_entropy(self, hidden: Array, weight: Array, target: Array, bias: Array | None,
-                             ignore_index: int, reduction: str, label_smoothing: float, *, z_loss: float,
-                             block_rows: int | None) -> Array: ...
+                             class_weight: Array | None, sample_weight: Array | None, args: Any) -> Array:
+        """The fused linear loss of checked arguments (``xce.linear.LinearArgs``), differentiable."""
+        ...
 
 
 _ADAPTER_MODULES: dict[str, str] = {}

@@ -312,27 +312,36 @@ def check_values_in(x: Array, low: float, high: float, name: str, *, xp: Namespa
         raise error(f"{name} must lie in [{low}, {high}]; got {value}.{hint}")
 
 
-def check_linear_shapes(hidden: Array, weight: Array, target: Array, bias: Array | None, *, xp: Namespace) -> None:
-    """``linear_cross_entropy``: hidden ``(..., D)``, weight ``(V, D)``, target ``hidden.shape[:-1]``, bias ``(V,)``."""
-    check_floating(hidden, "hidden", xp=xp)
-    check_floating(weight, "weight", xp=xp)
+def check_linear_shapes(hidden: Array, weight: Array, target: Array, bias: Array | None, *, xp: Namespace) -> bool:
+    """``linear_cross_entropy``: input ``(..., D)``, linear_weight ``(V, D)``, linear_bias ``(V,)``, target
+    ``input.shape[:-1]`` (class indices) or ``(*input.shape[:-1], V)`` (floating probabilities).
+    Returns True for probability targets."""
+    check_floating(hidden, "input", xp=xp)
+    check_floating(weight, "linear_weight", xp=xp)
     if hidden.ndim < 1:
-        raise ValueError("hidden must have a feature axis (the last one); got a 0-d array. Pass shape (N, D).")
+        raise ValueError("input must have a feature axis (the last one); got a 0-d array. Pass shape (N, D).")
     if weight.ndim != 2 or weight.shape[1] != hidden.shape[-1]:
         raise ValueError(
-            f"weight must have shape (V, D) = (vocabulary, {hidden.shape[-1]}) to match hidden's last axis; got "
-            f"shape {tuple(weight.shape)}. It is the (out_features, in_features) matrix of a linear layer."
+            f"linear_weight must have shape (V, D) = (vocabulary, {hidden.shape[-1]}) to match input's last axis; "
+            f"got shape {tuple(weight.shape)}. It is the (out_features, in_features) matrix of a linear layer "
+            "(K-dimensional linear weights are not supported)."
         )
     if hidden.dtype != weight.dtype:
-        raise TypeError(f"hidden ({hidden.dtype}) and weight ({weight.dtype}) must have the same dtype; cast one.")
+        raise TypeError(f"input ({hidden.dtype}) and linear_weight ({weight.dtype}) must have the same dtype; "
+                        "cast one.")
     if bias is not None:
-        check_floating(bias, "bias", xp=xp)
+        check_floating(bias, "linear_bias", xp=xp)
         if tuple(bias.shape) != (weight.shape[0],):
-            raise ValueError(f"bias must have shape ({weight.shape[0]},), one entry per class; got "
+            raise ValueError(f"linear_bias must have shape ({weight.shape[0]},), one entry per class; got "
                              f"{tuple(bias.shape)}.")
     expected = tuple(hidden.shape[:-1])
+    probs = (*expected, weight.shape[0])
+    if tuple(target.shape) == probs and xp.isdtype(target.dtype, "real floating"):
+        return True
     if not xp.isdtype(target.dtype, "integral"):
-        raise TypeError(f"target must hold integer class indices of shape {expected}; got dtype {target.dtype}.")
+        raise TypeError(f"target must hold integer class indices of shape {expected} (or floating class "
+                        f"probabilities of shape {probs}); got dtype {target.dtype}, shape {tuple(target.shape)}.")
     if tuple(target.shape) != expected:
-        raise ValueError(f"target shape {tuple(target.shape)} does not match hidden's shape {tuple(hidden.shape)} "
-                         f"without its last axis; expected {expected}.")
+        raise ValueError(f"target shape {tuple(target.shape)} does not match input's shape {tuple(hidden.shape)} "
+                         f"without its last axis; expected {expected} (class indices) or {probs} (probabilities).")
+    return False

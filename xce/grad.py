@@ -86,7 +86,7 @@ def value_and_grad(loss_fn: Callable[..., Any]) -> Callable[..., tuple[Any, Any]
     default gives the gradient of ``loss.sum()``). The loss is the xce function's own
     result; the gradient :math:`g\,\partial L/\partial x` w.r.t. ``input`` has ``input``'s
     shape and dtype. For ``linear_cross_entropy`` the gradient is the tuple
-    ``(d_hidden, d_weight, d_bias)`` (``d_bias`` None without bias).
+    ``(d_input, d_linear_weight, d_linear_bias)`` (``d_linear_bias`` None without bias).
 
     Examples
     --------

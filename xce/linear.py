@@ -29,8 +29,12 @@ expression themselves (XLA may still materialise the logits).
 
 from __future__ import annotations
 
+import functools
+import math
+import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar, cast
 
 from . import _engine
 from ._namespace import (
@@ -45,25 +49,29 @@ from ._namespace import (
     take_along_class_axis,
     write_into,
 )
-from ._reduce import reduce_loss, reduction_scale
 from ._registry import adapter_for, register_value_and_grad
-from ._softmax import finite_max
-from ._targets import IndexTarget, mean_weights, prepare_index
-from ._validate import check_fraction, check_integer, check_linear_shapes, check_real, check_reduction
-from .losses.cross_entropy import (
-    cross_entropy,
-    cross_entropy_grad,
-    gradient_coefficients,
-    index_loss,
+from ._softmax import finite_max, logsumexp
+from ._targets import prepare_index
+from ._validate import (
+    check_floating,
+    check_fraction,
+    check_integer,
+    check_linear_shapes,
+    check_real,
+    check_reduction,
+    maybe_nonzero,
 )
+from .losses.cross_entropy import cross_entropy, cross_entropy_grad, gradient_coefficients, index_loss
 
-__all__ = ["linear_cross_entropy", "value_and_grad_linear_cross_entropy"]
+__all__ = ["LinearArgs", "check_arguments", "linear_cross_entropy", "value_and_grad_linear_cross_entropy"]
 
-_NAMES = ("hidden", "weight", "target", "bias")
+_NAMES = ("input", "linear_weight", "target", "linear_bias", "weight", "sample_weight")
 # Elements of one (v_chunk, D) slice of a block's dW product (8 MiB in float32).
 _VOCAB_CHUNK_ELEMENTS = 1 << 21
 _ALIASING: dict[int, bool] = {}
+_SCATTERS: dict[int, bool] = {}
 _MAX_BLOCK_FRACTION = 12
+_Fn = TypeVar("_Fn", bound=Callable[..., Any])
 
 
 class Fused(NamedTuple):
@@ -73,53 +81,255 @@ class Fused(NamedTuple):
     d_bias: Array | None
 
 
+@dataclass(frozen=True)
+class LinearArgs:
+    """:func:`linear_cross_entropy`'s hyper-parameters, checked once (shared by the sweep, the
+    unfused formula and the torch adapter)."""
+
+    reduction: str
+    eps: Any  #: label smoothing (uniform); a float or a traced 0-d array
+    z: Any  #: z-loss coefficient; a float or a traced 0-d array
+    ignore_index: int
+    softcap: Any = None  #: None, a float > 0 or a traced 0-d array
+    temperature: Any = 1.0  #: a float > 0 or a traced 0-d array
+    normalizer: Any = None  #: None, a float > 0 or a 0-d array (never read)
+    shift: bool = False
+    probs: bool = False  #: probability targets
+    block_rows: int | None = None  #: ``block_rows=``, else ``options.batch_chunk_size``
+
+    @property
+    def scaled(self) -> bool:
+        """A temperature other than the Python number 1."""
+        return not (isinstance(self.temperature, float) and self.temperature == 1.0)
+
+
+# --- migration from the pre-PyTorch-2.13 signature -----------------------------------------------
+
+_OLD_POSITIONAL = ("linear_bias", "ignore_index", "reduction", "label_smoothing")
+_RENAMED = {"hidden": "input", "bias": "linear_bias"}
+
+
+def _shown(value: Any) -> str:
+    return "<array>" if hasattr(value, "shape") else repr(value)
+
+
+def _migrate(fn: _Fn) -> _Fn:
+    """Accept the old calls where they are unambiguous, refuse the others with the rewrite.
+
+    Old: ``f(hidden, weight, target, bias=None, ignore_index=-100, reduction="mean",
+    label_smoothing=0.0, *, ...)`` with ``weight`` the linear layer's matrix. New (PyTorch
+    2.13): three positional arguments, the rest keyword-only, ``weight`` the class weights.
+    """
+    name = fn.__name__
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        if len(args) > 3:
+            extra = ", ".join(f"{k}={_shown(v)}" for k, v in zip(_OLD_POSITIONAL, args[3:]))
+            raise TypeError(
+                f"{name} takes input, linear_weight and target positionally; the other arguments are keyword-only "
+                f"since xce 0.1.0 (PyTorch 2.13's F.linear_cross_entropy signature). Rewrite the call as "
+                f"{name}(input, linear_weight, target, {extra})."
+            )
+        for old, new in _RENAMED.items():
+            if old in kwargs:
+                if new in kwargs:
+                    raise TypeError(f"{name} got both {old}= (its old name) and {new}=; pass only {new}=.")
+                warnings.warn(f"{name}({old}=...) is deprecated; pass {new}=... (PyTorch 2.13's name).",
+                              DeprecationWarning, stacklevel=2)
+                kwargs[new] = kwargs.pop(old)
+        weight = kwargs.get("weight")
+        if len(args) < 2 and "linear_weight" not in kwargs and getattr(weight, "ndim", 1) == 2:
+            raise TypeError(
+                f"{name}(weight=<{tuple(getattr(weight, 'shape', ()))} matrix>) without linear_weight: weight= now "
+                "means the class weights of F.cross_entropy (shape (V,)), as in PyTorch 2.13. Pass the linear "
+                f"layer's (V, D) matrix as linear_weight=..., e.g. {name}(input, linear_weight, target)."
+            )
+        return fn(*args, **kwargs)
+
+    return cast(_Fn, wrapper)
+
+
+# --- checks ---------------------------------------------------------------------------------------
+
+
+def _positive(value: object, name: str, hint: str, *, xp: Namespace) -> Any:
+    """A finite float > 0; a traced 0-d array passes, NaN where it is not > 0."""
+    out = check_real(value, name, traced=True, hint=hint)
+    if not isinstance(out, float):
+        return xp.where(out > 0.0, out, float("nan"))
+    if out <= 0.0:
+        raise ValueError(f"{name} must be a finite float > 0; got {value!r}.{hint}")
+    return out
+
+
+def _check_normalizer(normalizer: Any, reduction: str) -> Any:
+    if normalizer is None:
+        return None
+    if reduction != "mean":
+        raise ValueError(f"normalizer= replaces the denominator of reduction='mean'; got reduction={reduction!r}. "
+                         "Pass reduction='mean' with normalizer, or drop normalizer.")
+    if hasattr(normalizer, "shape"):
+        if normalizer.ndim != 0:
+            raise ValueError(f"normalizer must be a Python number or a 0-d array; got an array of shape "
+                             f"{tuple(normalizer.shape)}. Pass e.g. the token count as a 0-d array.")
+        return normalizer  # never read: no host sync
+    out = check_real(normalizer, "normalizer")
+    if out <= 0.0:
+        raise ValueError(f"normalizer must be > 0 (the number the summed loss is divided by); got {normalizer!r}.")
+    return out
+
+
+def _check_block_rows(block_rows: Any, options: Any) -> int | None:
+    """``block_rows=``, else ``options.batch_chunk_size`` (PyTorch's LinearCrossEntropyOptions)."""
+    if block_rows is None and options is not None:
+        if not hasattr(options, "batch_chunk_size"):
+            raise TypeError(f"options must be a torch.nn.LinearCrossEntropyOptions (or None); got "
+                            f"{type(options).__name__}.")
+        block_rows = options.batch_chunk_size
+    if block_rows is None:
+        return None
+    rows = check_integer(block_rows, "block_rows")
+    if rows < 1:
+        raise ValueError(f"block_rows must be a positive number of rows; got {rows}.")
+    return rows
+
+
+def _check_weights(input: Array, linear_weight: Array, weight: Array | None, sample_weight: Array | None, *,
+                   xp: Namespace) -> None:
+    vocab, positions = linear_weight.shape[0], tuple(input.shape[:-1])
+    if weight is not None:
+        if weight.ndim == 2:
+            raise TypeError(f"weight= is the class weight of F.cross_entropy, shape ({vocab},); got a matrix of shape "
+                            f"{tuple(weight.shape)}. The linear layer's matrix is linear_weight=.")
+        check_floating(weight, "weight", xp=xp)
+        if tuple(weight.shape) != (vocab,):
+            raise ValueError(f"weight must have shape ({vocab},), one entry per class; got {tuple(weight.shape)}.")
+    if sample_weight is not None:
+        check_floating(sample_weight, "sample_weight", xp=xp)
+        if tuple(sample_weight.shape) != positions:
+            raise ValueError(f"sample_weight must have one weight per position, shape {positions} (target's shape "
+                             f"for class indices); got {tuple(sample_weight.shape)}.")
+
+
+def check_arguments(input: Array, linear_weight: Array, target: Array, linear_bias: Array | None,
+                    weight: Array | None, sample_weight: Array | None, *, reduction: object, ignore_index: object,
+                    label_smoothing: object, options: Any, z_loss: object, softcap: object, temperature: object,
+                    normalizer: object, shift: object, block_rows: object, xp: Namespace) -> LinearArgs:
+    """Every check of :func:`linear_cross_entropy`'s arguments (shared with its gradient)."""
+    reduction = check_reduction(reduction)
+    probs = check_linear_shapes(input, linear_weight, target, linear_bias, xp=xp)
+    if probs and ignore_index is not None:
+        raise ValueError(f"ignore_index cannot be given with probability targets (target of shape "
+                         f"{tuple(target.shape)}); got ignore_index={ignore_index!r}. Leave it None.")
+    ii = -100 if ignore_index is None else check_integer(ignore_index, "ignore_index")
+    if not isinstance(shift, bool):
+        raise TypeError(f"shift must be True or False; got {shift!r}.")
+    if shift and (input.ndim < 2 or input.shape[-2] < 2):
+        raise ValueError(f"shift=True needs input of shape (..., T, D) with T >= 2 positions (position t predicts "
+                         f"target t + 1); got input of shape {tuple(input.shape)}.")
+    _check_weights(input, linear_weight, weight, sample_weight, xp=xp)
+    return LinearArgs(
+        reduction, check_fraction(label_smoothing, "label_smoothing", traced=True),
+        check_real(z_loss, "z_loss", minimum=0.0, traced=True), ii,
+        None if softcap is None else _positive(softcap, "softcap", " Pass softcap=None for uncapped logits.", xp=xp),
+        _positive(temperature, "temperature", " Pass 1.0 for the plain logits.", xp=xp),
+        _check_normalizer(normalizer, reduction), shift, probs, _check_block_rows(block_rows, options))
+
+
+# --- the public functions ---------------------------------------------------------------------
+
+
+@_migrate
 def linear_cross_entropy(
-    hidden: Array,
-    weight: Array,
+    input: Array,
+    linear_weight: Array,
     target: Array,
-    bias: Array | None = None,
-    ignore_index: int = -100,
-    reduction: str = "mean",
-    label_smoothing: float = 0.0,
     *,
+    linear_bias: Array | None = None,
+    weight: Array | None = None,
+    reduction: str = "mean",
+    ignore_index: int | None = None,
+    label_smoothing: float = 0.0,
+    options: Any = None,
     z_loss: float = 0.0,
+    softcap: float | None = None,
+    temperature: float = 1.0,
+    sample_weight: Array | None = None,
+    normalizer: Any = None,
+    shift: bool = False,
     block_rows: int | None = None,
     xp: Namespace | None = None,
 ) -> Array:
-    r"""Cross entropy of the logits ``hidden @ weight.T + bias``, never materialising them.
+    r"""Cross entropy of the logits ``input @ linear_weight.T + linear_bias``, never materialising them.
 
-    Equal to ``cross_entropy(hidden @ weight.T + bias, target, None, ignore_index, reduction,
-    label_smoothing, axis=-1, z_loss=z_loss)``. With :math:`x = h W^\top + b` and
-    :math:`\log Z = \mathrm{logsumexp}(x)`, for each row not ignored
+    PyTorch 2.13's ``torch.nn.functional.linear_cross_entropy``, argument for argument (``weight``
+    is the *class* weight, as in ``cross_entropy``), plus LLM-training options. With
+    :math:`x = h W^\top + b`, the logits actually scored are
+    :math:`y = \mathrm{cap}(x)/T`, :math:`\mathrm{cap}(x) = c\tanh(x/c)` (``softcap=c``, Gemma 2;
+    identity when None) and ``T`` the ``temperature``. With :math:`\log Z = \mathrm{logsumexp}(y)`
+    and class weights :math:`w` (1 when None), for each position not ignored
 
     .. math::
-       l_i = \log Z_i - (1-\varepsilon)\,x_{i,y_i} - \frac{\varepsilon}{V}\sum_c x_{i,c}
-             + z\,(\log Z_i)^2,
+       l_i = s_i\Bigl[(1-\varepsilon)\,w_{t_i}(\log Z_i - y_{i,t_i})
+             + \frac{\varepsilon}{V}\sum_c w_c(\log Z_i - y_{i,c}) + z\,(\log Z_i)^2\Bigr],
 
-    and ``"mean"`` divides by the number of non-ignored rows. The smoothing term needs no
-    pass over the vocabulary: :math:`\sum_c x_{i,c} = h_i \cdot \sum_c W_c + \sum_c b_c`.
-    Eager arrays are evaluated in blocks of ``block_rows`` rows (default: about 16M logits
-    per block), so the extra memory is O(block_rows · V), not O(N · V). On PyTorch tensors
-    that require grad, ``.backward()`` goes through :func:`xce.adapters.torch.linear_cross_entropy`
-    (blocked as well); ``xce.value_and_grad(xce.linear_cross_entropy)`` gives the three
-    gradients on any backend.
+    :math:`s_i` the ``sample_weight`` (1 when None). ``"mean"`` divides the cross-entropy part
+    by :math:`\sum_i s_i w_{t_i}` and the z part by :math:`\sum_i s_i` (non-ignored positions),
+    or both by ``normalizer`` when given (e.g. Hugging Face's ``num_items_in_batch``). Without the
+    new options this equals ``cross_entropy(input @ linear_weight.T + linear_bias, target, weight,
+    ignore_index, reduction, label_smoothing, axis=-1, z_loss=z_loss)``.
+
+    Eager arrays (NumPy, PyTorch, CuPy, array-api-strict) with class-index targets take the
+    blocked sweep: rows in blocks of ``block_rows`` (default about 16M logits per block), so the
+    extra memory is O(block_rows · V), not O(N · V); rows whose target is ``ignore_index`` are
+    dropped before the matrix product (padding and prompt tokens cost no FLOPs). On PyTorch
+    tensors that require grad, ``.backward()`` goes through
+    :func:`xce.adapters.torch.linear_cross_entropy` (blocked as well);
+    ``xce.value_and_grad(xce.linear_cross_entropy)`` gives ``(d_input, d_linear_weight,
+    d_linear_bias)`` on any backend. JAX, Dask, traced PyTorch and probability targets use the
+    unfused formula.
 
     Parameters
     ----------
-    hidden : array
-        Shape ``(..., D)``.
-    weight : array
-        Shape ``(V, D)`` (a linear layer's ``(out_features, in_features)``), ``hidden``'s dtype.
+    input : array
+        Shape ``(..., D)``; with ``shift=True``, ``(..., T, D)``.
+    linear_weight : array
+        Shape ``(V, D)`` (a linear layer's ``(out_features, in_features)``), ``input``'s dtype.
     target : array
-        Integer class indices, shape ``hidden.shape[:-1]``.
-    bias : array, optional
+        Integer class indices of shape ``input.shape[:-1]``, or floating class probabilities of
+        shape ``(*input.shape[:-1], V)`` (unfused formula).
+    linear_bias : array, optional
         Shape ``(V,)``.
-    ignore_index : int, default -100
+    weight : array, optional
+        Class weights, shape ``(V,)``, as in ``F.cross_entropy`` (not differentiated by the
+        blocked sweep; a PyTorch tensor that requires grad takes the unfused formula).
     reduction : {"mean", "sum", "none"}, default "mean"
+    ignore_index : int, optional
+        None means -100 for class indices; must stay None for probability targets.
     label_smoothing : float in [0, 1], default 0.0
         PyTorch's uniform smoothing.
+    options : torch.nn.LinearCrossEntropyOptions, optional
+        Accepted for PyTorch compatibility: its ``batch_chunk_size`` is used as ``block_rows``
+        (when that is None); the other fields are PyTorch's kernel choices and are ignored (xce
+        always blocks eager inputs and accumulates half precision in float32).
     z_loss : float >= 0, default 0.0
-        PaLM's z-loss coefficient (unweighted, counted over the non-ignored rows).
+        PaLM's z-loss coefficient (not class-weighted; sample-weighted).
+    softcap : float > 0, optional
+        Soft cap ``c``: the logits become ``c·tanh(x/c)`` before the temperature.
+    temperature : float > 0, default 1.0
+        The capped logits are divided by it.
+    sample_weight : array, optional
+        One floating weight per position (``target``'s shape for class indices), multiplying
+        the position's loss (z term included). Not differentiated (a PyTorch tensor that
+        requires grad takes the unfused formula).
+    normalizer : float or 0-d array, optional
+        With ``reduction="mean"`` only: the summed loss is divided by it instead of the mean's
+        denominator. A 0-d array is never read on the host (no sync).
+    shift : bool, default False
+        Causal LM: position ``t`` of ``input (..., T, D)`` predicts ``target[..., t + 1]``; the
+        last position is dropped (no shifted copy of ``input`` is made). ``"none"`` returns
+        shape ``(..., T - 1)``. ``sample_weight`` is shifted with ``target``.
     block_rows : int, optional
         Rows per block on eager backends.
     xp : namespace, optional
@@ -127,7 +337,7 @@ def linear_cross_entropy(
     Returns
     -------
     array
-        0-d for ``"mean"``/``"sum"``; ``target``'s shape for ``"none"``.
+        0-d for ``"mean"``/``"sum"``; the per-position shape for ``"none"``.
 
     Examples
     --------
@@ -136,42 +346,64 @@ def linear_cross_entropy(
     >>> t = np.asarray([0, 2])
     >>> round(float(xce.linear_cross_entropy(h, W, t)), 6) == round(float(xce.cross_entropy(h @ W.T, t)), 6)
     True
+    >>> w = np.asarray([1.0, 2.0, 0.5])
+    >>> a = xce.linear_cross_entropy(h, W, t, weight=w, softcap=30.0, temperature=0.7)
+    >>> b = xce.cross_entropy(30.0 * np.tanh(h @ W.T / 30.0) / 0.7, t, w)
+    >>> bool(np.isclose(a, b))
+    True
     """
-    xp = namespace(_NAMES, hidden, weight, target, bias, xp=xp)
-    reduction, eps, z, ignore_index = _check(hidden, weight, target, bias, ignore_index, reduction, label_smoothing,
-                                             z_loss, xp=xp)
-    if is_lazy(hidden) or is_traced(hidden):  # JAX, Dask, torch.compile / torch.func: one formula
-        return cross_entropy(_logits(hidden, weight, bias, xp=xp), target, None, ignore_index, reduction, eps,
-                             axis=-1, z_loss=z, xp=xp)
-    adapter = adapter_for(hidden)
-    if adapter is not None and adapter.wants_linear_cross_entropy(hidden, weight, bias):
-        return adapter.linear_cross_entropy(hidden, weight, target, bias, ignore_index, reduction, eps, z_loss=z,
-                                            block_rows=block_rows)
-    return fused(hidden, weight, target, bias, ignore_index, reduction, eps, z, cotangent=None, want_grad=False,
-                 block_rows=block_rows, xp=xp).loss
+    xp = namespace(_NAMES, input, linear_weight, target, linear_bias, weight, sample_weight, xp=xp)
+    args = check_arguments(input, linear_weight, target, linear_bias, weight, sample_weight, reduction=reduction,
+                           ignore_index=ignore_index, label_smoothing=label_smoothing, options=options, z_loss=z_loss,
+                           softcap=softcap, temperature=temperature, normalizer=normalizer, shift=shift,
+                           block_rows=block_rows, xp=xp)
+    h, t, sw = _prepare(input, target, sample_weight, args, xp=xp)
+    if args.probs or is_lazy(h) or is_traced(h):  # JAX, Dask, torch.compile / torch.func: one formula
+        loss = unfused_loss(h, linear_weight, t, linear_bias, weight, sw, args, xp=xp)
+    else:
+        adapter = adapter_for(h)
+        if adapter is not None and adapter.wants_linear_cross_entropy(h, linear_weight, linear_bias, weight, sw,
+                                                                      args.normalizer):
+            loss = adapter.linear_cross_entropy(h, linear_weight, t, linear_bias, weight, sw, args)
+        else:
+            loss = fused(h, linear_weight, t, linear_bias, weight, sw, args, cotangent=None, want_grad=False,
+                         xp=xp).loss
+    return _trim(loss, args, xp=xp)
 
 
+@_migrate
 def value_and_grad_linear_cross_entropy(
-    hidden: Array,
-    weight: Array,
+    input: Array,
+    linear_weight: Array,
     target: Array,
-    bias: Array | None = None,
-    ignore_index: int = -100,
-    reduction: str = "mean",
-    label_smoothing: float = 0.0,
     *,
+    linear_bias: Array | None = None,
+    weight: Array | None = None,
+    reduction: str = "mean",
+    ignore_index: int | None = None,
+    label_smoothing: float = 0.0,
+    options: Any = None,
     z_loss: float = 0.0,
+    softcap: float | None = None,
+    temperature: float = 1.0,
+    sample_weight: Array | None = None,
+    normalizer: Any = None,
+    shift: bool = False,
     cotangent: Array | None = None,
     block_rows: int | None = None,
     xp: Namespace | None = None,
 ) -> tuple[Array, tuple[Array, Array, Array | None]]:
-    r"""``(loss, (d_hidden, d_weight, d_bias))`` of :func:`linear_cross_entropy`, in one blocked sweep.
+    r"""``(loss, (d_input, d_linear_weight, d_linear_bias))`` of :func:`linear_cross_entropy`, in one sweep.
 
-    With :math:`G = \partial L/\partial x` the logits' gradient (formed block by block, never
-    whole): :math:`\partial L/\partial h = G W`, :math:`\partial L/\partial W = G^\top h`,
-    :math:`\partial L/\partial b = \sum_i G_i`, and per row
-    :math:`G_i = s_i[(1 + 2z\log Z_i)\,p_i - (1-\varepsilon)e_{y_i} - \varepsilon/V]`.
-    ``cotangent`` as in :mod:`xce.grad`. Lazy backends (JAX, Dask) use the unfused formula.
+    With :math:`G = \partial L/\partial x` the gradient w.r.t. the raw logits (formed block by
+    block, never whole): :math:`\partial L/\partial h = G W`, :math:`\partial L/\partial W =
+    G^\top h`, :math:`\partial L/\partial b = \sum_i G_i`; per row, with :math:`\sigma_i` the
+    reduction's scale (sample weight and cotangent over the mean's denominator),
+    :math:`G_i = \frac{\sigma_i}{T}[(1-\varepsilon)w_{t_i}(p_i - e_{t_i}) + \frac{\varepsilon}{V}(Wp_i - w)
+    + 2z\log Z_i\,p_i] \odot (1 - \tanh^2(x_i/c))` (the last factor only with ``softcap``).
+    ``cotangent`` as in :mod:`xce.grad` (shape ``(..., T - 1)`` for ``"none"`` with ``shift``).
+    Lazy backends (JAX, Dask) and probability targets use the unfused formula. Class weights,
+    ``sample_weight`` and ``normalizer`` are constants here.
 
     Examples
     --------
@@ -181,53 +413,231 @@ def value_and_grad_linear_cross_entropy(
     >>> round(float(loss), 4), dh.shape, dW.shape, db is None
     (1.3863, (2, 3), (4, 3), True)
     """
-    xp = namespace(_NAMES, hidden, weight, target, bias, xp=xp)
-    reduction, eps, z, ignore_index = _check(hidden, weight, target, bias, ignore_index, reduction, label_smoothing,
-                                             z_loss, xp=xp)
-    if is_lazy(hidden) or is_traced(hidden):  # JAX, Dask, torch.compile / torch.func: one formula
-        logits = _logits(hidden, weight, bias, xp=xp)
-        loss = cross_entropy(logits, target, None, ignore_index, reduction, eps, axis=-1, z_loss=z, xp=xp)
-        g = cross_entropy_grad(logits, target, None, ignore_index, reduction, eps, axis=-1, z_loss=z,
-                               cotangent=cotangent, xp=xp)
-        g2 = xp.reshape(g, (-1, g.shape[-1]))
-        h2 = xp.reshape(hidden, (-1, hidden.shape[-1]))
-        d_bias = None if bias is None else xp.sum(g2, axis=0)
-        return loss, (xp.reshape(g2 @ weight, tuple(hidden.shape)), xp.matrix_transpose(g2) @ h2, d_bias)
-    out = fused(hidden, weight, target, bias, ignore_index, reduction, eps, z, cotangent=cotangent, want_grad=True,
-                block_rows=block_rows, xp=xp)
-    return out.loss, (out.d_hidden, out.d_weight, out.d_bias)
+    xp = namespace((*_NAMES, "cotangent"), input, linear_weight, target, linear_bias, weight, sample_weight,
+                   cotangent, xp=xp)
+    args = check_arguments(input, linear_weight, target, linear_bias, weight, sample_weight, reduction=reduction,
+                           ignore_index=ignore_index, label_smoothing=label_smoothing, options=options, z_loss=z_loss,
+                           softcap=softcap, temperature=temperature, normalizer=normalizer, shift=shift,
+                           block_rows=block_rows, xp=xp)
+    h, t, sw = _prepare(input, target, sample_weight, args, xp=xp)
+    cot = cotangent
+    if cot is not None and args.shift and not args.probs and args.reduction == "none":
+        cot = _pad_position(cot, -1, xp=xp)  # the dropped last position gets no cotangent
+    if args.probs or is_lazy(h) or is_traced(h):
+        loss, grads = unfused_value_and_grad(h, linear_weight, t, linear_bias, weight, sw, args, cot, xp=xp)
+    else:
+        out = fused(h, linear_weight, t, linear_bias, weight, sw, args, cotangent=cot, want_grad=True, xp=xp)
+        loss, grads = out.loss, (out.d_hidden, out.d_weight, out.d_bias)
+    d_input = grads[0]
+    if args.shift and args.probs:  # the input was sliced: its last position has no gradient
+        d_input = _pad_position(d_input, -2, xp=xp)
+    return _trim(loss, args, xp=xp), (d_input, grads[1], grads[2])
+
+
+# --- causal shift -----------------------------------------------------------------------------
+
+
+def _prepare(input: Array, target: Array, sample_weight: Array | None, args: LinearArgs, *,
+             xp: Namespace) -> tuple[Array, Array, Array | None]:
+    """``shift=True`` without a shifted copy of ``input``: class indices move one position to
+    the left and the last position becomes ``ignore_index`` (a dropped row); ``"none"`` is then
+    trimmed by :func:`_trim`. Probability targets (unfused anyway) are sliced instead."""
+    if not args.shift:
+        return input, target, sample_weight
+    if args.probs:
+        sw = None if sample_weight is None else sample_weight[..., 1:]
+        return input[..., :-1, :], target[..., 1:, :], sw
+    t = target
+    info = xp.iinfo(t.dtype)
+    if not info.min <= args.ignore_index <= info.max:  # e.g. uint8 targets and -100
+        t = xp.astype(t, xp.int64)
+    last = xp.full((*t.shape[:-1], 1), args.ignore_index, dtype=t.dtype, device=device_of(t))
+    t = xp.concat([t[..., 1:], last], axis=-1)
+    sw = None if sample_weight is None else _pad_position(sample_weight[..., 1:], -1, xp=xp)
+    return input, t, sw
+
+
+def _pad_position(a: Array, axis: int, *, xp: Namespace) -> Array:
+    """``a`` with one zero position appended along ``axis``."""
+    shape = list(a.shape)
+    shape[axis] = 1
+    return xp.concat([a, xp.zeros(tuple(shape), dtype=a.dtype, device=device_of(a))], axis=axis)
+
+
+def _trim(loss: Array, args: LinearArgs, *, xp: Namespace) -> Array:
+    return loss[..., :-1] if args.shift and not args.probs and args.reduction == "none" else loss
+
+
+# --- reductions (both paths) -------------------------------------------------------------------
+
+
+def _times(a: Any, b: Any) -> Any:
+    return a if b is None else b if a is None else a * b
+
+
+def _denominators(sw: Array | None, w_y: Array | None, kept: Array | None, count: int, args: LinearArgs, dtype: Any,
+                  device: Any, *, xp: Namespace) -> tuple[Any, Any]:
+    """The ``"mean"`` denominators of the cross-entropy and z parts: Σ s·w_t and Σ s over kept
+    positions (``kept`` a 0/1 mask, None: all ``count`` rows), or ``normalizer`` for both."""
+    if args.normalizer is not None:
+        n = args.normalizer
+        return (n, n) if isinstance(n, float) else (as_dtype(n, dtype, xp=xp),) * 2
+    v_z = _times(sw, kept)
+    den_z = xp.asarray(float(count), dtype=dtype, device=device) if v_z is None else xp.sum(v_z)
+    return (den_z if w_y is None else xp.sum(_times(v_z, w_y))), den_z
+
+
+def _reduce(ce: Array, zt: Array | None, sw: Array | None, den: Any, den_z: Any, args: LinearArgs, *,
+            xp: Namespace) -> Array:
+    """Per-position cross-entropy and z terms (0 where dropped) -> the reduced loss."""
+    ce, zt = _times(ce, sw), None if zt is None else _times(zt, sw)
+    if args.reduction == "none":
+        return ce if zt is None else ce + zt
+    num = xp.sum(ce)
+    num_z = None if zt is None else xp.sum(zt)
+    if args.reduction == "sum":
+        return num if num_z is None else num + num_z
+    return num / den if num_z is None else num / den + num_z / den_z
+
+
+def _scales(cot: Any, sw: Any, den: Any, den_z: Any, args: LinearArgs, dtype: Any, *, xp: Namespace) -> tuple[Any, Any]:
+    """Per-row scales ``(s, s_z)`` of the cross-entropy and z parts' gradients w.r.t. the
+    capped logits, times 1/T (so that they are w.r.t. ``cap(x)``)."""
+    g = 1.0 if cot is None else as_dtype(cot, dtype, xp=xp)
+    g = _times(g, sw)
+    if args.scaled:
+        g = g / args.temperature
+    if args.reduction != "mean":
+        return g, g
+    return g / den, g / den_z
+
+
+# --- the unfused formula (JAX, Dask, traced, probability targets) ------------------------------
+
+
+def _logits(hidden: Array, weight: Array, bias: Array | None, *, xp: Namespace) -> Array:
+    x = hidden @ xp.matrix_transpose(weight)
+    return x if bias is None else x + bias
+
+
+def _capped(x: Array, args: LinearArgs, *, xp: Namespace) -> Array:
+    """``cap(x) / T`` (no-op without softcap and temperature)."""
+    if args.softcap is not None:
+        c = args.softcap if isinstance(args.softcap, float) else as_dtype(args.softcap, x.dtype, xp=xp)
+        x = c * xp.tanh(x / c)
+    if args.scaled:
+        x = x / (args.temperature if isinstance(args.temperature, float) else as_dtype(args.temperature, x.dtype,
+                                                                                             xp=xp))
+    return x
+
+
+def _unfused_terms(x: Array, t: Array, cw: Array | None, sw: Array | None, args: LinearArgs, *,
+                   xp: Namespace) -> tuple[Array, Array | None, Any, Any, Array | None]:
+    """Per-position ``(ce, z term, den, den_z, kept)`` of the effective logits ``x``."""
+    ce = cross_entropy(x, t, cw, args.ignore_index, "none", args.eps, axis=-1, xp=xp)
+    kept = w_y = None
+    if not args.probs:
+        index = prepare_index(t, x.shape[-1], args.ignore_index, xp=xp, lazy=not _engine.reads_values(x))
+        if index.ignored is not None:
+            kept = xp.astype(~index.ignored, ce.dtype)
+        if cw is not None:
+            w_y = xp.reshape(xp.take(as_dtype(cw, ce.dtype, xp=xp), xp.reshape(index.safe, (-1,))), ce.shape)
+    zt = None
+    if maybe_nonzero(args.z):
+        zt = _times(args.z * logsumexp(x, axis=-1, xp=xp) ** 2, kept)
+    den, den_z = _denominators(sw, w_y, kept, math.prod(ce.shape), args, ce.dtype, device_of(ce), xp=xp)
+    return ce, zt, den, den_z, kept
+
+
+def unfused_loss(h: Array, lw: Array, t: Array, lb: Array | None, cw: Array | None, sw: Array | None,
+                 args: LinearArgs, *, xp: Namespace) -> Array:
+    """The definition on the whole logits (checked, shift-prepared arguments)."""
+    x = _logits(h, lw, lb, xp=xp)
+    plain = sw is None and args.normalizer is None
+    if args.softcap is not None or args.scaled or not plain:  # capped in the compute dtype
+        x = _capped(as_dtype(x, compute_dtype(h.dtype, xp=xp), xp=xp), args, xp=xp)
+    if plain:
+        out = cross_entropy(x, t, cw, args.ignore_index, args.reduction, args.eps, axis=-1, z_loss=args.z, xp=xp)
+    else:
+        sw_c = None if sw is None else as_dtype(sw, x.dtype, xp=xp)
+        ce, zt, den, den_z, _ = _unfused_terms(x, t, cw, sw_c, args, xp=xp)
+        out = _reduce(ce, zt, sw_c, den, den_z, args, xp=xp)
+    return as_dtype(out, h.dtype, xp=xp)
+
+
+def unfused_value_and_grad(h: Array, lw: Array, t: Array, lb: Array | None, cw: Array | None, sw: Array | None,
+                           args: LinearArgs, cot: Array | None, *,
+                           xp: Namespace) -> tuple[Array, tuple[Array, Array, Array | None]]:
+    """Loss and gradients from the whole logits: the cross-entropy gradient rule
+    (:func:`xce.losses.cross_entropy.cross_entropy_grad`) per position, scaled by the reduction,
+    the z term's ``2zL·p``, then the soft cap's ``1 - tanh²``."""
+    dtype = compute_dtype(h.dtype, xp=xp)
+    raw = as_dtype(_logits(h, lw, lb, xp=xp), dtype, xp=xp)
+    x = _capped(raw, args, xp=xp)
+    sw_c = None if sw is None else as_dtype(sw, dtype, xp=xp)
+    ce, zt, den, den_z, kept = _unfused_terms(x, t, cw, sw_c, args, xp=xp)
+    loss = as_dtype(_reduce(ce, zt, sw_c, den, den_z, args, xp=xp), h.dtype, xp=xp)
+    s, s_z = _scales(cot, sw_c, den, den_z, args, dtype, xp=xp)
+    zeros = xp.zeros(tuple(ce.shape), dtype=dtype, device=device_of(ce))
+    g = cross_entropy_grad(x, t, cw, args.ignore_index, "none", args.eps, axis=-1, cotangent=s + zeros, xp=xp)
+    if zt is not None:
+        lse = logsumexp(x, axis=-1, keepdims=True, xp=xp)
+        g = g + xp.expand_dims(_times((s_z + zeros) * (2.0 * args.z), kept), axis=-1) * lse * xp.exp(x - lse)
+    if args.softcap is not None:
+        c = args.softcap if isinstance(args.softcap, float) else as_dtype(args.softcap, dtype, xp=xp)
+        g = g * (1.0 - xp.tanh(raw / c) ** 2)
+    g2 = xp.reshape(g, (-1, g.shape[-1]))
+    h2 = as_dtype(xp.reshape(h, (-1, h.shape[-1])), dtype, xp=xp)
+    d_bias = None if lb is None else as_dtype(xp.sum(g2, axis=0), lb.dtype, xp=xp)
+    d_h = as_dtype(xp.reshape(g2 @ as_dtype(lw, dtype, xp=xp), tuple(h.shape)), h.dtype, xp=xp)
+    return loss, (d_h, as_dtype(xp.matrix_transpose(g2) @ h2, lw.dtype, xp=xp), d_bias)
+
+
+# --- the blocked sweep (eager arrays, class indices) ---------------------------------------------
 
 
 @dataclass
 class _Sweep:
     """One blocked sweep of :func:`fused`: sizes, per-row coefficients, reused buffers and the
-    gradients being accumulated (all in the compute dtype unless noted)."""
+    gradients being accumulated (all in the compute dtype unless noted). "Swept rows" are the
+    rows whose target is not ignored, in order; ``rows_of`` maps them to the rows of ``h2``."""
 
-    h2: Array  # hidden as (N, D)
+    h2: Array  # input as (N, D)
     weight: Array
     bias: Any  # None without a bias
-    index: IndexTarget
-    eps: float
-    z: float
+    y: Array  # the swept rows' targets (K,)
+    rows_of: Any  # (K,) indices into h2, None when no row is dropped
+    pos: Any  # (N,) each row's place among the swept rows (K where dropped); None with rows_of
+    args: LinearArgs
     dtype: Any
     rows: int
     v_chunk: int
     alias: bool  # slices are views that in-place operators write through
-    fold: bool  # compute dtype == input dtype: row scales go on the (rows, D) operands
+    fold: bool  # compute dtype == input dtype, no soft cap: row scales go on the (rows, D) operands
     want_loss: bool
     want_grad: bool
-    s: Any = 0.0  # per-row scale of the loss (cotangent over the "mean" denominator)
-    class_sum: Any = None  # Σ_c x_c per row (smoothing, forward)
-    w_sum: Any = None  # Σ_c W_c (smoothing)
-    per_row: Any = None
-    d_hidden: Any = None  # in hidden's dtype
+    cw: Any = None  # class weights (V,)
+    w_y: Any = None  # (K,) class weight of each swept row's target
+    w_sum: Any = 0.0  # Σ_c w_c
+    sw: Any = None  # (K,) sample weights
+    den: Any = None  # "mean" denominators of the cross-entropy and z parts
+    den_z: Any = None
+    s: Any = 0.0  # per-row scales of the two parts' gradients (cotangent, sample weight, 1/T, denominators)
+    s_z: Any = 0.0
+    class_sum: Any = None  # Σ_c w_c y_c per swept row (smoothing, forward, no soft cap)
+    w_cols: Any = None  # Σ_c w_c W_c (smoothing, no soft cap)
+    ce_rows: Any = None  # (K,) cross-entropy term (class-weighted)
+    z_rows: Any = None  # (K,) z term
+    d_hidden: Any = None  # in input's dtype: (N, D), or (K, D) where dropped rows are added at the end
     d_weight: Any = None
     d_bias: Any = None
-    b: Any = None  # the one-hot coefficient per row (0 at dropped rows)
-    u: Any = None  # the uniform coefficient per row (smoothing; 0 at dropped rows)
-    u_h: Any = None  # Σ_i u_i h_i, subtracted from every row of dW
+    b: Any = None  # the one-hot coefficient per swept row
+    u: Any = None  # the uniform coefficient per swept row (smoothing)
+    u_h: Any = None  # Σ_i u_i h_i, subtracted from dW along the class weights (no soft cap)
     logits_buf: Any = None
     part_buf: Any = None
+    cap_buf: Any = None  # tanh² of the block (soft cap, gradient)
+    dh_buf: Any = None  # one block of dL/dh before its scatter to the swept rows
 
 
 def fused(
@@ -235,172 +645,313 @@ def fused(
     weight: Array,
     target: Array,
     bias: Array | None,
-    ignore_index: int,
-    reduction: str,
-    eps: float,
-    z: float,
+    class_weight: Array | None,
+    sample_weight: Array | None,
+    args: LinearArgs,
     *,
     cotangent: Array | None,
     want_grad: bool,
     want_loss: bool = True,
-    block_rows: int | None = None,
     xp: Namespace,
 ) -> Fused:
-    """The blocked sweep (eager arrays, validated arguments): loss and/or the three gradients.
+    """The blocked sweep (eager arrays, class indices, checked and shift-prepared arguments):
+    loss and/or the three gradients.
 
-    Per block of ``rows`` rows the temporaries are one ``(rows, V)`` buffer (the logits, turned
-    in place into their shifted exponentials ``e``), one ``(v_chunk, D)`` product for ``dW``
-    and O(rows·D) vectors. Where slices are views and ``out=`` exists (NumPy, PyTorch, CuPy)
-    the two buffers are allocated once and reused, and ``e @ W`` is written straight into
-    ``d_hidden``; elsewhere each operation allocates. Of the logits' gradient
-    ``G = a/Σe·e - b·onehot(y) - u`` (:func:`xce.losses.cross_entropy.gradient_coefficients`)
-    only the first term is formed from the block (its row scale goes on the ``(rows, D)``
-    operands); the other two are O(D) per row, the ``dW`` part of the one-hot in
-    :func:`_subtract_targets`.
+    Rows whose target is ignored are dropped first: the sweep runs over the K kept rows only,
+    gathered block by block (no copy of ``hidden``). Per block of ``rows`` rows the
+    temporaries are one ``(rows, V)`` buffer (the logits, turned in place into their shifted
+    exponentials ``e``), one ``(v_chunk, D)`` product for ``dW`` and O(rows·D) vectors (with a
+    soft cap, one more ``(rows, V)`` buffer for ``tanh²``). Where slices are views and ``out=``
+    exists (NumPy, PyTorch, CuPy) the buffers are allocated once and reused. Of the gradient
+    w.r.t. the scored logits ``G = a/Σe·e - b·onehot(t) - u·w``
+    (:func:`xce.losses.cross_entropy.gradient_coefficients`) only the first term is formed from
+    the block without a soft cap (its row scale goes on the ``(rows, D)`` operands; the others
+    are O(D) per row, the ``dW`` part of the one-hot in :func:`_subtract_targets`). With a soft
+    cap the factor ``1 - tanh²`` is per element: the block's gradient is formed explicitly,
+    uniform part included; the one-hot part still stays out (its factor is the target's).
     """
-    sw = _start(hidden, weight, target, bias, ignore_index, reduction, eps, z, cotangent=cotangent,
-                want_grad=want_grad, want_loss=want_loss, block_rows=block_rows, xp=xp)
-    n = sw.h2.shape[0]
+    sw = _start(hidden, weight, target, bias, class_weight, sample_weight, args, cotangent=cotangent,
+                want_grad=want_grad, want_loss=want_loss, xp=xp)
+    k = sw.y.shape[0]
     w_t = xp.matrix_transpose(weight)
-    for i0 in range(0, n, sw.rows):
-        _block(sw, i0, min(i0 + sw.rows, n), w_t, xp=xp)
-    return _finish(sw, hidden, reduction, xp=xp)
+    for i0 in range(0, k, sw.rows):
+        _block(sw, i0, min(i0 + sw.rows, k), w_t, xp=xp)
+    return _finish(sw, hidden, xp=xp)
 
 
-def _start(hidden: Array, weight: Array, target: Array, bias: Array | None, ignore_index: int, reduction: str,
-           eps: float, z: float, *, cotangent: Array | None, want_grad: bool, want_loss: bool,
-           block_rows: int | None, xp: Namespace) -> _Sweep:
-    """Sizes, coefficients and buffers of a sweep (see :class:`_Sweep`)."""
-    n_features, vocab = hidden.shape[-1], weight.shape[0]
-    h2 = xp.reshape(hidden, (-1, n_features))
-    n, dtype, dev = h2.shape[0], compute_dtype(hidden.dtype, xp=xp), device_of(hidden)
-    index = prepare_index(xp.reshape(target, (-1,)), vocab, ignore_index, xp=xp, lazy=False)
+def _take_rows(a: Any, rows_of: Any, *, xp: Namespace) -> Any:
+    return a if rows_of is None or a is None or isinstance(a, float) or a.ndim == 0 else xp.take(a, rows_of, axis=0)
+
+
+def _block_size(hidden: Array, n: int, vocab: int, dtype: Any, block_rows: int | None, *, xp: Namespace) -> int:
     rows = block_rows if block_rows is not None else _engine.options().get("block_rows")
     if rows is None:  # the engine's policy for a block of logits of a matmul
         rows = max(8, _engine.block_bytes(hidden, "matmul") // (xp.finfo(dtype).bits // 8 * max(vocab, 1)))
         # ...and never more than a twelfth of the rows: the block stays a small part of the
         # logits it replaces, whatever N (one block of 64 MiB was a quarter of N=2048's logits).
         rows = min(rows, max(8, n // _MAX_BLOCK_FRACTION))
-    rows = max(1, min(int(rows), max(n, 1)))
-    sw = _Sweep(h2, weight, bias, index, eps, z, dtype, rows, max(1, min(vocab, _VOCAB_CHUNK_ELEMENTS //
-                max(n_features, 1))), _slices_alias(xp, dev), dtype == hidden.dtype, want_loss, want_grad)
-    if eps > 0.0:  # Σ_c x_c = h · Σ_c W_c + Σ_c b_c needs no sweep, and G's uniform part is O(D)
-        sw.w_sum = xp.sum(as_dtype(weight, dtype, xp=xp), axis=0)
-        if want_loss:
-            sw.class_sum = as_dtype(h2, dtype, xp=xp) @ sw.w_sum
-            if bias is not None:
-                sw.class_sum = sw.class_sum + xp.sum(as_dtype(bias, dtype, xp=xp))
+    return max(1, min(int(rows), max(n, 1)))
+
+
+def _start(hidden: Array, weight: Array, target: Array, bias: Array | None, class_weight: Array | None,
+           sample_weight: Array | None, args: LinearArgs, *, cotangent: Array | None, want_grad: bool,
+           want_loss: bool, xp: Namespace) -> _Sweep:
+    """Sizes, kept rows, coefficients and buffers of a sweep (see :class:`_Sweep`)."""
+    n_features, vocab = hidden.shape[-1], weight.shape[0]
+    h2 = xp.reshape(hidden, (-1, n_features))
+    dtype, dev = compute_dtype(hidden.dtype, xp=xp), device_of(hidden)
+    index = prepare_index(xp.reshape(target, (-1,)), vocab, args.ignore_index, xp=xp, lazy=False)
+    y, rows_of, pos = index.safe, None, None
+    if index.ignored is not None:  # ignored rows leave before any product
+        keep = ~index.ignored
+        rows_of = xp.nonzero(keep)[0]
+        y = xp.take(y, rows_of)
+        pos = xp.where(keep, xp.cumulative_sum(xp.astype(keep, y.dtype)) - 1, y.shape[0])
+    k = y.shape[0]
+    rows = _block_size(hidden, k, vocab, dtype, args.block_rows, xp=xp)
+    sw = _Sweep(h2, weight, bias, y, rows_of, pos, args, dtype, rows,
+                max(1, min(vocab, _VOCAB_CHUNK_ELEMENTS // max(n_features, 1))), _slices_alias(xp, dev),
+                dtype == hidden.dtype and args.softcap is None, want_loss, want_grad)
+    _start_weights(sw, class_weight, sample_weight, xp=xp)
     if want_loss:
-        sw.per_row = xp.zeros((n,), dtype=dtype, device=dev)
+        sw.ce_rows = xp.zeros((k,), dtype=dtype, device=dev)
+        sw.z_rows = xp.zeros((k,), dtype=dtype, device=dev) if maybe_nonzero(args.z) else None
     if want_grad:
-        # One denominator for both parts: no class weights, so Σ w_y is the count of kept rows.
-        cot = None if cotangent is None else xp.reshape(cotangent, (-1,)) if reduction == "none" else cotangent
-        sw.s = reduction_scale(cot, reduction, xp.empty((n,), dtype=dtype, device=dev),
-                               mean_weights(None, index, xp=xp), dtype, xp=xp)
-        _, b, u = gradient_coefficients(sw.s + xp.zeros((n,), dtype=dtype, device=dev), sw.s, None, 1.0,
-                                        float(vocab), eps, 0.0, vocab)
-        drop = index.ignored
-        sw.b = b if drop is None else xp.where(drop, 0.0, b)
-        if eps > 0.0:
-            u = u + xp.zeros_like(sw.b)
-            sw.u = u if drop is None else xp.where(drop, 0.0, u)
-            sw.u_h = xp.zeros((n_features,), dtype=dtype, device=dev)
-        sw.d_hidden = xp.empty((n, n_features), dtype=hidden.dtype, device=dev)
-        sw.d_weight = xp.zeros((vocab, n_features), dtype=dtype, device=dev)
-        sw.d_bias = xp.zeros((vocab,), dtype=dtype, device=dev) if bias is not None else None
-    # Buffers reused by every block (written through out= and views); elsewhere each
-    # operation returns a new array and the buffers stay None.
-    if sw.alias and sw.fold:
-        sw.logits_buf = xp.empty((rows, vocab), dtype=dtype, device=dev)
-        if want_grad:
-            sw.part_buf = xp.empty((sw.v_chunk, n_features), dtype=dtype, device=dev)
+        _start_gradient(sw, hidden, cotangent, xp=xp)
+    _start_buffers(sw, hidden, xp=xp)
     return sw
 
 
-def _block(sw: _Sweep, i0: int, i1: int, w_t: Array, *, xp: Namespace) -> None:
-    """Rows i0:i1: their logits, log Z and loss, then their part of the three gradients."""
-    h = sw.h2[i0:i1, ...]
+def _start_weights(sw: _Sweep, class_weight: Array | None, sample_weight: Array | None, *, xp: Namespace) -> None:
+    """Class and sample weights of the swept rows, the mean's denominators and, without a soft
+    cap, the smoothing sums that need no sweep: Σ_c w_c x_c = h · Σ_c w_c W_c + Σ_c w_c b_c."""
+    args, dtype, vocab, dev = sw.args, sw.dtype, sw.weight.shape[0], device_of(sw.h2)
+    if class_weight is not None:
+        sw.cw = as_dtype(class_weight, dtype, xp=xp)
+        sw.w_y = xp.take(sw.cw, sw.y)
+    sw.w_sum = float(vocab) if sw.cw is None else xp.sum(sw.cw)
+    if sample_weight is not None:
+        sw.sw = _take_rows(as_dtype(xp.reshape(sample_weight, (-1,)), dtype, xp=xp), sw.rows_of, xp=xp)
+    sw.den, sw.den_z = _denominators(sw.sw, sw.w_y, None, sw.y.shape[0], args, dtype, dev, xp=xp)
+    if args.softcap is not None or not (args.eps > 0.0):
+        return
+    w = as_dtype(sw.weight, dtype, xp=xp)
+    sw.w_cols = xp.sum(w, axis=0) if sw.cw is None else sw.cw @ w
+    if sw.want_loss:
+        c_sum = as_dtype(sw.h2, dtype, xp=xp) @ sw.w_cols
+        if sw.bias is not None:
+            b = as_dtype(sw.bias, dtype, xp=xp)
+            c_sum = c_sum + (xp.sum(b) if sw.cw is None else xp.sum(sw.cw * b))
+        c_sum = _take_rows(c_sum, sw.rows_of, xp=xp)
+        sw.class_sum = c_sum / args.temperature if args.scaled else c_sum
+
+
+def _start_gradient(sw: _Sweep, hidden: Array, cotangent: Array | None, *, xp: Namespace) -> None:
+    """Per-row gradient coefficients and the gradients' arrays and buffers."""
+    args, dtype, dev = sw.args, sw.dtype, device_of(hidden)
+    (n, n_features), vocab, k = sw.h2.shape, sw.weight.shape[0], sw.y.shape[0]
+    cot = cotangent
+    if cot is not None and args.reduction == "none":
+        cot = _take_rows(xp.reshape(cot, (-1,)), sw.rows_of, xp=xp)
+    sw.s, sw.s_z = _scales(cot, sw.sw, sw.den, sw.den_z, args, dtype, xp=xp)
+    zeros = xp.zeros((k,), dtype=dtype, device=dev)
+    _, b, u = gradient_coefficients(sw.s + zeros, sw.s, None, 1.0 if sw.w_y is None else sw.w_y, sw.w_sum, args.eps,
+                                    0.0, vocab)
+    sw.b = b + zeros
+    if args.eps > 0.0:
+        sw.u = u + zeros
+        if args.softcap is None:
+            sw.u_h = xp.zeros((n_features,), dtype=dtype, device=dev)
+    if sw.rows_of is None:
+        sw.d_hidden = xp.empty((n, n_features), dtype=hidden.dtype, device=dev)
+    elif _scatters(xp, dev):  # blocks scattered into their rows; dropped rows stay 0
+        sw.d_hidden = xp.zeros((n, n_features), dtype=hidden.dtype, device=dev)
+        sw.dh_buf = xp.empty((sw.rows, n_features), dtype=hidden.dtype, device=dev)
+    else:  # no scatter: the swept rows, spread out at the end
+        sw.d_hidden = xp.empty((k, n_features), dtype=hidden.dtype, device=dev)
+    sw.d_weight = xp.zeros((vocab, n_features), dtype=dtype, device=dev)
+    sw.d_bias = xp.zeros((vocab,), dtype=dtype, device=dev) if sw.bias is not None else None
+
+
+def _start_buffers(sw: _Sweep, hidden: Array, *, xp: Namespace) -> None:
+    """Buffers reused by every block (written through out= and views); elsewhere each
+    operation returns a new array and the buffers stay None."""
+    if not sw.alias:
+        return
+    (_, n_features), vocab, dev = sw.h2.shape, sw.weight.shape[0], device_of(hidden)
+    capped = sw.args.softcap is not None
+    if sw.fold or (capped and sw.dtype == hidden.dtype):
+        sw.logits_buf = xp.empty((sw.rows, vocab), dtype=sw.dtype, device=dev)
+    if sw.want_grad:
+        if capped:
+            sw.cap_buf = xp.empty((sw.rows, vocab), dtype=sw.dtype, device=dev)
+        if sw.fold:
+            sw.part_buf = xp.empty((sw.v_chunk, n_features), dtype=sw.dtype, device=dev)
+
+
+def _block_logits(sw: _Sweep, h: Array, r: int, w_t: Array, *, xp: Namespace) -> tuple[Array, Array | None]:
+    """The block's scored logits ``cap(x)/T`` in the compute dtype (in the reused buffer where
+    there is one) and, with a soft cap and gradients, ``tanh²(x/c)``."""
     buf = sw.logits_buf
-    x = h @ w_t if buf is None else write_into("matmul", buf[: i1 - i0, ...], h, w_t, xp=xp)
+    x = h @ w_t if buf is None else write_into("matmul", buf[:r, ...], h, w_t, xp=xp)
     if sw.bias is not None:
         x = x + sw.bias if sw.bias.dtype != x.dtype else _iadd(x, sw.bias)
     x = as_dtype(x, sw.dtype, xp=xp)
-    y = sw.index.safe[i0:i1]
+    args, t2 = sw.args, None
+    if args.softcap is not None:
+        c = args.softcap
+        x = write_into("tanh", x, write_into("divide", x, x, c, xp=xp), xp=xp)
+        if sw.want_grad:
+            t2 = write_into("multiply", None if sw.cap_buf is None else sw.cap_buf[:r, ...], x, x, xp=xp)
+        x = write_into("multiply", x, x, c / args.temperature, xp=xp)
+    elif args.scaled:
+        x = write_into("divide", x, x, args.temperature, xp=xp)
+    return x, t2
+
+
+def _block(sw: _Sweep, i0: int, i1: int, w_t: Array, *, xp: Namespace) -> None:
+    """Swept rows i0:i1: their logits, log Z and loss, then their part of the three gradients."""
+    args = sw.args
+    h = sw.h2[i0:i1, ...] if sw.rows_of is None else xp.take(sw.h2, sw.rows_of[i0:i1], axis=0)
+    x, t2 = _block_logits(sw, h, i1 - i0, w_t, xp=xp)
+    y = sw.y[i0:i1]
     m = finite_max(x, 1, xp=xp)
-    kept = None if sw.index.ignored is None else ~sw.index.ignored[i0:i1]
-    x_y = take_along_class_axis(x, y, 1, xp=xp) if sw.want_loss else None  # before x is overwritten
+    capped = args.softcap is not None
+    x_y = take_along_class_axis(x, y, 1, xp=xp) if sw.want_loss or capped else None  # before x is overwritten
+    w_y = None if sw.w_y is None else sw.w_y[i0:i1]
+    c_sum = None
+    if sw.want_loss and args.eps > 0.0:
+        c_sum = sw.class_sum[i0:i1] if not capped else xp.sum(x, axis=1) if sw.cw is None else x @ sw.cw
     x -= m
     e = write_into("exp", x, x, xp=xp)  # in place where possible: x is not needed any more
     total = xp.sum(e, axis=1, keepdims=True)
     log_z = xp.squeeze(xp.log(total) + m, axis=1)
     if sw.want_loss:
-        vocab = sw.weight.shape[0]
-        c_sum = None if sw.class_sum is None else sw.class_sum[i0:i1]
-        loss = index_loss(log_z, x_y, c_sum, None, float(vocab), sw.eps, vocab)
-        if sw.z > 0.0:
-            loss = loss + sw.z * log_z**2
-        sw.per_row[i0:i1] = loss if kept is None else xp.where(kept, loss, 0.0)
+        sw.ce_rows[i0:i1] = index_loss(log_z, x_y, c_sum, w_y, sw.w_sum, args.eps, sw.weight.shape[0])
+        if sw.z_rows is not None:
+            sw.z_rows[i0:i1] = args.z * log_z**2
     del x
     if sw.want_grad:
-        _block_gradient(sw, i0, i1, h, e, total, log_z, kept, y, xp=xp)
+        a = _row_scale(sw, i0, i1, log_z, total, xp=xp)
+        if capped:
+            _block_gradient_capped(sw, i0, i1, h, e, a, t2, x_y, y, xp=xp)
+        else:
+            _block_gradient(sw, i0, i1, h, e, a, y, xp=xp)
 
 
-def _block_gradient(sw: _Sweep, i0: int, i1: int, h: Array, e: Array, total: Array, log_z: Array,
-                    kept: Array | None, y: Array, *, xp: Namespace) -> None:
+def _row_scale(sw: _Sweep, i0: int, i1: int, log_z: Array, total: Array, *, xp: Namespace) -> Array:
+    """``a / Σe``: the factor of the block's exponentials in G (``a`` from the loss's rule)."""
+    def part(v: Any) -> Any:
+        return v if isinstance(v, float) or v.ndim == 0 else v[i0:i1]
+
+    w_y = 1.0 if sw.w_y is None else sw.w_y[i0:i1]
+    a, _, _ = gradient_coefficients(part(sw.s) + xp.zeros_like(log_z), part(sw.s_z), log_z, w_y, sw.w_sum,
+                                    sw.args.eps, sw.args.z, sw.weight.shape[0])
+    return a / xp.squeeze(total, axis=1)
+
+
+def _dh_slot(sw: _Sweep, i0: int, i1: int) -> tuple[Array, int, int]:
+    """Where the block's dL/dh rows are formed: the result's own rows, or the scatter buffer."""
+    return (sw.d_hidden, i0, i1) if sw.dh_buf is None else (sw.dh_buf, 0, i1 - i0)
+
+
+def _dh_commit(sw: _Sweep, i0: int, i1: int) -> None:
+    if sw.dh_buf is not None:
+        sw.d_hidden[sw.rows_of[i0:i1], ...] = sw.dh_buf[: i1 - i0, ...]
+
+
+def _block_gradient(sw: _Sweep, i0: int, i1: int, h: Array, e: Array, q: Array, y: Array, *, xp: Namespace) -> None:
     """Rows i0:i1's part of dL/dh, dW and db, from their exponentials ``e`` (not normalised)."""
-    vocab = sw.weight.shape[0]
-    s_i = sw.s if isinstance(sw.s, float) or sw.s.ndim == 0 else sw.s[i0:i1]
-    a, _, _ = gradient_coefficients(s_i + xp.zeros_like(log_z), s_i, log_z, 1.0, float(vocab), sw.eps, sw.z, vocab)
-    if kept is not None:
-        a = xp.where(kept, a, 0.0)
-    # G = q·e - b·e_y - u with the row scale q = a / Σe. Only the first term touches the
+    # G = q·e - b·e_y - u·w with the row scale q = a / Σe. Only the first term touches the
     # block; q is applied to the (rows, D) operands (G W = q·(e W), Gᵀh = eᵀ(q·h)) rather than
     # to the (rows, V) block, except in half precision, where e is scaled before its cast.
-    q = a / xp.squeeze(total, axis=1)
     if sw.fold:
         g, h_q = e, xp.expand_dims(q, axis=1) * h
     else:
         e *= xp.expand_dims(q, axis=1)
         g, h_q = as_dtype(e, h.dtype, xp=xp), h
-    # dL/dh = q·(e W) - b·W[y] - u·ΣW
-    _matmul_into(sw.d_hidden, i0, i1, g, sw.weight, alias=sw.alias, xp=xp)
+    # dL/dh = q·(e W) - b·W[y] - u·Σ_c w_c W_c
+    out, j0, j1 = _dh_slot(sw, i0, i1)
+    _matmul_into(out, j0, j1, g, sw.weight, alias=sw.alias, xp=xp)
     rest = xp.expand_dims(sw.b[i0:i1], axis=1) * as_dtype(xp.take(sw.weight, y, axis=0), sw.dtype, xp=xp)
     if sw.u is not None:
-        rest += xp.expand_dims(sw.u[i0:i1], axis=1) * sw.w_sum
+        rest += xp.expand_dims(sw.u[i0:i1], axis=1) * sw.w_cols
         sw.u_h = sw.u_h + sw.u[i0:i1] @ as_dtype(h, sw.dtype, xp=xp)
-    _add_into(sw.d_hidden, i0, i1, as_dtype(rest, h.dtype, xp=xp), alias=sw.alias, subtract=True,
+    _add_into(out, j0, j1, as_dtype(rest, h.dtype, xp=xp), alias=sw.alias, subtract=True,
               scale=xp.expand_dims(as_dtype(q, h.dtype, xp=xp), axis=1) if sw.fold else None)
+    _dh_commit(sw, i0, i1)
+    _weight_update(sw, g, h_q, xp=xp)
+    if sw.d_bias is not None:
+        sw.d_bias += q @ e if sw.fold else xp.sum(e, axis=0)
+
+
+def _block_gradient_capped(sw: _Sweep, i0: int, i1: int, h: Array, e: Array, q: Array, t2: Array, x_y: Array,
+                           y: Array, *, xp: Namespace) -> None:
+    """Soft cap: ``G = (q·e - u·w) ⊙ (1 - tanh²)`` formed in the block; the one-hot part
+    ``-b·(1 - tanh²(x_y/c))`` at the target stays out of it (a gather and the sorted scatter)."""
+    args = sw.args
+    g = write_into("multiply", e, e, xp.expand_dims(q, axis=1), xp=xp)
+    if sw.u is not None:
+        u = xp.expand_dims(sw.u[i0:i1], axis=1)
+        g = write_into("subtract", g, g, u if sw.cw is None else u * sw.cw, xp=xp)
+    t2 = write_into("multiply", t2, g, t2, xp=xp)  # G·tanh², then G - G·tanh²
+    g = write_into("subtract", g, g, t2, xp=xp)
+    tanh_y = x_y * (args.temperature / args.softcap)  # the target's tanh(x_y / c), from its scored logit
+    b = sw.b[i0:i1] * (1.0 - tanh_y**2)
+    sw.b[i0:i1] = b  # the one-hot coefficient of dW's sorted scatter (_finish)
+    gh = as_dtype(g, h.dtype, xp=xp)
+    out, j0, j1 = _dh_slot(sw, i0, i1)
+    _matmul_into(out, j0, j1, gh, sw.weight, alias=sw.alias, xp=xp)
+    rest = xp.expand_dims(b, axis=1) * as_dtype(xp.take(sw.weight, y, axis=0), sw.dtype, xp=xp)
+    _add_into(out, j0, j1, as_dtype(rest, h.dtype, xp=xp), alias=sw.alias, subtract=True)
+    _dh_commit(sw, i0, i1)
+    _weight_update(sw, gh, h, xp=xp)
+    if sw.d_bias is not None:
+        sw.d_bias += xp.sum(g, axis=0)
+
+
+def _weight_update(sw: _Sweep, g: Array, h_q: Array, *, xp: Namespace) -> None:
+    """``dW += gᵀ h_q``, a vocabulary chunk at a time (a ``(v_chunk, D)`` product)."""
+    vocab = sw.weight.shape[0]
     for v0 in range(0, vocab, sw.v_chunk):
         v1 = min(v0 + sw.v_chunk, vocab)
         g_t = xp.matrix_transpose(g[:, v0:v1])
         buf = sw.part_buf
         part = g_t @ h_q if buf is None else write_into("matmul", buf[: v1 - v0, ...], g_t, h_q, xp=xp)
         _add_into(sw.d_weight, v0, v1, as_dtype(part, sw.dtype, xp=xp), alias=sw.alias)
-    if sw.d_bias is not None:
-        sw.d_bias += q @ e if sw.fold else xp.sum(e, axis=0)
 
 
-def _finish(sw: _Sweep, hidden: Array, reduction: str, *, xp: Namespace) -> Fused:
-    """The one-hot and uniform parts of dW and db, and the reduced loss."""
+def _spread(values: Array, sw: _Sweep, *, xp: Namespace) -> Array:
+    """Swept rows ``(K, ...)`` -> all rows ``(N, ...)``, 0 at dropped rows (a gather)."""
+    if sw.pos is None:
+        return values
+    pad = xp.zeros((1, *values.shape[1:]), dtype=values.dtype, device=device_of(values))
+    return xp.take(xp.concat([values, pad], axis=0), sw.pos, axis=0)
+
+
+def _finish(sw: _Sweep, hidden: Array, *, xp: Namespace) -> Fused:
+    """The uniform and one-hot parts of dW and db, and the reduced loss."""
+    args = sw.args
     if sw.want_grad:
         # Nothing may still refer to the block buffers, so that they are freed before the correction.
-        sw.logits_buf = sw.part_buf = None
-        if sw.u is not None:  # the uniform part: -u_i added to every class of row i
-            sw.d_weight -= sw.u_h
+        sw.logits_buf = sw.part_buf = sw.cap_buf = sw.dh_buf = None
+        if sw.u_h is not None:  # the uniform part: -u_i·w_c added to every class c of row i
+            sw.d_weight -= sw.u_h if sw.cw is None else xp.expand_dims(sw.cw, axis=1) * sw.u_h
             if sw.d_bias is not None:
-                sw.d_bias -= xp.sum(sw.u)
-        if sw.eps < 1.0:
-            _subtract_targets(sw.d_weight, sw.d_bias, sw.h2, sw.index.safe, sw.b, sw.index.ignored, rows=sw.rows,
+                sw.d_bias -= xp.sum(sw.u) if sw.cw is None else sw.cw * xp.sum(sw.u)
+        if args.eps < 1.0:
+            _subtract_targets(sw.d_weight, sw.d_bias, sw.h2, sw.y, sw.b, sw.rows_of, rows=sw.rows,
                               v_chunk=sw.v_chunk, alias=sw.alias, xp=xp)
     loss_out = None
     if sw.want_loss:
-        lead = tuple(hidden.shape[:-1])
-        per_row = xp.reshape(sw.per_row, lead) if reduction == "none" else sw.per_row
-        loss_out = as_dtype(reduce_loss(per_row, reduction, denominator=mean_weights(None, sw.index, xp=xp), xp=xp),
-                            hidden.dtype, xp=xp)
+        loss = _reduce(sw.ce_rows, sw.z_rows, sw.sw, sw.den, sw.den_z, args, xp=xp)
+        if args.reduction == "none":
+            loss = xp.reshape(_spread(loss, sw, xp=xp), tuple(hidden.shape[:-1]))
+        loss_out = as_dtype(loss, hidden.dtype, xp=xp)
     if not sw.want_grad:
         return Fused(loss_out, None, None, None)
-    return Fused(loss_out, xp.reshape(sw.d_hidden, tuple(hidden.shape)), as_dtype(sw.d_weight, sw.weight.dtype, xp=xp),
+    d_hidden = sw.d_hidden if sw.d_hidden.shape[0] == sw.h2.shape[0] else _spread(sw.d_hidden, sw, xp=xp)
+    return Fused(loss_out, xp.reshape(d_hidden, tuple(hidden.shape)), as_dtype(sw.d_weight, sw.weight.dtype, xp=xp),
                  None if sw.d_bias is None else as_dtype(sw.d_bias, sw.bias.dtype, xp=xp))
 
 
@@ -432,9 +983,9 @@ def _matmul_into(out: Array, i0: int, i1: int, a: Array, b: Array, *, alias: boo
         out[i0:i1, ...] = res
 
 
-def _subtract_targets(d_weight: Array, d_bias: Array | None, h2: Array, y: Array, c1: Array, drop: Array | None,
+def _subtract_targets(d_weight: Array, d_bias: Array | None, h2: Array, y: Array, c1: Array, rows_of: Any,
                       *, rows: int, v_chunk: int, alias: bool, xp: Namespace) -> None:
-    """``d_weight[y_i] -= c1_i·h_i`` and ``d_bias[y_i] -= c1_i`` for all rows, in place.
+    """``d_weight[y_i] -= c1_i·h_i`` and ``d_bias[y_i] -= c1_i`` for all swept rows, in place.
 
     The standard has no scatter-add, so the rows are sorted by target: each class's rows
     form a run, and its sum is a difference of two cumulative sums. Cumulative sums restart
@@ -443,19 +994,19 @@ def _subtract_targets(d_weight: Array, d_bias: Array | None, h2: Array, y: Array
     ``(rows, D)`` and ``(v_chunk, D)`` temporaries.
     """
     vocab, dev = d_weight.shape[0], device_of(d_weight)
-    key = y if drop is None else xp.where(drop, vocab, y)  # ignored rows sort past every class
-    order = xp.argsort(key)
-    key = xp.take(key, order)
+    order = xp.argsort(y)
+    key = xp.take(y, order)
     # Class v's rows, in sorted order: bounds[v] to bounds[v + 1].
     bounds = xp.searchsorted(key, xp.arange(vocab + 1, dtype=key.dtype, device=dev))
-    n_kept = int(bounds[vocab])
+    n_kept = key.shape[0]
     for p0 in range(0, n_kept, rows):
         p1 = min(p0 + rows, n_kept)
         idx = order[p0:p1]
         c = xp.take(c1, idx)
-        hc = xp.expand_dims(c, axis=1) * as_dtype(xp.take(h2, idx, axis=0), d_weight.dtype, xp=xp)
+        h_rows = xp.take(h2, idx if rows_of is None else xp.take(rows_of, idx), axis=0)
+        hc = xp.expand_dims(c, axis=1) * as_dtype(h_rows, d_weight.dtype, xp=xp)
         cs = xp.cumulative_sum(hc, axis=0, include_initial=True)
-        del hc
+        del hc, h_rows
         cb = None if d_bias is None else xp.cumulative_sum(c, include_initial=True)
         # Classes whose runs meet this piece: key[p0] .. key[p1 - 1].
         k0, k1 = int(key[p0]), int(key[p1 - 1]) + 1
@@ -470,6 +1021,19 @@ def _subtract_targets(d_weight: Array, d_bias: Array | None, h2: Array, y: Array
                 _add_into(d_bias, v0, v1, xp.take(cb, hi) - xp.take(cb, lo), alias=alias, subtract=True)
 
 
+def _scatters(xp: Namespace, device: Any) -> bool:
+    """Whether ``a[index_array, ...] = b`` works (NumPy, PyTorch, CuPy; not in the standard)."""
+    key = id(xp)
+    if key not in _SCATTERS:
+        probe = xp.zeros((2, 1), device=device)
+        try:
+            probe[xp.asarray([1], device=device), ...] = xp.ones((1, 1), device=device)
+            _SCATTERS[key] = bool(probe[1, 0] == 1.0)
+        except (IndexError, TypeError, ValueError):
+            _SCATTERS[key] = False
+    return _SCATTERS[key]
+
+
 def _slices_alias(xp: Namespace, device: Any) -> bool:
     """Whether a basic slice of an array is a view that in-place operators write through
     (NumPy, PyTorch, CuPy); probed once per namespace, not assumed from the library's name."""
@@ -480,17 +1044,6 @@ def _slices_alias(xp: Namespace, device: Any) -> bool:
         part += 1.0
         _ALIASING[key] = bool(probe[0] == 1.0)
     return _ALIASING[key]
-
-
-def _logits(hidden: Array, weight: Array, bias: Array | None, *, xp: Namespace) -> Array:
-    x = hidden @ xp.matrix_transpose(weight)
-    return x if bias is None else x + bias
-
-
-def _check(hidden, weight, target, bias, ignore_index, reduction, label_smoothing, z_loss, *, xp: Namespace):
-    check_linear_shapes(hidden, weight, target, bias, xp=xp)
-    return (check_reduction(reduction), check_fraction(label_smoothing, "label_smoothing"),
-            check_real(z_loss, "z_loss", minimum=0.0), check_integer(ignore_index, "ignore_index"))
 
 
 register_value_and_grad(linear_cross_entropy, value_and_grad_linear_cross_entropy)

@@ -36,6 +36,11 @@ def unfused(hidden, weight, target, bias=None, **kwargs):
     return xce.cross_entropy(logits if bias is None else logits + bias, target, axis=-1, **kwargs)
 
 
+def linear(hidden, weight, target, bias=None, **kwargs):
+    """``xce.linear_cross_entropy`` with the bias positional, as ``unfused`` takes it."""
+    return xce.linear_cross_entropy(hidden, weight, target, linear_bias=bias, **kwargs)
+
+
 def _diffs(got, want) -> list[list[float]]:
     """Per output: [max |got - want|, max |want|]."""
     return [
@@ -64,7 +69,7 @@ def main() -> None:
             fn, ref = jax.grad(fn, argnums=(0, 1)), jax.grad(ref, argnums=(0, 1))
             numpy = xce.value_and_grad(xce.linear_cross_entropy)(*wide, **kw)[1][:2]
         else:
-            numpy = xce.linear_cross_entropy(*wide, **kw)
+            numpy = linear(*wide, **kw)
         placed = [jax.device_put(a, NamedSharding(mesh_, s)) for a, s in zip(args, specs)]
         jitted = jax.jit(fn)
         sharded = jitted(*placed)
@@ -85,7 +90,7 @@ def main() -> None:
 
     vocab_1d = (P(), P("d", None), P())  # hidden replicated, weight sharded on V, target replicated
     vocab_2d = (P("data", None), P("vocab", None), P("data"))  # hidden and target batch-sharded too
-    lce = xce.linear_cross_entropy
+    lce = linear
     # Forward: O(N) statistics only. Backward: also dL/dh's partial sums over the vocabulary shards,
     # (N, D); with data parallelism, also dL/dW's (V/4, D) shard summed over the data axis.
     for red in ("mean", "none"):

@@ -132,8 +132,14 @@ def dispatch_cross_entropy(input: Any, target: Any, weight: Any, options: ce.Opt
     return out
 
 
-def wants_linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> bool:
-    return needs_autograd(hidden, weight, bias) and not is_traced(hidden)
+def wants_linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                               class_weight: torch.Tensor | None = None, sample_weight: torch.Tensor | None = None,
+                               normalizer: Any = None) -> bool:
+    """Whether autograd must see this call (the adapter then picks the Function or, where a
+    class weight, sample weight or normalizer requires grad, autograd through the definition)."""
+    tensors = (hidden, weight, bias, class_weight, sample_weight,
+               normalizer if isinstance(normalizer, torch.Tensor) else None)
+    return needs_autograd(*tensors) and not is_traced(hidden)
 
 
 class _CrossEntropy(torch.autograd.Function):
@@ -190,20 +196,23 @@ def cross_entropy(*args: Any, **kwargs: Any) -> torch.Tensor:
 cross_entropy.__signature__ = ce.SIGNATURE  # type: ignore[attr-defined]
 
 
+_LINEAR_NAMES = ("input", "linear_weight", "target", "linear_bias", "weight", "sample_weight")
+
+
 class _LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
-    def forward(ctx: Any, hidden, weight, target, bias, ignore_index, reduction, label_smoothing, z_loss, block_rows):
-        xp = namespace(("hidden", "weight", "target", "bias"), hidden, weight, target, bias)
+    def forward(ctx: Any, hidden, weight, target, bias, class_weight, sample_weight, args):
+        xp = namespace(_LINEAR_NAMES, hidden, weight, target, bias, class_weight, sample_weight)
         needs = ctx.needs_input_grad
-        want = (needs[0] or needs[1] or needs[3]) and reduction != "none"
+        want = (needs[0] or needs[1] or needs[3]) and args.reduction != "none"
         with torch.no_grad():
-            out = _linear.fused(hidden, weight, target, bias, ignore_index, reduction, label_smoothing, z_loss,
-                                cotangent=None, want_grad=want, block_rows=block_rows, xp=xp)
-        ctx.args = (ignore_index, reduction, label_smoothing, z_loss, block_rows)
+            out = _linear.fused(hidden, weight, target, bias, class_weight, sample_weight, args, cotangent=None,
+                                want_grad=want, xp=xp)
+        ctx.args = args
         if want:  # Liger's schedule: gradients for cotangent 1 now, scaled in backward
             ctx.save_for_backward(out.d_hidden, out.d_weight, out.d_bias)
         else:
-            ctx.save_for_backward(hidden, weight, target, bias)
+            ctx.save_for_backward(hidden, weight, target, bias, class_weight, sample_weight)
         ctx.precomputed = want
         return out.loss
 
@@ -214,35 +223,30 @@ class _LinearCrossEntropy(torch.autograd.Function):
             # loss.backward() passes 1: hand the saved gradients over without a copy of dW.
             one = bool(grad_output == 1)
             grads = tuple(d if d is None or one else d * grad_output for d in (d_hidden, d_weight, d_bias))
-            return grads[0], grads[1], None, grads[2], None, None, None, None, None
-        hidden, weight, target, bias = ctx.saved_tensors
-        ignore_index, reduction, label_smoothing, z_loss, block_rows = ctx.args
-        xp = namespace(("hidden", "weight", "target", "bias"), hidden, weight, target, bias)
-        out = _linear.fused(hidden, weight, target, bias, ignore_index, reduction, label_smoothing, z_loss,
-                            cotangent=grad_output, want_grad=True, want_loss=False, block_rows=block_rows, xp=xp)
-        return out.d_hidden, out.d_weight, None, out.d_bias, None, None, None, None, None
+            return grads[0], grads[1], None, grads[2], None, None, None
+        hidden, weight, target, bias, class_weight, sample_weight = ctx.saved_tensors
+        xp = namespace(_LINEAR_NAMES, hidden, weight, target, bias, class_weight, sample_weight)
+        out = _linear.fused(hidden, weight, target, bias, class_weight, sample_weight, ctx.args, cotangent=grad_output,
+                            want_grad=True, want_loss=False, xp=xp)
+        return out.d_hidden, out.d_weight, None, out.d_bias, None, None, None
 
 
-def linear_cross_entropy(
-    hidden: torch.Tensor,
-    weight: torch.Tensor,
-    target: torch.Tensor,
-    bias: torch.Tensor | None = None,
-    ignore_index: int = -100,
-    reduction: str = "mean",
-    label_smoothing: float = 0.0,
-    *,
-    z_loss: float = 0.0,
-    block_rows: int | None = None,
-) -> torch.Tensor:
-    """:func:`xce.linear_cross_entropy` whose ``.backward()`` never materialises the logits.
+def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, target: torch.Tensor, bias: torch.Tensor | None,
+                         class_weight: torch.Tensor | None, sample_weight: torch.Tensor | None,
+                         args: _linear.LinearArgs) -> torch.Tensor:
+    """:func:`xce.linear_cross_entropy` (checked, shift-prepared arguments) whose ``.backward()``
+    never materialises the logits.
 
     With ``"mean"``/``"sum"`` and inputs that require grad, the gradients are computed during
     the forward pass (one sweep over the vocabulary, as Liger-Kernel does) and scaled by the
-    upstream gradient in backward; with ``"none"`` the backward makes a second sweep.
+    upstream gradient in backward; with ``"none"`` the backward makes a second sweep. A class
+    weight, sample weight or normalizer that requires grad takes autograd through the unfused
+    definition instead (the sweep treats them as constants).
     """
-    return _LinearCrossEntropy.apply(hidden, weight, target, bias, ignore_index, reduction, label_smoothing, z_loss,
-                                     block_rows)
+    normalizer = args.normalizer if isinstance(args.normalizer, torch.Tensor) else None
+    if needs_autograd(class_weight, sample_weight, normalizer):
+        return _linear.unfused_loss(hidden, weight, target, bias, class_weight, sample_weight, args, xp=txp)
+    return _LinearCrossEntropy.apply(hidden, weight, target, bias, class_weight, sample_weight, args)
 
 
 # --- vocabulary-parallel cross entropy over torch.distributed --------------------------------
