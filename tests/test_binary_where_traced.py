@@ -288,6 +288,31 @@ def test_concrete_zero_d_hyper_parameters_are_numbers(backend):
     want = _focal(torch.tensor(x), torch.tensor(y), 0.4, 1.5).sum().numpy()
     assert_close_to(out, want, dtype=xp.float64, backend=backend)
     if not backend.lazy:
-        with pytest.raises(ValueError, match="^label_smoothing must lie in"):
+        with pytest.raises(ValueError, match=r"^label_smoothing must lie in"):
             xce.binary_cross_entropy_with_logits(backend.asarray(x), backend.asarray(y),
                                                  label_smoothing=np.asarray(2.0))
+
+
+def test_loss_objects_take_traced_hyper_parameters():
+    """BCELoss / BCEWithLogitsLoss / SigmoidFocalLoss built inside jax.jit from traced values:
+    one compilation, the values of the Python numbers."""
+    jax = pytest.importorskip("jax")
+    jnp = jax.numpy
+    rng = np.random.default_rng(13)
+    x, y = rng.normal(size=(4, 3)), (rng.uniform(size=(4, 3)) > 0.5).astype(np.float64)
+    p = 1.0 / (1.0 + np.exp(-x))
+    traces = []
+
+    @jax.jit
+    def losses(eps, alpha, gamma):
+        traces.append(1)
+        return (xce.BCELoss(label_smoothing=eps)(jnp.asarray(p), jnp.asarray(y)),
+                xce.BCEWithLogitsLoss(label_smoothing=eps)(jnp.asarray(x), jnp.asarray(y)),
+                xce.SigmoidFocalLoss(alpha=alpha, gamma=gamma, reduction="mean")(jnp.asarray(x), jnp.asarray(y)))
+
+    for eps, alpha, gamma in ((0.1, 0.25, 2.0), (0.0, 0.7, 0.5)):
+        want = (xce.binary_cross_entropy(p, y, label_smoothing=eps),
+                xce.binary_cross_entropy_with_logits(x, y, label_smoothing=eps),
+                xce.sigmoid_focal_loss(x, y, alpha=alpha, gamma=gamma, reduction="mean"))
+        np.testing.assert_allclose([float(v) for v in losses(eps, alpha, gamma)], want, rtol=1e-12)
+    assert len(traces) == 1
