@@ -345,3 +345,17 @@ def check_linear_shapes(hidden: Array, weight: Array, target: Array, bias: Array
         raise ValueError(f"target shape {tuple(target.shape)} does not match input's shape {tuple(hidden.shape)} "
                          f"without its last axis; expected {expected} (class indices) or {probs} (probabilities).")
     return False
+
+
+def check_mask(where: Array, shape: tuple[int, ...], x: Array, *, xp: Namespace, lazy: bool, loss: str) -> Array:
+    """``where=`` of a loss whose unreduced shape is ``shape`` (``loss`` names that shape in the
+    message, e.g. "the elementwise loss"): a boolean mask that broadcasts to it, without
+    changing it; returned broadcast to ``shape``."""
+    if not xp.isdtype(where.dtype, "bool"):
+        raise TypeError(f"where must be a boolean mask (True: the element counts); got dtype {where.dtype}.")
+    got = tuple(where.shape)
+    if len(got) > len(shape) or any(a not in (1, b) for a, b in zip(reversed(got), reversed(shape))):
+        raise ValueError(f"where of shape {got} does not broadcast to {loss}, shape {shape}.")
+    if not lazy:
+        check_same_device(x, where, "where")
+    return where if got == shape else xp.broadcast_to(where, shape)

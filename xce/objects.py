@@ -142,7 +142,7 @@ class BCELoss(_Loss):
         super().__init__(
             weight=weight,
             reduction=check_reduction(reduction),
-            label_smoothing=check_fraction(label_smoothing, "label_smoothing"),
+            label_smoothing=check_fraction(label_smoothing, "label_smoothing", traced=True),
         )
 
 
@@ -171,7 +171,7 @@ class BCEWithLogitsLoss(_Loss):
             weight=weight,
             reduction=check_reduction(reduction),
             pos_weight=pos_weight,
-            label_smoothing=check_fraction(label_smoothing, "label_smoothing"),
+            label_smoothing=check_fraction(label_smoothing, "label_smoothing", traced=True),
         )
 
 
@@ -230,8 +230,8 @@ class SigmoidFocalLoss(_Loss):
 
     def __init__(self, alpha: float = 0.25, gamma: float = 2.0, reduction: str = "none") -> None:
         super().__init__(
-            alpha=check_alpha(alpha),
-            gamma=check_real(gamma, "gamma", minimum=0.0),
+            alpha=check_alpha(alpha, traced=True),
+            gamma=check_real(gamma, "gamma", minimum=0.0, traced=True),
             reduction=check_reduction(reduction),
         )
 

@@ -46,14 +46,7 @@ import xce_optax_shims as shims  # noqa: E402
 # Expected failures: one entry per generated test method ("Class.method"), with every
 # optax argument in that test that does not map onto xce.
 
-_WHERE = "where= (a mask) does not map onto xce"
 _AXES = "axis= as a tuple of axes does not map onto xce (one int class axis)"
-_GAMMA = "gamma= traced by jax.jit (not static) does not map onto xce"
-_ALPHA = "alpha= traced by jax.jit (not static) does not map onto xce"
-
-
-def _both(*reasons: str) -> str:
-    return "; ".join(reasons)
 
 
 XFAIL: dict[str, str] = {
@@ -62,16 +55,7 @@ XFAIL: dict[str, str] = {
     **{f"SoftmaxCrossEntropyWithIntegerLabelsTest.test_axes{i}": _AXES for i in range(8)},
     # poly_loss_cross_entropy: optax's tests all use probability labels
     # kl_divergence, kl_divergence_with_log_targets
-    # sigmoid_focal_loss: every test jits it with gamma= / alpha= as traced arguments
-    "SigmoidFocalLossTest.test_focal_equals_ce": _GAMMA,
-    "SigmoidFocalLossTest.test_focal_gamma_zero_matches_binary_cross_entropy": _GAMMA,
-    "SigmoidFocalLossTest.test_scale": _GAMMA,
-    "SigmoidFocalLossTest.test_large_logit_fl_less_than_ce": _both(_GAMMA, _ALPHA),
-    "SigmoidFocalLossTest.test_small_logit_fl_less_than_ce": _GAMMA,
-    "SigmoidFocalLossTest.test_alpha_one": _both(_GAMMA, _ALPHA),
-    "SigmoidFocalLossTest.test_ignore_positive": _ALPHA,
-    "SigmoidFocalLossTest.test_ignore_negative": _ALPHA,
-    "SigmoidFocalLossTest.test_extreme_logits_finite_gradients": _GAMMA,
+    # sigmoid_focal_loss: every test jits it with gamma= / alpha= traced; xce takes them as 0-d arrays
 }
 
 
@@ -121,9 +105,8 @@ del _name, _cls
 
 
 # ---------------------------------------------------------------------------------------
-# Where the traced hyper-parameters are the only gap: optax's focal-loss tests again, with
-# jax.jit told that gamma / alpha are static. Not part of optax's file; it shows that xce's
-# values match once the hyper-parameters are Python floats.
+# optax's focal-loss tests again, with jax.jit told that gamma / alpha are static (optax's
+# own file traces them): not part of optax's file; xce's values match with Python floats too.
 
 
 class _StaticHyperparameterJax:
@@ -254,14 +237,9 @@ def test_every_expected_failure_names_a_test() -> None:
             id="sceil-axis-tuple",
         ),
         pytest.param(
-            lambda: jax.jit(shims.sigmoid_focal_loss)(_LOGITS, _PROBABILITIES, gamma=1.0),
-            "gamma",
-            id="focal-traced-gamma",
-        ),
-        pytest.param(
-            lambda: jax.jit(shims.sigmoid_focal_loss)(_LOGITS, _PROBABILITIES, alpha=0.5),
-            "alpha",
-            id="focal-traced-alpha",
+            lambda: shims.poly_loss_cross_entropy(_LOGITS, _INDICES, where=np.ones(_LOGITS.shape, bool)),
+            "where",
+            id="poly-index-per-logit-where",
         ),
         pytest.param(
             lambda: shims.sigmoid_focal_loss(_LOGITS, _PROBABILITIES, alpha=-0.5), "alpha", id="focal-negative-alpha"
@@ -277,7 +255,7 @@ def test_unmapped_arguments_raise(call: Any, argument: str) -> None:
 
 
 def test_static_hyperparameters_reach_xce() -> None:
-    """What the traced-argument xfails leave out: static gamma / alpha / epsilon run xce under jit."""
+    """Static gamma / alpha / epsilon run xce under jit too (optax's own tests trace them)."""
     focal = jax.jit(shims.sigmoid_focal_loss, static_argnames=("gamma", "alpha"))(
         _LOGITS, _PROBABILITIES, gamma=1.5, alpha=0.3
     )
@@ -287,3 +265,36 @@ def test_static_hyperparameters_reach_xce() -> None:
     poly = jax.jit(shims.poly_loss_cross_entropy, static_argnames=("epsilon",))(_LOGITS, _INDICES, epsilon=2.0)
     one_hot = jnp.asarray(xce.one_hot(_INDICES, 3), dtype=jnp.float32)
     np.testing.assert_allclose(poly, optax.losses.poly_loss_cross_entropy(_LOGITS, one_hot, epsilon=2.0), rtol=1e-5)
+
+
+def test_traced_hyperparameters_reach_xce() -> None:
+    """Traced gamma / alpha (issue 15, item 5): one compilation serves several values, each
+    matching optax's value and its gradient."""
+    traces: list[int] = []
+
+    def focal(logits: Any, gamma: Any, alpha: Any) -> Any:
+        traces.append(1)
+        return jnp.sum(shims.sigmoid_focal_loss(logits, _PROBABILITIES, gamma=gamma, alpha=alpha))
+
+    step = jax.jit(jax.value_and_grad(focal))
+    for gamma, alpha in ((1.5, 0.3), (0.5, 0.8), (2.0, 0.25)):
+        value, grad = step(_LOGITS, gamma, alpha)
+        want, want_grad = jax.value_and_grad(
+            lambda x, g=gamma, a=alpha: jnp.sum(optax.losses.sigmoid_focal_loss(x, _PROBABILITIES, gamma=g, alpha=a))
+        )(_LOGITS)
+        np.testing.assert_allclose(value, want, rtol=2e-5)
+        np.testing.assert_allclose(grad, want_grad, rtol=2e-4, atol=1e-6)
+    assert len(traces) == 1
+
+
+def test_where_reaches_xce_for_kl_and_poly_indices() -> None:
+    """kl_divergence's where= is xce.kl_div's; poly-1 with class indices takes a per-example mask."""
+    log_q, p = np.log(_PROBABILITIES + 0.1), _PROBABILITIES
+    where = np.asarray([[True, False, True], [False, True, True]])
+    np.testing.assert_allclose(shims.kl_divergence(log_q, p, where=where),
+                               optax.losses.kl_divergence(log_q, p, where=where), rtol=1e-6)
+    kept = np.asarray([True, False])
+    poly = shims.poly_loss_cross_entropy(_LOGITS, _INDICES, epsilon=2.0, where=kept)
+    one_hot = jnp.asarray(xce.one_hot(_INDICES, 3), dtype=jnp.float32)
+    want = optax.losses.poly_loss_cross_entropy(_LOGITS, one_hot, epsilon=2.0)
+    np.testing.assert_allclose(poly, jnp.where(kept, want, 0.0), rtol=1e-5)

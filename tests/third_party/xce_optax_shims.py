@@ -15,10 +15,12 @@ with optax's conventions translated:
   ``softmax_cross_entropy`` as probabilities whatever their dtype; the wrappers do the
   same before calling xce, which reads integer targets as class indices.
 
-Where an optax argument has no xce counterpart (``where=``, a tuple of axes, a traced
-hyper-parameter under ``jax.jit``, probability labels for the poly loss, broadcast labels,
-...), the wrapper raises ``NotImplementedError`` naming the argument; nothing is dropped
-silently and nothing falls back to optax.
+Traced hyper-parameters (``gamma`` / ``alpha`` of the focal loss, ``epsilon`` of the poly
+loss under ``jax.jit``) pass through to xce, which takes them as 0-d arrays.
+
+Where an optax argument has no xce counterpart (a tuple of axes, a concrete negative
+``alpha``, broadcast labels, ...), the wrapper raises ``NotImplementedError`` naming the
+argument; nothing is dropped silently and nothing falls back to optax.
 
 Every name in ``NOT_MAPPED`` has no xce counterpart at all and is optax's own function,
 re-exported unchanged so that the rest of the test file still runs; the reason is the value.
@@ -49,15 +51,16 @@ MAPPED: dict[str, str] = {
     ),
     "sigmoid_binary_cross_entropy": 'xce.binary_cross_entropy_with_logits(logits, labels, reduction="none")',
     "sigmoid_focal_loss": (
-        'xce.sigmoid_focal_loss(logits, labels, alpha=-1 if alpha is None else alpha, gamma=gamma, reduction="none")'
+        'xce.sigmoid_focal_loss(logits, labels, alpha=-1 if alpha is None else alpha, gamma=gamma, reduction="none") '
+        "(gamma and alpha may be traced)"
     ),
     "poly_loss_cross_entropy": (
         'xce.poly1_cross_entropy(logits, labels, epsilon=epsilon, reduction="none", axis=axis) (probability or '
         "class-index labels; where as for softmax_cross_entropy, empty examples zeroed in the shim)"
     ),
-    "kl_divergence": 'xce.kl_div(log_predictions, targets, reduction="none") masked by where, .sum(axis)',
+    "kl_divergence": 'xce.kl_div(log_predictions, targets, reduction="none", where=where).sum(axis)',
     "kl_divergence_with_log_targets": (
-        'xce.kl_div(log_predictions, log_targets, reduction="none", log_target=True) masked by where, .sum(axis)'
+        'xce.kl_div(log_predictions, log_targets, reduction="none", log_target=True, where=where).sum(axis)'
     ),
 }
 
@@ -99,12 +102,17 @@ ctc_loss_with_forward_probs = _optax_losses.ctc_loss_with_forward_probs
 # Argument checks: what xce cannot express raises NotImplementedError naming the argument.
 
 
-def _no_where(fn: str, where: Any) -> None:
-    if where is not None:
+def _per_position_where(fn: str, where: Any, logits: jax.Array) -> jax.Array | None:
+    """With class-index labels only a mask of the per-example shape maps (xce's ``where=``)."""
+    if where is None:
+        return None
+    where = jnp.asarray(where, dtype=bool)
+    if where.ndim >= logits.ndim:
         raise NotImplementedError(
-            f"optax.losses.{fn}(where=...): xce has no mask argument (positions are masked with "
-            "ignore_index= on class-index targets; masking classes has no xce equivalent)"
+            f"optax.losses.{fn}(where= of the logits' rank) with class-index labels: xce masks positions, "
+            "not classes, for class-index targets"
         )
+    return where
 
 
 def _masked(where: Any, logits: jax.Array, labels: jax.Array | None, axis: int) -> tuple[Any, Any, Any]:
@@ -132,16 +140,11 @@ def _class_axis(fn: str, axis: Any) -> int:
     )
 
 
-def _static_float(fn: str, name: str, value: Any) -> float:
-    """A hyper-parameter as the Python float xce needs; a traced one cannot be read."""
-    if isinstance(value, jax.core.Tracer):
-        raise NotImplementedError(
-            f"optax.losses.{fn}({name}=<traced>): xce takes {name} as a static Python float; "
-            f"a traced (non-static) {name}, e.g. jax.jit without static_argnames=('{name}',), does not map"
-        )
+def _hyperparameter(value: Any) -> Any:
+    """A hyper-parameter as xce takes it: a Python float, or a 0-d (possibly traced) JAX array."""
     if isinstance(value, numbers.Real):
         return float(value)
-    return float(jnp.asarray(value))  # a concrete 0-d array
+    return jnp.asarray(value)
 
 
 def _same_shape(fn: str, name: str, labels: jax.Array, logits: jax.Array) -> None:
@@ -194,12 +197,13 @@ def sigmoid_binary_cross_entropy(logits: Any, labels: Any) -> jax.Array:
 
 
 def sigmoid_focal_loss(logits: Any, labels: Any, *, alpha: Any = None, gamma: Any = 2.0) -> jax.Array:
-    gamma = _static_float("sigmoid_focal_loss", "gamma", gamma)
+    gamma = _hyperparameter(gamma)
     if alpha is None:
         alpha = -1.0  # xce (like torchvision) disables the alpha weighting with a negative alpha
     else:
-        alpha = _static_float("sigmoid_focal_loss", "alpha", alpha)
-        if alpha < 0:
+        # A traced alpha is passed on as it is: optax documents alpha in (0, 1), where the two agree.
+        alpha = _hyperparameter(alpha)
+        if isinstance(alpha, float) and alpha < 0:
             raise NotImplementedError(
                 f"optax.losses.sigmoid_focal_loss(alpha={alpha}): xce reads a negative alpha as 'no weighting'"
             )
@@ -215,8 +219,8 @@ def poly_loss_cross_entropy(
     axis = _class_axis("poly_loss_cross_entropy", axis)
     logits, labels = jnp.asarray(logits), jnp.asarray(labels)
     if jnp.issubdtype(labels.dtype, jnp.integer) and labels.shape != logits.shape:  # class indices
-        _no_where("poly_loss_cross_entropy", where)
-        return xce.poly1_cross_entropy(logits, labels, epsilon=epsilon, reduction="none", axis=axis)
+        where = _per_position_where("poly_loss_cross_entropy", where, logits)
+        return xce.poly1_cross_entropy(logits, labels, epsilon=epsilon, reduction="none", axis=axis, where=where)
     labels = _floating_like(labels, logits)
     _same_shape("poly_loss_cross_entropy", "labels", labels, logits)
     logits, labels, kept = _masked(where, logits, labels, axis)
@@ -228,8 +232,8 @@ def kl_divergence(log_predictions: Any, targets: Any, axis: Any = -1, where: Any
     log_predictions, targets = jnp.asarray(log_predictions), jnp.asarray(targets)
     _same_shape("kl_divergence", "targets", targets, log_predictions)
     # xce.kl_div is elementwise with reduction="none"; optax sums over the class axis (or axes),
-    # leaving out the masked elements.
-    return jnp.sum(_where_elements(where, xce.kl_div(log_predictions, targets, reduction="none")), axis=axis)
+    # leaving out the masked elements (xce's where= gives them exactly 0).
+    return jnp.sum(xce.kl_div(log_predictions, targets, reduction="none", where=_mask(where)), axis=axis)
 
 
 def kl_divergence_with_log_targets(
@@ -237,12 +241,12 @@ def kl_divergence_with_log_targets(
 ) -> jax.Array:
     log_predictions, log_targets = jnp.asarray(log_predictions), jnp.asarray(log_targets)
     _same_shape("kl_divergence_with_log_targets", "log_targets", log_targets, log_predictions)
-    kl = xce.kl_div(log_predictions, log_targets, reduction="none", log_target=True)
-    return jnp.sum(_where_elements(where, kl), axis=axis)
+    kl = xce.kl_div(log_predictions, log_targets, reduction="none", log_target=True, where=_mask(where))
+    return jnp.sum(kl, axis=axis)
 
 
-def _where_elements(where: Any, elementwise: jax.Array) -> jax.Array:
-    return elementwise if where is None else jnp.where(jnp.asarray(where, dtype=bool), elementwise, 0.0)
+def _mask(where: Any) -> jax.Array | None:
+    return None if where is None else jnp.asarray(where, dtype=bool)
 
 
 __all__ = sorted([*MAPPED, *NOT_MAPPED, "MAPPED", "NOT_MAPPED"])
