@@ -50,6 +50,7 @@ __all__ = [
     "DistillationArgs",
     "check_arguments",
     "check_hyperparameters",
+    "divergence",
     "generalized_jsd",
     "generalized_jsd_grad",
     "gradient",
@@ -254,7 +255,7 @@ def pointwise(log_p: Array, log_q: Array, beta: Any, *, xp: Namespace) -> Array:
     return beta * _xlog_ratio(p, log_p, log_m, xp=xp) + (1.0 - beta) * _xlog_ratio(q, log_q, log_m, xp=xp)
 
 
-def _divergence(student: Array, teacher: Array, args: DistillationArgs, beta: Any, *, xp: Namespace) -> Array:
+def divergence(student: Array, teacher: Array, args: DistillationArgs, beta: Any, *, xp: Namespace) -> Array:
     """The reduced loss, in ``student``'s dtype."""
     dtype = compute_dtype(student.dtype, xp=xp)
     log_q = log_probs(student, args, dtype, xp=xp)
@@ -402,7 +403,7 @@ def kl_div_with_logits(
     direction = check_choice(direction, "direction", DIRECTIONS)
     args = check_arguments(student_logits, teacher_logits, target, temperature, ignore_index, reduction, axis, softcap,
                            xp=xp)
-    return _divergence(student_logits, teacher_logits, args, 0.0 if direction == "forward" else 1.0, xp=xp)
+    return divergence(student_logits, teacher_logits, args, 0.0 if direction == "forward" else 1.0, xp=xp)
 
 
 @fill_doc(DISTILLATION_PARAMETERS)
@@ -475,7 +476,7 @@ def generalized_jsd(
     b = check_fraction(beta, "beta", traced=True)
     args = check_arguments(student_logits, teacher_logits, target, temperature, ignore_index, reduction, axis, softcap,
                            xp=xp)
-    return _divergence(student_logits, teacher_logits, args, b, xp=xp)
+    return divergence(student_logits, teacher_logits, args, b, xp=xp)
 
 
 # --- the analytic gradients -----------------------------------------------------------------
