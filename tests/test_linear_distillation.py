@@ -388,10 +388,18 @@ def test_loss_object_holds_the_configuration():
         xce.LinearDistillationLoss("hinton")
 
 
-def test_module_policy_keeps_blocks_a_fraction_of_the_rows():
-    """Without block_rows, a block holds at most an eighth of the rows (at least one row)."""
+def test_default_block_rows_follow_the_engine():
+    """Without block_rows, a block's two (rows, V) logits fill the engine's matmul block (capped at
+    N); xce.config(block_rows=) overrides it."""
     import array_api_compat.numpy as anp
+
+    from xce import _engine
 
     heads = lindist.Heads(HS, WS, None, HT, WT, None)
     checked = lindist.check_arguments(heads, None, "jsd", 0.5, 1.0, -100, "mean", None, None, xp=anp)
-    assert lindist._start(heads, checked, None, None, True, None, xp=anp).rows == 2  # ceil(11 / 8)
+    assert lindist._start(heads, checked, None, None, True, None, xp=anp).rows == N
+    wide = np.zeros((3 * _engine.block_bytes(HS, "matmul") // 16, DS))  # V so large that one row is 3 blocks
+    heads = heads._replace(student_weight=wide, teacher_weight=np.zeros((wide.shape[0], DT)))
+    assert lindist._start(heads, checked, None, None, True, None, xp=anp).rows == 1
+    with xce.config(block_rows=3):
+        assert lindist._start(heads, checked, None, None, True, None, xp=anp).rows == 3

@@ -18,9 +18,9 @@ module only orchestrates.
 
 Memory: a block's rows are chosen so that its two ``(rows, V)`` logits fill the engine's
 matmul block (:func:`xce._engine.block_bytes`, 64 MiB; ``xce.config(block_rows=)`` or
-``block_rows=`` override it), never more than an eighth of the rows; the log-softmaxes and the
-divergence's temporaries are a few more arrays of that size, and ``dW`` is accumulated a
-vocabulary chunk at a time, so the extra memory is O(rows·V + V_chunk·D), not O(N·V).
+``block_rows=`` override it); the log-softmaxes and the divergence's temporaries are about ten
+more arrays of that size, and ``dW`` is accumulated a vocabulary chunk at a time, so the extra
+memory is O(rows·V + V_chunk·D), not O(N·V). (Inputs whose logits fit in one block take one.)
 
 Eager arrays (NumPy, PyTorch, CuPy, array-api-strict) take the blocked path; PyTorch tensors
 that require grad go through a ``torch.autograd.Function`` (:mod:`xce.adapters.torch`) that
@@ -45,6 +45,7 @@ from .losses.distillation import (
     divergence,
     gradient,
     ignore_mask,
+    log_mixture,
     log_probs,
     logits_gradient,
     pointwise,
@@ -59,8 +60,6 @@ __all__ = ["LOSSES", "Checked", "Heads", "fused", "linear_distillation_loss",
 LOSSES: dict[str, float | None] = {"jsd": None, "forward_kl": 0.0, "reverse_kl": 1.0}
 # Elements of one (v_chunk, D) slice of a block's dW product (8 MiB in float32).
 _CHUNK_ELEMENTS = 1 << 21
-# A default block never holds more than this fraction of the rows.
-_MIN_BLOCKS = 8
 
 
 class Heads(NamedTuple):
@@ -181,12 +180,9 @@ def linear_distillation_loss(
     >>> bool(np.isclose(fused, unfused))
     True
     """
-    xp = _namespace(student_hidden, student_weight, teacher_hidden, teacher_weight, target, student_bias,
-                    teacher_bias, None, xp=xp)
     heads = Heads(student_hidden, student_weight, student_bias, teacher_hidden, teacher_weight, teacher_bias)
-    checked = check_arguments(heads, target, loss, beta, temperature, ignore_index, reduction, softcap, block_rows,
-                              xp=xp)
-    heads = _constant_teacher(heads)
+    xp, heads, checked = _prepare(heads, target, None, (loss, beta, temperature, ignore_index, reduction, softcap,
+                                                        block_rows), xp)
     if is_lazy(student_hidden) or is_traced(student_hidden):  # JAX, Dask, torch.compile / torch.func
         return divergence(*_logits(heads, xp=xp), checked.args, checked.beta, xp=xp)
     wants = _hook(student_hidden, "wants_linear_distillation")
@@ -232,12 +228,9 @@ def value_and_grad_linear_distillation_loss(
     >>> abs(float(loss)) < 1e-12, dh.shape, dW.shape, db is None  # identical heads
     (True, (2, 3), (4, 3), True)
     """
-    xp = _namespace(student_hidden, student_weight, teacher_hidden, teacher_weight, target, student_bias,
-                    teacher_bias, cotangent, xp=xp)
     heads = Heads(student_hidden, student_weight, student_bias, teacher_hidden, teacher_weight, teacher_bias)
-    checked = check_arguments(heads, target, loss, beta, temperature, ignore_index, reduction, softcap, block_rows,
-                              xp=xp)
-    heads = _constant_teacher(heads)
+    xp, heads, checked = _prepare(heads, target, cotangent, (loss, beta, temperature, ignore_index, reduction,
+                                                             softcap, block_rows), xp)
     if is_lazy(student_hidden) or is_traced(student_hidden):
         return _unfused_value_and_grad(heads, checked, cotangent, xp=xp)
     out = fused(heads, checked, cotangent=cotangent, wants=(True, True, True), block_rows=block_rows, xp=xp)
@@ -247,12 +240,16 @@ def value_and_grad_linear_distillation_loss(
 # --- checks ----------------------------------------------------------------------------------
 
 
-def _namespace(*arrays: Array | None, xp: Namespace | None) -> Namespace:
-    names = ("student_hidden", "student_weight", "teacher_hidden", "teacher_weight", "target", "student_bias",
-             "teacher_bias", "cotangent")
+def _prepare(heads: Heads, target: Array | None, cotangent: Array | None, options: tuple[Any, ...],
+             xp: Namespace | None) -> tuple[Namespace, Heads, Checked]:
+    """The namespace, the heads with the teacher made a constant, and the checked ``options``
+    (``loss, beta, temperature, ignore_index, reduction, softcap, block_rows``)."""
+    arrays = {**heads._asdict(), "target": target, "cotangent": cotangent}
     # Only present arrays are named: "target" may not be None in namespace().
-    present = [(n, a) for n, a in zip(names, arrays) if a is not None]
-    return namespace(tuple(n for n, _ in present), *(a for _, a in present), xp=xp)
+    present = {name: a for name, a in arrays.items() if a is not None}
+    xp = namespace(tuple(present), *present.values(), xp=xp)
+    checked = check_arguments(heads, target, *options, xp=xp)
+    return xp, _constant_teacher(heads), checked
 
 
 def check_arguments(heads: Heads, target: Array | None, loss: object, beta: object, temperature: object,
@@ -403,7 +400,6 @@ def _block_rows(hidden: Array, n: int, vocab: int, dtype: Any, block_rows: int |
     rows = block_rows if block_rows is not None else _engine.options().get("block_rows")
     if rows is None:  # the engine's matmul block holds the block's two (rows, V) logits
         rows = _engine.block_bytes(hidden, "matmul") // (2 * vocab * (xp.finfo(dtype).bits // 8))
-        rows = min(rows, -(-n // _MIN_BLOCKS))
     return max(1, min(int(rows), n))
 
 
@@ -443,14 +439,15 @@ def _block(sw: _Sweep, i0: int, i1: int, *, xp: Namespace) -> None:
     log_p = log_probs(t, sw.args, sw.dtype, xp=xp)
     del t
     log_q = log_probs(s, sw.args, sw.dtype, xp=xp)
+    log_m = log_mixture(log_p, log_q, sw.beta, xp=xp)  # once for the loss and the gradient
     if sw.per_row is not None:  # masked at the end, with the whole mask
-        sw.per_row[i0:i1] = xp.sum(pointwise(log_p, log_q, sw.beta, xp=xp), axis=1)
+        sw.per_row[i0:i1] = xp.sum(pointwise(log_p, log_q, sw.beta, xp=xp, log_m=log_m), axis=1)
     if sw.scale is None:
         return
     scale = sw.scale if isinstance(sw.scale, float) or sw.scale.ndim == 0 else xp.expand_dims(sw.scale[i0:i1], axis=1)
     ignored = None if sw.ignored is None else sw.ignored[i0:i1]
-    g = logits_gradient(s, log_p, log_q, sw.args, sw.beta, scale, ignored, sw.dtype, xp=xp)
-    del s, log_p, log_q
+    g = logits_gradient(s, log_p, log_q, sw.args, sw.beta, scale, ignored, sw.dtype, xp=xp, log_m=log_m)
+    del s, log_p, log_q, log_m
     if sw.d_bias is not None:
         sw.d_bias += xp.sum(g, axis=0)
     g = as_dtype(g, hs.dtype, xp=xp)  # the products in the input dtype, as the unfused backward's

@@ -57,6 +57,7 @@ __all__ = [
     "ignore_mask",
     "kl_div_with_logits",
     "kl_div_with_logits_grad",
+    "log_mixture",
     "log_probs",
     "logits_gradient",
     "pointwise",
@@ -243,15 +244,23 @@ def _is(beta: Any, value: float) -> bool:
     return isinstance(beta, float) and beta == value
 
 
-def pointwise(log_p: Array, log_q: Array, beta: Any, *, xp: Namespace) -> Array:
+def log_mixture(log_p: Array, log_q: Array, beta: Any, *, xp: Namespace) -> Array | None:
+    """``log M`` where the divergence uses the mixture (``0 < beta < 1``), else None: computed
+    once, it may be passed to both :func:`pointwise` and :func:`logits_gradient`."""
+    return None if _is(beta, 0.0) or _is(beta, 1.0) else _log_mixture(log_p, log_q, beta, xp=xp)
+
+
+def pointwise(log_p: Array, log_q: Array, beta: Any, *, xp: Namespace, log_m: Array | None = None) -> Array:
     """Per-class terms of the divergence (sum them over the class axis): forward KL(P‖Q) for
-    ``beta == 0``, reverse KL(Q‖P) for ``beta == 1``, else the generalized JSD."""
+    ``beta == 0``, reverse KL(Q‖P) for ``beta == 1``, else the generalized JSD (``log_m``: the
+    mixture's :func:`log_mixture`, computed here when not given)."""
     p, q = xp.exp(log_p), xp.exp(log_q)
     if _is(beta, 0.0):
         return _xlog_ratio(p, log_p, log_q, xp=xp)
     if _is(beta, 1.0):
         return _xlog_ratio(q, log_q, log_p, xp=xp)
-    log_m = _log_mixture(log_p, log_q, beta, xp=xp)
+    if log_m is None:
+        log_m = _log_mixture(log_p, log_q, beta, xp=xp)
     return beta * _xlog_ratio(p, log_p, log_m, xp=xp) + (1.0 - beta) * _xlog_ratio(q, log_q, log_m, xp=xp)
 
 
@@ -292,13 +301,16 @@ def position_scale(cotangent: Array | None, args: DistillationArgs, like: Array,
     return reduction_scale(cotangent, args.reduction, like, denominator, dtype, xp=xp)
 
 
-def _divergence_gradient(log_p: Array, log_q: Array, beta: Any, ax: int, *, xp: Namespace) -> Array:
+def _divergence_gradient(log_p: Array, log_q: Array, beta: Any, ax: int, log_m: Array | None, *,
+                         xp: Namespace) -> Array:
     """d divergence / d (scaled student logits) per class: forward ``Q - P``, else
     ``c·Q ⊙ (r - Σ_k Q_k r_k)`` (see the module docstring)."""
     q = xp.exp(log_q)
     if _is(beta, 0.0):
         return q - xp.exp(log_p)
-    log_ref = log_p if _is(beta, 1.0) else _log_mixture(log_p, log_q, beta, xp=xp)
+    if log_m is None and not _is(beta, 1.0):
+        log_m = _log_mixture(log_p, log_q, beta, xp=xp)
+    log_ref = log_p if _is(beta, 1.0) else log_m
     zero = q == 0.0
     r = xp.where(zero, 0.0, log_q - xp.where(zero, 0.0, log_ref))
     d = q * (r - xp.sum(q * r, axis=ax, keepdims=True))
@@ -306,12 +318,12 @@ def _divergence_gradient(log_p: Array, log_q: Array, beta: Any, ax: int, *, xp: 
 
 
 def logits_gradient(student: Array, log_p: Array, log_q: Array, args: DistillationArgs, beta: Any, scale: Any,
-                    ignored: Array | None, dtype: Any, *, xp: Namespace) -> Array:
+                    ignored: Array | None, dtype: Any, *, xp: Namespace, log_m: Array | None = None) -> Array:
     """d loss / d ``student`` in ``dtype`` from the two log-softmaxes: ``scale`` (per position,
     the class axis kept, or a scalar) times the divergence's gradient, through the temperature
-    and the soft cap; 0 at ``ignored`` positions. Also the rule of one block of rows of the
-    fused linear loss (:mod:`xce.linear_distillation`)."""
-    g = scale * _divergence_gradient(log_p, log_q, beta, args.ax, xp=xp)
+    and the soft cap; 0 at ``ignored`` positions (``log_m`` as in :func:`pointwise`). Also the
+    rule of one block of rows of the fused linear loss (:mod:`xce.linear_distillation`)."""
+    g = scale * _divergence_gradient(log_p, log_q, beta, args.ax, log_m, xp=xp)
     t = args.temperature
     if not (isinstance(t, float) and t == 1.0):
         g = g / _scalar(t, dtype, xp=xp)
