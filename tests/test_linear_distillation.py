@@ -322,7 +322,7 @@ def test_numpy_temporaries_do_not_grow_with_n():
         tracemalloc.stop()
     block = rows * v * 4
     extra = peak - (n * d + v * d) * 4  # beyond d_hidden and d_weight
-    # The two logits of one model pair are 2·64 blocks; a dozen block-sized temporaries live at once.
+    # Each model's logits are 64 blocks; about a dozen block-sized temporaries live at once.
     assert extra < 16 * block, extra / block
 
 

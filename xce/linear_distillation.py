@@ -18,9 +18,10 @@ module only orchestrates.
 
 Memory: a block's rows are chosen so that its two ``(rows, V)`` logits fill the engine's
 matmul block (:func:`xce._engine.block_bytes`, 64 MiB; ``xce.config(block_rows=)`` or
-``block_rows=`` override it); the log-softmaxes and the divergence's temporaries are about ten
-more arrays of that size, and ``dW`` is accumulated a vocabulary chunk at a time, so the extra
-memory is O(rows·V + V_chunk·D), not O(N·V). (Inputs whose logits fit in one block take one.)
+``block_rows=`` override it); the log-softmaxes and the divergence's temporaries bring the
+peak to about sixteen ``(rows, V)`` arrays, and ``dW`` is accumulated a vocabulary chunk at a
+time, so the extra memory is O(rows·V + V_chunk·D), not O(N·V). (Inputs whose logits fit in
+one block take one.)
 
 Eager arrays (NumPy, PyTorch, CuPy, array-api-strict) take the blocked path; PyTorch tensors
 that require grad go through a ``torch.autograd.Function`` (:mod:`xce.adapters.torch`) that
