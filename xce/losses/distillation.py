@@ -20,6 +20,10 @@ class whose weighting probability is 0 contributes exactly 0, also where the oth
 log-probability is ``-inf`` (a masked vocabulary), in the value and in the gradient. The
 gradient w.r.t. ``s`` is the above times :math:`1/T` and, with a soft cap,
 :math:`1 - \tanh^2(s/c)`.
+
+The same pieces (:func:`check_hyperparameters`, :func:`ignore_mask`, :func:`log_probs`,
+:func:`pointwise`, :func:`reduce_divergence`, :func:`position_scale`, :func:`logits_gradient`)
+serve the fused linear loss (:mod:`xce.linear_distillation`), one block of rows at a time.
 """
 
 from __future__ import annotations
