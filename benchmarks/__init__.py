@@ -8,5 +8,7 @@ See ``docs/performance.md``.
 
 ``python -m benchmarks sweep [--sizes ...] [--repeats N] [--busy] [--compare PATH]`` is the size
 sweep (8x10 to 4096x32000) of xce against the native losses, or against another checkout of
-xce (benchmarks/sweep.py); ``python -m benchmarks.gpu`` the CUDA benchmark (benchmarks/gpu.py).
+xce (benchmarks/sweep.py); ``python -m benchmarks.gpu`` the CUDA benchmark (benchmarks/gpu.py);
+``python -m benchmarks linear_distill [N D_s D_t V ...]`` the fused linear distillation loss against
+the unfused two-logits version (benchmarks/linear_distill.py).
 """

@@ -4,6 +4,10 @@ if sys.argv[1:2] == ["sweep"]:  # python -m benchmarks sweep [...]: the size swe
     from .sweep import main as sweep_main
 
     raise SystemExit(sweep_main(sys.argv[2:]))
+if sys.argv[1:2] == ["linear_distill"]:  # python -m benchmarks linear_distill [...]: benchmarks/linear_distill.py
+    from .linear_distill import main as linear_distill_main
+
+    raise SystemExit(linear_distill_main(sys.argv[2:]))
 
 from .suite import main
 

@@ -70,6 +70,31 @@ def _linear_weight(n: int):
     return LINEAR_W[:n, :n]
 
 
+# linear_distillation_loss: the student's head as above, and a fixed teacher of hidden size 5.
+_TEACHER_RNG = np.random.default_rng(98)
+TEACHER_H = torch.from_numpy(_TEACHER_RNG.normal(size=(LARGE[0], 5)))
+TEACHER_W = torch.from_numpy(_TEACHER_RNG.normal(scale=0.5, size=(LARGE[1], 5)))
+
+
+def _xce_distill(h, t, r):
+    n, c = h.shape
+    return xce.linear_distillation_loss(h, _linear_weight(c), TEACHER_H[:n], TEACHER_W[:c], t, beta=0.3,
+                                        temperature=2.0, reduction=r)
+
+
+def _ref_distill(h, t, r):
+    """Generalized JSD (beta 0.3, temperature 2) of the two heads' logits with F.log_softmax / F.kl_div."""
+    n, c = h.shape
+    ls = F.log_softmax(h @ _linear_weight(c).T / 2.0, -1)
+    lt = F.log_softmax(TEACHER_H[:n] @ TEACHER_W[:c].T / 2.0, -1)
+    lm = torch.logsumexp(torch.stack([lt + np.log(0.3), ls + np.log(0.7)]), 0)
+    per = (0.3 * F.kl_div(lm, lt, reduction="none", log_target=True).sum(-1)
+           + 0.7 * F.kl_div(lm, ls, reduction="none", log_target=True).sum(-1))
+    kept = t != -100
+    per = torch.where(kept, per, 0.0)
+    return {"none": per, "sum": per.sum(), "mean": per.sum() / kept.sum()}[r]
+
+
 @dataclass(frozen=True)
 class Case:
     """A loss as ``fn(x, t, reduction)``, its float64 torch reference with the same signature,
@@ -181,6 +206,7 @@ LOSSES = [
     Case("linear_cross_entropy",
          lambda h, t, r: xce.linear_cross_entropy(h, _linear_weight(h.shape[-1]), t, reduction=r),
          lambda h, t, r: F.cross_entropy(h @ _linear_weight(h.shape[-1]).T, t, reduction=r), _index),
+    Case("linear_distillation_loss", _xce_distill, _ref_distill, _index_ignored),
     Case("log_softmax", lambda x, t, r: _reduce(xce.log_softmax(x, axis=-1) * t, r),
          lambda x, t, r: _reduce(torch.log_softmax(x, -1) * t, r), _logits_weights),
     Case("softmax", lambda x, t, r: _reduce(xce.softmax(x, axis=-1) * t, r),
@@ -197,7 +223,7 @@ CASES = LOSSES + OWN + LARGE_CASES
 
 # (test, case id) of the cases that take over two seconds each (Dynamo tracing xce's Python).
 SLOW = {(test, case.id) for test in ("compile_graph_breaks", "compile") for case in CASES
-        if case.size == LARGE or case.name == "linear_cross_entropy"}
+        if case.size == LARGE or case.name in ("linear_cross_entropy", "linear_distillation_loss")}
 
 
 def params(test: str, cases: list[Case]) -> list[Any]:

@@ -10,6 +10,7 @@ from ._softmax import log_softmax, logsumexp, softmax
 from .grad import value_and_grad
 from .labels import one_hot, smooth_labels
 from .linear import linear_cross_entropy
+from .linear_distillation import linear_distillation_loss
 from .losses.binary import (
     binary_cross_entropy,
     binary_cross_entropy_with_logits,
@@ -27,6 +28,7 @@ from .objects import (
     GeneralizedJSDLoss,
     KLDivLoss,
     KLDivWithLogitsLoss,
+    LinearDistillationLoss,
     MultiLabelSoftMarginLoss,
     NLLLoss,
     SigmoidFocalLoss,
@@ -43,6 +45,7 @@ __all__ = [
     "GeneralizedJSDLoss",
     "KLDivLoss",
     "KLDivWithLogitsLoss",
+    "LinearDistillationLoss",
     "LossStats",
     "MultiLabelSoftMarginLoss",
     "NLLLoss",
@@ -57,6 +60,7 @@ __all__ = [
     "kl_div",
     "kl_div_with_logits",
     "linear_cross_entropy",
+    "linear_distillation_loss",
     "log_softmax",
     "logsumexp",
     "merge_shard_statistics",

@@ -80,13 +80,16 @@ def value_and_grad(loss_fn: Callable[..., Any]) -> Callable[..., tuple[Any, Any]
     For any namespace, including those without autodiff (NumPy, CuPy, array-api-strict).
     ``loss_fn`` is one of ``xce.cross_entropy``, ``nll_loss``, ``binary_cross_entropy``,
     ``binary_cross_entropy_with_logits``, ``multilabel_soft_margin_loss``,
-    ``softmax_focal_loss``, ``sigmoid_focal_loss``, ``poly1_cross_entropy`` (looked up by
-    identity) or ``xce.linear_cross_entropy``. The returned function takes the loss's
+    ``softmax_focal_loss``, ``sigmoid_focal_loss``, ``poly1_cross_entropy``,
+    ``kl_div_with_logits``, ``generalized_jsd`` (looked up by identity),
+    ``xce.linear_cross_entropy`` or ``xce.linear_distillation_loss``. The returned function takes the loss's
     arguments plus ``cotangent=`` (see the module docstring: for ``reduction="none"`` the
     default gives the gradient of ``loss.sum()``). The loss is the xce function's own
     result; the gradient :math:`g\,\partial L/\partial x` w.r.t. ``input`` has ``input``'s
     shape and dtype. For ``linear_cross_entropy`` the gradient is the tuple
-    ``(d_input, d_linear_weight, d_linear_bias)`` (``d_linear_bias`` None without bias).
+    ``(d_input, d_linear_weight, d_linear_bias)`` (``d_linear_bias`` None without bias); for
+    ``linear_distillation_loss`` the student's ``(d_hidden, d_weight, d_bias)`` (the teacher
+    is a constant).
 
     Examples
     --------

@@ -13,6 +13,8 @@ from typing import Any, ClassVar
 
 from ._namespace import Array
 from ._validate import REDUCTIONS, check_choice, check_fraction, check_integer, check_real, check_reduction
+from .linear_distillation import LOSSES as LINEAR_DISTILLATION_LOSSES
+from .linear_distillation import linear_distillation_loss
 from .losses.binary import (
     binary_cross_entropy,
     binary_cross_entropy_with_logits,
@@ -33,6 +35,7 @@ __all__ = [
     "GeneralizedJSDLoss",
     "KLDivLoss",
     "KLDivWithLogitsLoss",
+    "LinearDistillationLoss",
     "MultiLabelSoftMarginLoss",
     "NLLLoss",
     "SigmoidFocalLoss",
@@ -335,3 +338,38 @@ class GeneralizedJSDLoss(_DistillationLoss):
                  reduction: str = "mean", axis: int | None = None, softcap: float | None = None) -> None:
         super().__init__(beta=check_fraction(beta, "beta"),
                          **_distillation_config(temperature, ignore_index, reduction, axis, softcap))
+
+
+class LinearDistillationLoss(_Loss):
+    """:func:`xce.linear_distillation_loss` with its configuration held (Liger-Kernel's
+    ``LigerFusedLinearJSD(jsd_beta, ignore_index, temperature)`` is
+    ``LinearDistillationLoss(beta=jsd_beta, ignore_index=..., temperature=...)``); called as
+    ``loss(student_hidden, student_weight, teacher_hidden, teacher_weight, target=None, *,
+    student_bias=None, teacher_bias=None)``.
+
+    Examples
+    --------
+    >>> import numpy as np, xce
+    >>> loss = xce.LinearDistillationLoss("forward_kl", temperature=2.0)
+    >>> loss
+    LinearDistillationLoss(loss='forward_kl', beta=0.5, temperature=2.0, ignore_index=-100, reduction='mean', \
+softcap=None, block_rows=None)
+    >>> float(loss(np.ones((2, 3)), np.zeros((4, 3)), np.ones((2, 5)), np.zeros((4, 5))))
+    0.0
+    """
+
+    _function = staticmethod(linear_distillation_loss)
+
+    def __init__(self, loss: str = "jsd", *, beta: float = 0.5, temperature: float = 1.0, ignore_index: int = -100,
+                 reduction: str = "mean", softcap: float | None = None, block_rows: int | None = None) -> None:
+        config = _distillation_config(temperature, ignore_index, reduction, None, softcap)
+        del config["axis"]  # the class axis of the heads' logits is always the last
+        super().__init__(loss=check_choice(loss, "loss", tuple(LINEAR_DISTILLATION_LOSSES)),
+                         beta=check_fraction(beta, "beta"), **config,
+                         block_rows=None if block_rows is None else check_integer(block_rows, "block_rows"))
+
+    def __call__(self, student_hidden: Array, student_weight: Array, teacher_hidden: Array,  # type: ignore[override]
+                 teacher_weight: Array, target: Array | None = None, *, student_bias: Array | None = None,
+                 teacher_bias: Array | None = None) -> Array:
+        return linear_distillation_loss(student_hidden, student_weight, teacher_hidden, teacher_weight, target,
+                                        student_bias=student_bias, teacher_bias=teacher_bias, **self._config)

@@ -71,3 +71,8 @@ def _ce_jvp(ignore_index, reduction, label_smoothing, axis, mode, z_loss, primal
     if not jnp.issubdtype(target.dtype, jnp.floating):
         dt = None  # integer targets have float0 tangents
     return ce.jvp(input, target, weight, args, (dx, dt, dw), xp=jnp)
+
+
+def stop_gradient(x: Any) -> Any:
+    """``x`` as a constant of differentiation (the teacher of :func:`xce.linear_distillation_loss`)."""
+    return jax.lax.stop_gradient(x)

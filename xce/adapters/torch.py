@@ -31,6 +31,7 @@ import torch.nn.functional as _F
 
 from .. import _engine
 from .. import linear as _linear
+from .. import linear_distillation as _lindist
 from .._namespace import Namespace, is_traced, namespace
 from ..labels import uniform_equivalent
 from ..losses import cross_entropy as ce
@@ -47,10 +48,13 @@ __all__ = [
     "cross_entropy",
     "dispatch_cross_entropy",
     "linear_cross_entropy",
+    "linear_distillation_loss",
     "needs_autograd",
+    "stop_gradient",
     "vocab_parallel_loss",
     "wants_cross_entropy",
     "wants_linear_cross_entropy",
+    "wants_linear_distillation",
 ]
 
 _CE_NAMES = ("input", "target", "weight")
@@ -312,3 +316,68 @@ def vocab_parallel_loss(local_logits: torch.Tensor, target: torch.Tensor, vocab_
     :func:`xce.parallel.vocab_parallel_cross_entropy`), differentiable, backward local."""
     return _VocabParallelCrossEntropy.apply(local_logits, target, vocab_start, group, ignore_index, eps, ax,
                                             vocab_size)
+
+
+# --- the fused linear distillation loss ------------------------------------------------------
+
+
+def stop_gradient(x: torch.Tensor) -> torch.Tensor:
+    """``x`` as a constant of differentiation (the teacher of :func:`xce.linear_distillation_loss`)."""
+    return x.detach()
+
+
+def wants_linear_distillation(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> bool:
+    """Whether :func:`linear_distillation_loss`'s autograd Function serves the call: the student
+    requires grad, outside ``torch.compile`` / ``torch.func`` (which take the unfused formula)."""
+    return needs_autograd(hidden, weight, bias) and not is_traced(hidden)
+
+
+class _LinearDistillation(torch.autograd.Function):
+    """Inputs: the six arrays of :class:`xce.linear_distillation.Heads` (the teacher's already
+    detached), the checked arguments, which student gradients are wanted, ``block_rows``."""
+
+    @staticmethod
+    def forward(*inputs):
+        *arrays, checked, wants, block_rows = inputs
+        # Reductions to a scalar: the gradients for cotangent 1 now, in the loss's sweep
+        # (Liger's schedule), scaled in backward. "none": a second sweep with the cotangent.
+        early = checked.args.reduction != "none"
+        with torch.no_grad():
+            out = _lindist.fused(_lindist.Heads(*arrays), checked, cotangent=None, wants=wants if early else None,
+                                 block_rows=block_rows, xp=txp)
+        return out.loss, out.d_hidden, out.d_weight, out.d_bias
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: tuple[Any, ...]) -> None:
+        *arrays, checked, wants, block_rows = inputs
+        ctx.mark_non_differentiable(*(g for g in output[1:] if g is not None))
+        ctx.early = checked.args.reduction != "none"
+        if ctx.early:
+            ctx.save_for_backward(*output[1:])
+        else:
+            ctx.save_for_backward(*arrays)
+            ctx.config = (checked, wants, block_rows)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx: Any, grad_loss, *_grad_gradients):
+        if ctx.early:
+            grads = ctx.saved_tensors
+            # loss.backward() passes 1: then hand the saved gradients over without a copy (the
+            # comparison is read on the CPU only: no device sync).
+            if not (grad_loss.device.type == "cpu" and bool(grad_loss == 1)):
+                grads = tuple(None if g is None else g * grad_loss for g in grads)
+        else:
+            checked, wants, block_rows = ctx.config
+            out = _lindist.fused(_lindist.Heads(*ctx.saved_tensors), checked, cotangent=grad_loss, wants=wants,
+                                 want_loss=False, block_rows=block_rows, xp=txp)
+            grads = (out.d_hidden, out.d_weight, out.d_bias)
+        return (*grads, None, None, None, None, None, None)
+
+
+def linear_distillation_loss(heads: Any, checked: Any, block_rows: int | None) -> torch.Tensor:
+    """:func:`xce.linear_distillation_loss` (checked arguments, :class:`~xce.linear_distillation.Heads`)
+    whose ``.backward()`` fills the student's gradients without either model's logits."""
+    wants = tuple(needs_autograd(t) for t in heads[:3])
+    loss, *_ = _LinearDistillation.apply(*heads, checked, wants, block_rows)
+    return loss

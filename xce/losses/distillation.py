@@ -20,6 +20,10 @@ class whose weighting probability is 0 contributes exactly 0, also where the oth
 log-probability is ``-inf`` (a masked vocabulary), in the value and in the gradient. The
 gradient w.r.t. ``s`` is the above times :math:`1/T` and, with a soft cap,
 :math:`1 - \tanh^2(s/c)`.
+
+The same pieces (:func:`check_hyperparameters`, :func:`ignore_mask`, :func:`log_probs`,
+:func:`pointwise`, :func:`reduce_divergence`, :func:`position_scale`, :func:`logits_gradient`)
+serve the fused linear loss (:mod:`xce.linear_distillation`), one block of rows at a time.
 """
 
 from __future__ import annotations
@@ -49,12 +53,20 @@ from .._validate import (
 __all__ = [
     "DistillationArgs",
     "check_arguments",
+    "check_hyperparameters",
+    "divergence",
     "generalized_jsd",
     "generalized_jsd_grad",
     "gradient",
+    "ignore_mask",
     "kl_div_with_logits",
     "kl_div_with_logits_grad",
+    "log_mixture",
+    "log_probs",
+    "logits_gradient",
     "pointwise",
+    "position_scale",
+    "reduce_divergence",
 ]
 
 REDUCTIONS = ("none", "mean", "sum", "batchmean")
@@ -128,14 +140,45 @@ def _positive(value: object, name: str, hint: str, *, xp: Namespace) -> Any:
     return xp.where(out > 0.0, out, float("nan"))
 
 
-def check_arguments(student: Array, teacher: Array, target: Array | None, temperature: object, ignore_index: object,
-                    reduction: object, axis: int | None, softcap: object, *, xp: Namespace) -> DistillationArgs:
-    """Every check of the distillation losses' arguments (shared with their gradients)."""
+def check_hyperparameters(temperature: object, ignore_index: object, reduction: object, softcap: object, *,
+                          xp: Namespace) -> tuple[str, int, Any, Any]:
+    """``(reduction, ignore_index, temperature, softcap)`` checked (shared with the fused linear loss)."""
     reduction = check_reduction(reduction, REDUCTIONS)
     ignore_index = check_integer(ignore_index, "ignore_index")
     temperature = _positive(temperature, "temperature", " Pass 1.0 for the plain distributions.", xp=xp)
     if softcap is not None:
         softcap = _positive(softcap, "softcap", " Pass softcap=None to leave the logits uncapped.", xp=xp)
+    return reduction, ignore_index, temperature, softcap
+
+
+def ignore_mask(target: Array | None, ignore_index: int, expected: tuple[int, ...], described: str, like: Array, *,
+                xp: Namespace) -> IndexTarget | None:
+    """The positions of ``target`` equal to ``ignore_index`` (None without a target, or where
+    none can be). ``expected``: the positions' shape; ``described``: the array it comes from,
+    for the error message; ``like``: an array on the expected device."""
+    if target is None:
+        return None
+    if not xp.isdtype(target.dtype, "integral"):
+        raise TypeError(
+            f"target must hold integer labels of shape {expected} (only the positions equal to ignore_index "
+            f"are used, to mask them); got dtype {target.dtype}."
+        )
+    if tuple(target.shape) != expected:
+        raise ValueError(f"target shape {tuple(target.shape)} does not match {described}; expected {expected}.")
+    if not is_lazy(like):
+        check_same_device(like, target, "target")
+    info = xp.iinfo(target.dtype)
+    # A uint8 target can never equal -100 (and comparing would overflow in strict namespaces).
+    if info.min <= ignore_index <= info.max:
+        return IndexTarget(target, target == ignore_index, None)
+    return None
+
+
+def check_arguments(student: Array, teacher: Array, target: Array | None, temperature: object, ignore_index: object,
+                    reduction: object, axis: int | None, softcap: object, *, xp: Namespace) -> DistillationArgs:
+    """Every check of the distillation losses' arguments (shared with their gradients)."""
+    reduction, ignore_index, temperature, softcap = check_hyperparameters(temperature, ignore_index, reduction,
+                                                                          softcap, xp=xp)
     check_floating(student, "student_logits", xp=xp)
     check_floating(teacher, "teacher_logits", xp=xp)
     if tuple(teacher.shape) != tuple(student.shape):
@@ -150,28 +193,11 @@ def check_arguments(student: Array, teacher: Array, target: Array | None, temper
         )
     ax = class_axis(student, axis, "student_logits")
     check_classes(student, ax, "student_logits")
-    lazy = is_lazy(student)
-    if not lazy:
+    if not is_lazy(student):
         check_same_device(student, teacher, "teacher_logits")
-    ignore = None
-    if target is not None:
-        expected = tuple(student.shape[:ax]) + tuple(student.shape[ax + 1 :])
-        if not xp.isdtype(target.dtype, "integral"):
-            raise TypeError(
-                f"target must hold integer labels of shape {expected} (only the positions equal to ignore_index "
-                f"are used, to mask them); got dtype {target.dtype}."
-            )
-        if tuple(target.shape) != expected:
-            raise ValueError(
-                f"target shape {tuple(target.shape)} does not match student_logits shape {tuple(student.shape)} "
-                f"with the class axis {ax} removed; expected {expected}."
-            )
-        if not lazy:
-            check_same_device(student, target, "target")
-        info = xp.iinfo(target.dtype)
-        # A uint8 target can never equal -100 (and comparing would overflow in strict namespaces).
-        if info.min <= ignore_index <= info.max:
-            ignore = IndexTarget(target, target == ignore_index, None)
+    expected = tuple(student.shape[:ax]) + tuple(student.shape[ax + 1 :])
+    described = f"student_logits shape {tuple(student.shape)} with the class axis {ax} removed"
+    ignore = ignore_mask(target, ignore_index, expected, described, student, xp=xp)
     return DistillationArgs(reduction, ax, temperature, softcap, ignore)
 
 
@@ -183,7 +209,7 @@ def _scalar(v: Any, dtype: Any, *, xp: Namespace) -> Any:
     return v if isinstance(v, float) else as_dtype(v, dtype, xp=xp)
 
 
-def _log_probs(x: Array, args: DistillationArgs, dtype: Any, *, xp: Namespace) -> Array:
+def log_probs(x: Array, args: DistillationArgs, dtype: Any, *, xp: Namespace) -> Array:
     """``log_softmax(cap(x) / T)`` along the class axis, in ``dtype``."""
     z = as_dtype(x, dtype, xp=xp)
     if args.softcap is not None:
@@ -222,37 +248,95 @@ def _is(beta: Any, value: float) -> bool:
     return isinstance(beta, float) and beta == value
 
 
-def pointwise(log_p: Array, log_q: Array, beta: Any, *, xp: Namespace) -> Array:
+def log_mixture(log_p: Array, log_q: Array, beta: Any, *, xp: Namespace) -> Array | None:
+    """``log M`` where the divergence uses the mixture (``0 < beta < 1``), else None: computed
+    once, it may be passed to both :func:`pointwise` and :func:`logits_gradient`."""
+    return None if _is(beta, 0.0) or _is(beta, 1.0) else _log_mixture(log_p, log_q, beta, xp=xp)
+
+
+def pointwise(log_p: Array, log_q: Array, beta: Any, *, xp: Namespace, log_m: Array | None = None) -> Array:
     """Per-class terms of the divergence (sum them over the class axis): forward KL(P‖Q) for
-    ``beta == 0``, reverse KL(Q‖P) for ``beta == 1``, else the generalized JSD."""
+    ``beta == 0``, reverse KL(Q‖P) for ``beta == 1``, else the generalized JSD (``log_m``: the
+    mixture's :func:`log_mixture`, computed here when not given)."""
     p, q = xp.exp(log_p), xp.exp(log_q)
     if _is(beta, 0.0):
         return _xlog_ratio(p, log_p, log_q, xp=xp)
     if _is(beta, 1.0):
         return _xlog_ratio(q, log_q, log_p, xp=xp)
-    log_m = _log_mixture(log_p, log_q, beta, xp=xp)
+    if log_m is None:
+        log_m = _log_mixture(log_p, log_q, beta, xp=xp)
     return beta * _xlog_ratio(p, log_p, log_m, xp=xp) + (1.0 - beta) * _xlog_ratio(q, log_q, log_m, xp=xp)
 
 
-def _divergence(student: Array, teacher: Array, args: DistillationArgs, beta: Any, *, xp: Namespace) -> Array:
+def divergence(student: Array, teacher: Array, args: DistillationArgs, beta: Any, *, xp: Namespace) -> Array:
     """The reduced loss, in ``student``'s dtype."""
     dtype = compute_dtype(student.dtype, xp=xp)
-    log_q = _log_probs(student, args, dtype, xp=xp)
-    log_p = _log_probs(teacher, args, dtype, xp=xp)
+    log_q = log_probs(student, args, dtype, xp=xp)
+    log_p = log_probs(teacher, args, dtype, xp=xp)
     beta = _scalar(beta, dtype, xp=xp)
     loss = xp.sum(pointwise(log_p, log_q, beta, xp=xp), axis=args.ax)
+    return reduce_divergence(loss, args, student.shape[0], student.dtype, xp=xp)
+
+
+def reduce_divergence(loss: Array, args: DistillationArgs, batch: int, dtype: Any, *, xp: Namespace) -> Array:
+    """Per-position divergences ``loss`` masked and reduced, in ``dtype``. ``batch``: the
+    ``"batchmean"`` divisor (the logits' ``shape[0]``)."""
     if args.ignore is not None:
         loss = mask_loss(loss, args.ignore, xp=xp)
     if args.reduction == "batchmean":
         # PyTorch's kl_div: the sum over student_logits.shape[0] (ignored positions still count).
-        out = xp.sum(loss) / float(student.shape[0])
+        out = xp.sum(loss) / float(batch)
     else:
         denominator = None if args.ignore is None else mean_weights(None, args.ignore, xp=xp)
         out = reduce_loss(loss, args.reduction, denominator=denominator, xp=xp)
-    return out if out.dtype == student.dtype else xp.astype(out, student.dtype)
+    return out if out.dtype == dtype else xp.astype(out, dtype)
 
 
 # --- the gradient rule ----------------------------------------------------------------------
+
+
+def position_scale(cotangent: Array | None, args: DistillationArgs, like: Array, batch: int, dtype: Any, *,
+                   xp: Namespace) -> Array | float:
+    """Per-position factor ``s`` with ``d(reduced loss) = Σ_i s_i dl_i``, times the cotangent
+    (``like``: an array of the positions' shape; ``batch``: the ``"batchmean"`` divisor)."""
+    if args.reduction == "batchmean":
+        return reduction_scale(cotangent, "sum", like, None, dtype, xp=xp) / float(batch)
+    denominator = None if args.ignore is None else mean_weights(None, args.ignore, xp=xp)
+    return reduction_scale(cotangent, args.reduction, like, denominator, dtype, xp=xp)
+
+
+def _divergence_gradient(log_p: Array, log_q: Array, beta: Any, ax: int, log_m: Array | None, *,
+                         xp: Namespace) -> Array:
+    """d divergence / d (scaled student logits) per class: forward ``Q - P``, else
+    ``c·Q ⊙ (r - Σ_k Q_k r_k)`` (see the module docstring)."""
+    q = xp.exp(log_q)
+    if _is(beta, 0.0):
+        return q - xp.exp(log_p)
+    if log_m is None and not _is(beta, 1.0):
+        log_m = _log_mixture(log_p, log_q, beta, xp=xp)
+    log_ref = log_p if _is(beta, 1.0) else log_m
+    zero = q == 0.0
+    r = xp.where(zero, 0.0, log_q - xp.where(zero, 0.0, log_ref))
+    d = q * (r - xp.sum(q * r, axis=ax, keepdims=True))
+    return d if _is(beta, 1.0) else (1.0 - beta) * d
+
+
+def logits_gradient(student: Array, log_p: Array, log_q: Array, args: DistillationArgs, beta: Any, scale: Any,
+                    ignored: Array | None, dtype: Any, *, xp: Namespace, log_m: Array | None = None) -> Array:
+    """d loss / d ``student`` in ``dtype`` from the two log-softmaxes: ``scale`` (per position,
+    the class axis kept, or a scalar) times the divergence's gradient, through the temperature
+    and the soft cap; 0 at ``ignored`` positions (``log_m`` as in :func:`pointwise`). Also the
+    rule of one block of rows of the fused linear loss (:mod:`xce.linear_distillation`)."""
+    g = scale * _divergence_gradient(log_p, log_q, beta, args.ax, log_m, xp=xp)
+    t = args.temperature
+    if not (isinstance(t, float) and t == 1.0):
+        g = g / _scalar(t, dtype, xp=xp)
+    if args.softcap is not None:
+        c = _scalar(args.softcap, dtype, xp=xp)
+        g = g * (1.0 - xp.tanh(as_dtype(student, dtype, xp=xp) / c) ** 2)
+    if ignored is not None:  # a where, not a product: non-finite ignored rows cannot leak NaN
+        g = xp.where(xp.expand_dims(ignored, axis=args.ax), 0.0, g)
+    return g
 
 
 def gradient(student: Array, teacher: Array, args: DistillationArgs, beta: Any, cotangent: Array | None, *,
@@ -260,35 +344,14 @@ def gradient(student: Array, teacher: Array, args: DistillationArgs, beta: Any, 
     """d loss / d ``student`` (a vector-Jacobian product with ``cotangent``; default 1)."""
     dtype = compute_dtype(student.dtype, xp=xp)
     ax = args.ax
-    log_q = _log_probs(student, args, dtype, xp=xp)
-    log_p = _log_probs(teacher, args, dtype, xp=xp)
-    beta = _scalar(beta, dtype, xp=xp)
-    q = xp.exp(log_q)
-    if _is(beta, 0.0):
-        d = q - xp.exp(log_p)
-    else:
-        log_ref = log_p if _is(beta, 1.0) else _log_mixture(log_p, log_q, beta, xp=xp)
-        zero = q == 0.0
-        r = xp.where(zero, 0.0, log_q - xp.where(zero, 0.0, log_ref))
-        d = q * (r - xp.sum(q * r, axis=ax, keepdims=True))
-        if not _is(beta, 1.0):
-            d = (1.0 - beta) * d
+    log_q = log_probs(student, args, dtype, xp=xp)
+    log_p = log_probs(teacher, args, dtype, xp=xp)
     per_position = tuple(student.shape[:ax]) + tuple(student.shape[ax + 1 :])
     like = xp.empty(per_position, dtype=dtype, device=device_of(student))
-    if args.reduction == "batchmean":
-        s = reduction_scale(cotangent, "sum", like, None, dtype, xp=xp) / float(student.shape[0])
-    else:
-        denominator = None if args.ignore is None else mean_weights(None, args.ignore, xp=xp)
-        s = reduction_scale(cotangent, args.reduction, like, denominator, dtype, xp=xp)
-    g = expand_at(s, ax, xp=xp) * d
-    t = args.temperature
-    if not (isinstance(t, float) and t == 1.0):
-        g = g / _scalar(t, dtype, xp=xp)
-    if args.softcap is not None:
-        c = _scalar(args.softcap, dtype, xp=xp)
-        g = g * (1.0 - xp.tanh(as_dtype(student, dtype, xp=xp) / c) ** 2)
-    if args.ignore is not None:  # a where, not a product: non-finite ignored rows cannot leak NaN
-        g = xp.where(xp.expand_dims(args.ignore.ignored, axis=ax), 0.0, g)
+    s = position_scale(cotangent, args, like, student.shape[0], dtype, xp=xp)
+    ignored = None if args.ignore is None else args.ignore.ignored
+    g = logits_gradient(student, log_p, log_q, args, _scalar(beta, dtype, xp=xp), expand_at(s, ax, xp=xp), ignored,
+                        dtype, xp=xp)
     return like_input(g, student, xp=xp)
 
 
@@ -356,7 +419,7 @@ def kl_div_with_logits(
     direction = check_choice(direction, "direction", DIRECTIONS)
     args = check_arguments(student_logits, teacher_logits, target, temperature, ignore_index, reduction, axis, softcap,
                            xp=xp)
-    return _divergence(student_logits, teacher_logits, args, 0.0 if direction == "forward" else 1.0, xp=xp)
+    return divergence(student_logits, teacher_logits, args, 0.0 if direction == "forward" else 1.0, xp=xp)
 
 
 @fill_doc(DISTILLATION_PARAMETERS)
@@ -429,7 +492,7 @@ def generalized_jsd(
     b = check_fraction(beta, "beta", traced=True)
     args = check_arguments(student_logits, teacher_logits, target, temperature, ignore_index, reduction, axis, softcap,
                            xp=xp)
-    return _divergence(student_logits, teacher_logits, args, b, xp=xp)
+    return divergence(student_logits, teacher_logits, args, b, xp=xp)
 
 
 # --- the analytic gradients -----------------------------------------------------------------
