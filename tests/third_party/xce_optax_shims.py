@@ -166,11 +166,22 @@ def _floating_like(labels: jax.Array, logits: jax.Array) -> jax.Array:
 # The mapped names.
 
 
+def _no_classes(logits: jax.Array, axis: int) -> jax.Array | None:
+    """optax sums over an empty class axis (a random mask in its test file may keep no class): 0.
+    xce wants at least one class (PyTorch refuses class indices without one)."""
+    if logits.shape[axis] != 0:
+        return None
+    return jnp.zeros(tuple(n for i, n in enumerate(logits.shape) if i != axis % logits.ndim), logits.dtype)
+
+
 def softmax_cross_entropy(logits: Any, labels: Any, axis: Any = -1, where: Any = None) -> jax.Array:
     axis = _class_axis("softmax_cross_entropy", axis)
     logits, labels = jnp.asarray(logits), jnp.asarray(labels)
     labels = _floating_like(labels, logits)
     _same_shape("softmax_cross_entropy", "labels", labels, logits)
+    empty = _no_classes(logits, axis)
+    if empty is not None:
+        return empty
     logits, labels, where = _masked(where, logits, labels, axis)
     return xce.cross_entropy(logits, labels, reduction="none", axis=axis, where=where)
 
@@ -223,6 +234,9 @@ def poly_loss_cross_entropy(
         return xce.poly1_cross_entropy(logits, labels, epsilon=epsilon, reduction="none", axis=axis, where=where)
     labels = _floating_like(labels, logits)
     _same_shape("poly_loss_cross_entropy", "labels", labels, logits)
+    empty = _no_classes(logits, axis)
+    if empty is not None:
+        return empty
     logits, labels, kept = _masked(where, logits, labels, axis)
     loss = xce.poly1_cross_entropy(logits, labels, epsilon=epsilon, reduction="none", axis=axis)
     return loss if kept is None else jnp.where(kept, loss, 0.0)
