@@ -274,3 +274,62 @@ def test_errors_name_the_argument(kwargs, error, match):
     x, t, _, _ = _case("index")
     with pytest.raises(error, match=match):
         xce.cross_entropy(x, t, **kwargs)
+
+
+# --- linear_cross_entropy(..., return_stats=True): the same statistics from the blocked sweep ----
+
+
+def _linear_case(seed=1):
+    rng = np.random.default_rng(seed)
+    h = rng.normal(size=(2, 9, 5))
+    w = rng.normal(size=(13, 5)) * 2.0
+    b = rng.normal(size=13)
+    t = rng.integers(0, 13, size=(2, 9))
+    t[0, 2] = t[1, 6] = IGNORE
+    sw = rng.uniform(0.0, 2.0, size=(2, 9))
+    return h, w, b, t, sw
+
+
+@pytest.mark.parametrize("shift", [False, True])
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_linear_return_stats_equal_cross_entropy_stats(backend, shift, reduction):
+    """Against cross_entropy's statistics of the written-out logits (themselves checked against
+    float64 PyTorch above); at ignored positions the sweep never forms logits (stats 0)."""
+    h, w, b, t, sw = _linear_case()
+    x = 3.0 * np.tanh((h @ w.T + b) / 3.0) / 0.8
+    xs, ts, sws = (x[:, :-1], t[:, 1:], sw[:, 1:]) if shift else (x, t, sw)
+    loss_ref, st_ref = xce.cross_entropy(xs, ts, axis=-1, z_loss=0.01, sample_weight=sws, reduction=reduction,
+                                         return_stats=True)
+    dtype = backend.xp.float64
+    kw = dict(linear_bias=backend.asarray(b, dtype=dtype), sample_weight=backend.asarray(sw, dtype=dtype),
+              softcap=3.0, temperature=0.8, z_loss=0.01, reduction=reduction, shift=shift, block_rows=5)
+    loss, stats = xce.linear_cross_entropy(backend.asarray(h, dtype=dtype), backend.asarray(w, dtype=dtype),
+                                           backend.asarray(t), return_stats=True, **kw)
+    kept = ts != IGNORE
+    assert_close_to(loss, loss_ref, dtype=dtype, backend=backend)
+    assert_close_to(stats.z_loss, st_ref.z_loss, dtype=dtype, backend=backend)
+    for name in ("lse", "entropy"):
+        got = to_numpy(getattr(stats, name))
+        assert got.shape == ts.shape
+        np.testing.assert_allclose(got[kept], getattr(st_ref, name)[kept], rtol=1e-10)
+    assert float(to_numpy(stats.accuracy)) == pytest.approx(float(st_ref.accuracy), abs=1e-12)
+
+
+def test_linear_return_stats_under_torch_autograd():
+    """The torch Function returns the statistics as non-differentiable outputs; the loss's
+    gradients are unchanged."""
+    h, w, b, t, _ = _linear_case()
+    H = torch.tensor(h, requires_grad=True)
+    W = torch.tensor(w, requires_grad=True)
+    loss, stats = xce.linear_cross_entropy(H, W, torch.tensor(t), linear_bias=torch.tensor(b), z_loss=0.01,
+                                           return_stats=True)
+    assert not stats.lse.requires_grad and not stats.entropy.requires_grad
+    loss.backward()
+    H2, W2 = torch.tensor(h, requires_grad=True), torch.tensor(w, requires_grad=True)
+    xce.linear_cross_entropy(H2, W2, torch.tensor(t), linear_bias=torch.tensor(b), z_loss=0.01).backward()
+    np.testing.assert_allclose(H.grad.numpy(), H2.grad.numpy(), rtol=1e-12)
+    np.testing.assert_allclose(W.grad.numpy(), W2.grad.numpy(), rtol=1e-12)
+    x = h @ w.T + b
+    _, ref = xce.cross_entropy(x, t, axis=-1, z_loss=0.01, return_stats=True)
+    assert float(stats.accuracy) == pytest.approx(float(ref.accuracy))
+    np.testing.assert_allclose(stats.lse.numpy()[t != IGNORE], ref.lse[t != IGNORE], rtol=1e-12)

@@ -52,8 +52,9 @@ class Adapter(Protocol):
         ...
 
     def linear_cross_entropy(self, hidden: Array, weight: Array, target: Array, bias: Array | None,
-                             class_weight: Array | None, sample_weight: Array | None, args: Any) -> Array:
-        """The fused linear loss of checked arguments (``xce.linear.LinearArgs``), differentiable."""
+                             class_weight: Array | None, sample_weight: Array | None, args: Any) -> Any:
+        """The fused linear loss of checked arguments (``xce.linear.LinearArgs``), differentiable
+        (with ``args.return_stats``, ``(loss, LossStats)``)."""
         ...
 
 

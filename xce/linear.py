@@ -61,7 +61,7 @@ from ._validate import (
     check_reduction,
     maybe_nonzero,
 )
-from .losses.cross_entropy import cross_entropy, cross_entropy_grad, gradient_coefficients, index_loss
+from .losses.cross_entropy import LossStats, cross_entropy, cross_entropy_grad, gradient_coefficients, index_loss
 
 __all__ = ["LinearArgs", "check_arguments", "linear_cross_entropy", "value_and_grad_linear_cross_entropy"]
 
@@ -79,6 +79,7 @@ class Fused(NamedTuple):
     d_hidden: Array | None
     d_weight: Array | None
     d_bias: Array | None
+    stats: LossStats | None = None
 
 
 @dataclass(frozen=True)
@@ -96,6 +97,7 @@ class LinearArgs:
     shift: bool = False
     probs: bool = False  #: probability targets
     block_rows: int | None = None  #: ``block_rows=``, else ``options.batch_chunk_size``
+    return_stats: bool = False  #: also :class:`xce.LossStats` from the same sweep
 
     @property
     def scaled(self) -> bool:
@@ -215,7 +217,8 @@ def _check_weights(input: Array, linear_weight: Array, weight: Array | None, sam
 def check_arguments(input: Array, linear_weight: Array, target: Array, linear_bias: Array | None,
                     weight: Array | None, sample_weight: Array | None, *, reduction: object, ignore_index: object,
                     label_smoothing: object, options: Any, z_loss: object, softcap: object, temperature: object,
-                    normalizer: object, shift: object, block_rows: object, xp: Namespace) -> LinearArgs:
+                    normalizer: object, shift: object, block_rows: object, xp: Namespace,
+                    return_stats: object = False) -> LinearArgs:
     """Every check of :func:`linear_cross_entropy`'s arguments (shared with its gradient)."""
     reduction = check_reduction(reduction)
     probs = check_linear_shapes(input, linear_weight, target, linear_bias, xp=xp)
@@ -223,8 +226,9 @@ def check_arguments(input: Array, linear_weight: Array, target: Array, linear_bi
         raise ValueError(f"ignore_index cannot be given with probability targets (target of shape "
                          f"{tuple(target.shape)}); got ignore_index={ignore_index!r}. Leave it None.")
     ii = -100 if ignore_index is None else check_integer(ignore_index, "ignore_index")
-    if not isinstance(shift, bool):
-        raise TypeError(f"shift must be True or False; got {shift!r}.")
+    for name, flag in (("shift", shift), ("return_stats", return_stats)):
+        if not isinstance(flag, bool):
+            raise TypeError(f"{name} must be True or False; got {flag!r}.")
     if shift and (input.ndim < 2 or input.shape[-2] < 2):
         raise ValueError(f"shift=True needs input of shape (..., T, D) with T >= 2 positions (position t predicts "
                          f"target t + 1); got input of shape {tuple(input.shape)}.")
@@ -234,7 +238,8 @@ def check_arguments(input: Array, linear_weight: Array, target: Array, linear_bi
         check_real(z_loss, "z_loss", minimum=0.0, traced=True), ii,
         None if softcap is None else _positive(softcap, "softcap", " Pass softcap=None for uncapped logits.", xp=xp),
         _positive(temperature, "temperature", " Pass 1.0 for the plain logits.", xp=xp),
-        _check_normalizer(normalizer, reduction), shift, probs, _check_block_rows(block_rows, options))
+        _check_normalizer(normalizer, reduction), bool(shift), probs, _check_block_rows(block_rows, options),
+        bool(return_stats))
 
 
 # --- the public functions ---------------------------------------------------------------------
@@ -258,6 +263,7 @@ def linear_cross_entropy(
     sample_weight: Array | None = None,
     normalizer: Any = None,
     shift: bool = False,
+    return_stats: bool = False,
     block_rows: int | None = None,
     xp: Namespace | None = None,
 ) -> Array:
@@ -330,6 +336,11 @@ def linear_cross_entropy(
         Causal LM: position ``t`` of ``input (..., T, D)`` predicts ``target[..., t + 1]``; the
         last position is dropped (no shifted copy of ``input`` is made). ``"none"`` returns
         shape ``(..., T - 1)``. ``sample_weight`` is shifted with ``target``.
+    return_stats : bool, default False
+        Return ``(loss, stats)``, ``stats`` an :class:`xce.LossStats` of the scored logits from
+        the same sweep (no ``(N, V)`` logits): per-position logsumexp and entropy (0 at positions
+        whose target is ignored: their logits are never formed), the z term alone reduced like
+        the loss, and the accuracy over kept positions.
     block_rows : int, optional
         Rows per block on eager backends.
     xp : namespace, optional
@@ -337,7 +348,8 @@ def linear_cross_entropy(
     Returns
     -------
     array
-        0-d for ``"mean"``/``"sum"``; the per-position shape for ``"none"``.
+        0-d for ``"mean"``/``"sum"``; the per-position shape for ``"none"``. With
+        ``return_stats=True``, ``(loss, LossStats)``.
 
     Examples
     --------
@@ -356,19 +368,24 @@ def linear_cross_entropy(
     args = check_arguments(input, linear_weight, target, linear_bias, weight, sample_weight, reduction=reduction,
                            ignore_index=ignore_index, label_smoothing=label_smoothing, options=options, z_loss=z_loss,
                            softcap=softcap, temperature=temperature, normalizer=normalizer, shift=shift,
-                           block_rows=block_rows, xp=xp)
+                           block_rows=block_rows, xp=xp, return_stats=return_stats)
     h, t, sw = _prepare(input, target, sample_weight, args, xp=xp)
     if args.probs or is_lazy(h) or is_traced(h):  # JAX, Dask, torch.compile / torch.func: one formula
-        loss = unfused_loss(h, linear_weight, t, linear_bias, weight, sw, args, xp=xp)
+        out = unfused_loss(h, linear_weight, t, linear_bias, weight, sw, args, xp=xp)
     else:
         adapter = adapter_for(h)
         if adapter is not None and adapter.wants_linear_cross_entropy(h, linear_weight, linear_bias, weight, sw,
                                                                       args.normalizer):
-            loss = adapter.linear_cross_entropy(h, linear_weight, t, linear_bias, weight, sw, args)
+            out = adapter.linear_cross_entropy(h, linear_weight, t, linear_bias, weight, sw, args)
         else:
-            loss = fused(h, linear_weight, t, linear_bias, weight, sw, args, cotangent=None, want_grad=False,
-                         xp=xp).loss
-    return _trim(loss, args, xp=xp)
+            res = fused(h, linear_weight, t, linear_bias, weight, sw, args, cotangent=None, want_grad=False, xp=xp)
+            out = res.loss if res.stats is None else (res.loss, res.stats)
+    if not args.return_stats:
+        return _trim(out, args, xp=xp)
+    loss, stats = out
+    z_stat = _trim(stats.z_loss, args, xp=xp)
+    return _trim(loss, args, xp=xp), LossStats(_trim(stats.lse, args, xp=xp, always=True), z_stat, stats.accuracy,
+                                               _trim(stats.entropy, args, xp=xp, always=True))
 
 
 @_migrate
@@ -464,8 +481,11 @@ def _pad_position(a: Array, axis: int, *, xp: Namespace) -> Array:
     return xp.concat([a, xp.zeros(tuple(shape), dtype=a.dtype, device=device_of(a))], axis=axis)
 
 
-def _trim(loss: Array, args: LinearArgs, *, xp: Namespace) -> Array:
-    return loss[..., :-1] if args.shift and not args.probs and args.reduction == "none" else loss
+def _trim(loss: Array, args: LinearArgs, *, xp: Namespace, always: bool = False) -> Array:
+    """Per-position results of a shifted call without their last position (``always``: per
+    position whatever the reduction, e.g. the statistics)."""
+    per_position = always or args.reduction == "none"
+    return loss[..., :-1] if args.shift and not args.probs and per_position else loss
 
 
 # --- reductions (both paths) -------------------------------------------------------------------
@@ -551,8 +571,14 @@ def _unfused_terms(x: Array, t: Array, cw: Array | None, sw: Array | None, args:
 
 def unfused_loss(h: Array, lw: Array, t: Array, lb: Array | None, cw: Array | None, sw: Array | None,
                  args: LinearArgs, *, xp: Namespace) -> Array:
-    """The definition on the whole logits (checked, shift-prepared arguments)."""
+    """The definition on the whole logits (checked, shift-prepared arguments); with
+    ``return_stats``, ``(loss, LossStats)`` from cross entropy's own one pass."""
     x = _logits(h, lw, lb, xp=xp)
+    if args.return_stats:
+        x = _capped(as_dtype(x, compute_dtype(h.dtype, xp=xp), xp=xp), args, xp=xp)
+        loss, st = cross_entropy(x, t, cw, args.ignore_index, args.reduction, args.eps, axis=-1, z_loss=args.z,
+                                 sample_weight=sw, normalizer=args.normalizer, return_stats=True, xp=xp)
+        return as_dtype(loss, h.dtype, xp=xp), LossStats(*(as_dtype(f, h.dtype, xp=xp) for f in st))
     plain = sw is None and args.normalizer is None
     if args.softcap is not None or args.scaled or not plain:  # capped in the compute dtype
         x = _capped(as_dtype(x, compute_dtype(h.dtype, xp=xp), xp=xp), args, xp=xp)
@@ -628,6 +654,7 @@ class _Sweep:
     w_cols: Any = None  # Σ_c w_c W_c (smoothing, no soft cap)
     ce_rows: Any = None  # (K,) cross-entropy term (class-weighted)
     z_rows: Any = None  # (K,) z term
+    stat_rows: Any = None  # return_stats: (3, K) log Z, entropy and hit (1.0 where the target is an argmax)
     d_hidden: Any = None  # in input's dtype: (N, D), or (K, D) where dropped rows are added at the end
     d_weight: Any = None
     d_bias: Any = None
@@ -715,7 +742,8 @@ def _start(hidden: Array, weight: Array, target: Array, bias: Array | None, clas
     _start_weights(sw, class_weight, sample_weight, xp=xp)
     if want_loss:
         sw.ce_rows = xp.zeros((k,), dtype=dtype, device=dev)
-        sw.z_rows = xp.zeros((k,), dtype=dtype, device=dev) if maybe_nonzero(args.z) else None
+        sw.z_rows = xp.zeros((k,), dtype=dtype, device=dev) if maybe_nonzero(args.z) or args.return_stats else None
+        sw.stat_rows = xp.zeros((3, k), dtype=dtype, device=dev) if args.return_stats else None
     if want_grad:
         _start_gradient(sw, hidden, cotangent, xp=xp)
     _start_buffers(sw, hidden, xp=xp)
@@ -823,13 +851,16 @@ def _block(sw: _Sweep, i0: int, i1: int, w_t: Array, *, xp: Namespace) -> None:
     if sw.want_loss and args.eps > 0.0:
         c_sum = sw.class_sum[i0:i1] if not capped else xp.sum(x, axis=1) if sw.cw is None else x @ sw.cw
     x -= m
-    e = write_into("exp", x, x, xp=xp)  # in place where possible: x is not needed any more
+    # In place where possible (x is not needed any more), except for the statistics' moment.
+    e = write_into("exp", None if sw.stat_rows is not None else x, x, xp=xp)
     total = xp.sum(e, axis=1, keepdims=True)
     log_z = xp.squeeze(xp.log(total) + m, axis=1)
     if sw.want_loss:
         sw.ce_rows[i0:i1] = index_loss(log_z, x_y, c_sum, w_y, sw.w_sum, args.eps, sw.weight.shape[0])
         if sw.z_rows is not None:
             sw.z_rows[i0:i1] = args.z * log_z**2
+        if sw.stat_rows is not None:
+            _block_stats(sw, i0, i1, x, e, total, log_z, x_y, m, xp=xp)
     del x
     if sw.want_grad:
         a = _row_scale(sw, i0, i1, log_z, total, xp=xp)
@@ -837,6 +868,16 @@ def _block(sw: _Sweep, i0: int, i1: int, w_t: Array, *, xp: Namespace) -> None:
             _block_gradient_capped(sw, i0, i1, h, e, a, t2, x_y, y, xp=xp)
         else:
             _block_gradient(sw, i0, i1, h, e, a, y, xp=xp)
+
+
+def _block_stats(sw: _Sweep, i0: int, i1: int, s: Array, e: Array, total: Array, log_z: Array, x_y: Array,
+                 m: Array, *, xp: Namespace) -> None:
+    """The statistics of rows i0:i1 (``s = x - max``, ``e = exp(s)``): log Z, the entropy
+    ``log Σe - Σ e·s / Σe`` and whether the target's logit is the maximum."""
+    moment = xp.sum(e * xp.where(e > 0.0, s, 0.0), axis=1, keepdims=True) / total
+    sw.stat_rows[0, i0:i1] = log_z
+    sw.stat_rows[1, i0:i1] = xp.squeeze(xp.log(total) - moment, axis=1)
+    sw.stat_rows[2, i0:i1] = xp.astype(x_y >= xp.squeeze(m, axis=1), sw.dtype)
 
 
 def _row_scale(sw: _Sweep, i0: int, i1: int, log_z: Array, total: Array, *, xp: Namespace) -> Array:
@@ -942,17 +983,35 @@ def _finish(sw: _Sweep, hidden: Array, *, xp: Namespace) -> Fused:
         if args.eps < 1.0:
             _subtract_targets(sw.d_weight, sw.d_bias, sw.h2, sw.y, sw.b, sw.rows_of, rows=sw.rows,
                               v_chunk=sw.v_chunk, alias=sw.alias, xp=xp)
-    loss_out = None
+    loss_out = stats = None
     if sw.want_loss:
-        loss = _reduce(sw.ce_rows, sw.z_rows, sw.sw, sw.den, sw.den_z, args, xp=xp)
+        z_rows = sw.z_rows if maybe_nonzero(args.z) else None
+        loss = _reduce(sw.ce_rows, z_rows, sw.sw, sw.den, sw.den_z, args, xp=xp)
         if args.reduction == "none":
             loss = xp.reshape(_spread(loss, sw, xp=xp), tuple(hidden.shape[:-1]))
         loss_out = as_dtype(loss, hidden.dtype, xp=xp)
+        if sw.stat_rows is not None:
+            stats = _finish_stats(sw, hidden, xp=xp)
     if not sw.want_grad:
-        return Fused(loss_out, None, None, None)
+        return Fused(loss_out, None, None, None, stats)
     d_hidden = sw.d_hidden if sw.d_hidden.shape[0] == sw.h2.shape[0] else _spread(sw.d_hidden, sw, xp=xp)
     return Fused(loss_out, xp.reshape(d_hidden, tuple(hidden.shape)), as_dtype(sw.d_weight, sw.weight.dtype, xp=xp),
-                 None if sw.d_bias is None else as_dtype(sw.d_bias, sw.bias.dtype, xp=xp))
+                 None if sw.d_bias is None else as_dtype(sw.d_bias, sw.bias.dtype, xp=xp), stats)
+
+
+def _finish_stats(sw: _Sweep, hidden: Array, *, xp: Namespace) -> LossStats:
+    """:class:`xce.LossStats` of the sweep: per position (0 where the row was dropped), the z
+    term alone reduced like the loss, the accuracy over the swept rows."""
+    shape = tuple(hidden.shape[:-1])
+
+    def per_position(v: Array) -> Array:
+        return as_dtype(xp.reshape(_spread(v, sw, xp=xp), shape), hidden.dtype, xp=xp)
+
+    z = _reduce(sw.z_rows, None, sw.sw, sw.den_z, sw.den_z, sw.args, xp=xp)
+    z = per_position(z) if sw.args.reduction == "none" else as_dtype(z, hidden.dtype, xp=xp)
+    hits = sw.stat_rows[2, :]
+    return LossStats(per_position(sw.stat_rows[0, :]), z, xp.sum(hits) / float(hits.shape[0]),
+                     per_position(sw.stat_rows[1, :]))
 
 
 def _iadd(x: Array, y: Array) -> Array:

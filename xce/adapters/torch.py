@@ -218,10 +218,13 @@ class _LinearCrossEntropy(torch.autograd.Function):
         else:
             ctx.save_for_backward(hidden, weight, target, bias, class_weight, sample_weight)
         ctx.precomputed = want
-        return out.loss
+        if out.stats is None:
+            return out.loss
+        ctx.mark_non_differentiable(*out.stats)
+        return (out.loss, *out.stats)
 
     @staticmethod
-    def backward(ctx: Any, grad_output):
+    def backward(ctx: Any, grad_output, *_grad_stats):
         if ctx.precomputed:
             d_hidden, d_weight, d_bias = ctx.saved_tensors
             # loss.backward() passes 1: hand the saved gradients over without a copy of dW.
@@ -237,9 +240,10 @@ class _LinearCrossEntropy(torch.autograd.Function):
 
 def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, target: torch.Tensor, bias: torch.Tensor | None,
                          class_weight: torch.Tensor | None, sample_weight: torch.Tensor | None,
-                         args: _linear.LinearArgs) -> torch.Tensor:
+                         args: _linear.LinearArgs) -> torch.Tensor | tuple[torch.Tensor, ce.LossStats]:
     """:func:`xce.linear_cross_entropy` (checked, shift-prepared arguments) whose ``.backward()``
-    never materialises the logits.
+    never materialises the logits (with ``args.return_stats``, ``(loss, LossStats)``, the
+    statistics not differentiable).
 
     With ``"mean"``/``"sum"`` and inputs that require grad, the gradients are computed during
     the forward pass (one sweep over the vocabulary, as Liger-Kernel does) and scaled by the
@@ -250,7 +254,8 @@ def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, target: tor
     normalizer = args.normalizer if isinstance(args.normalizer, torch.Tensor) else None
     if needs_autograd(class_weight, sample_weight, normalizer):
         return _linear.unfused_loss(hidden, weight, target, bias, class_weight, sample_weight, args, xp=txp)
-    return _LinearCrossEntropy.apply(hidden, weight, target, bias, class_weight, sample_weight, args)
+    out = _LinearCrossEntropy.apply(hidden, weight, target, bias, class_weight, sample_weight, args)
+    return (out[0], ce.LossStats(*out[1:])) if args.return_stats else out
 
 
 # --- vocabulary-parallel cross entropy over torch.distributed --------------------------------
