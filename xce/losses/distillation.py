@@ -27,10 +27,10 @@ from __future__ import annotations
 import math
 from typing import Any, NamedTuple
 
-from .._arrays import expand_at, like_input
+from .._arrays import axis_length, expand_at, like_input, positions_like
 from .._docs import fill_doc
-from .._namespace import Array, Namespace, as_dtype, compute_dtype, device_of, is_lazy, namespace
-from .._reduce import reduce_loss, reduction_scale
+from .._namespace import Array, Namespace, as_dtype, compute_dtype, is_lazy, namespace
+from .._reduce import per_count, reduce_loss, reduction_scale
 from .._registry import register_value_and_grad
 from .._softmax import finite_or_zero, shifted_logsumexp
 from .._targets import IndexTarget, mask_loss, mean_weights
@@ -245,7 +245,7 @@ def _divergence(student: Array, teacher: Array, args: DistillationArgs, beta: An
         loss = mask_loss(loss, args.ignore, xp=xp)
     if args.reduction == "batchmean":
         # PyTorch's kl_div: the sum over student_logits.shape[0] (ignored positions still count).
-        out = xp.sum(loss) / float(student.shape[0])
+        out = per_count(xp.sum(loss), axis_length(student, 0, xp=xp), xp=xp)
     else:
         denominator = None if args.ignore is None else mean_weights(None, args.ignore, xp=xp)
         out = reduce_loss(loss, args.reduction, denominator=denominator, xp=xp)
@@ -273,10 +273,10 @@ def gradient(student: Array, teacher: Array, args: DistillationArgs, beta: Any, 
         d = q * (r - xp.sum(q * r, axis=ax, keepdims=True))
         if not _is(beta, 1.0):
             d = (1.0 - beta) * d
-    per_position = tuple(student.shape[:ax]) + tuple(student.shape[ax + 1 :])
-    like = xp.empty(per_position, dtype=dtype, device=device_of(student))
+    like = positions_like(student, ax, dtype, xp=xp)
     if args.reduction == "batchmean":
-        s = reduction_scale(cotangent, "sum", like, None, dtype, xp=xp) / float(student.shape[0])
+        s = per_count(reduction_scale(cotangent, "sum", like, None, dtype, xp=xp), axis_length(student, 0, xp=xp),
+                      xp=xp, dtype=dtype)
     else:
         denominator = None if args.ignore is None else mean_weights(None, args.ignore, xp=xp)
         s = reduction_scale(cotangent, args.reduction, like, denominator, dtype, xp=xp)

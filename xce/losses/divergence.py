@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from .._namespace import Array, Namespace, compute_dtype, device_of, is_lazy, namespace
-from .._reduce import reduce_loss
+from .._arrays import axis_length
+from .._namespace import Array, Namespace, compute_dtype, is_lazy, namespace
+from .._reduce import per_count, reduce_loss
 from .._validate import check_floating, check_reduction, check_same_device
 
 __all__ = ["kl_div"]
@@ -83,9 +84,10 @@ def kl_div(
         zero = t == 0.0
         loss = xp.where(zero, 0.0, t * (xp.log(xp.where(zero, 1.0, t)) - xp.where(zero, 0.0, log_q)))
     if reduction == "batchmean":
-        batch = input.shape[0] if input.ndim else 1  # PyTorch: input.size(0); the plain sum for 0-d input
+        # PyTorch: input.size(0); the plain sum for 0-d input. Counted from input where symbolic.
+        batch = axis_length(input, 0, xp=xp) if input.ndim else 1
         total = reduce_loss(loss, "sum", xp=xp)
-        out = total / xp.asarray(float(batch), dtype=total.dtype, device=device_of(total))
+        out = per_count(total, batch, xp=xp)
     else:
         out = reduce_loss(loss, reduction, xp=xp)
     return out if out.dtype == input.dtype else xp.astype(out, input.dtype)
@@ -96,7 +98,7 @@ def _broadcast_shape(a: tuple[int, ...], b: tuple[int, ...]) -> tuple[int, ...]:
     for i in range(max(len(a), len(b))):
         x = a[len(a) - 1 - i] if i < len(a) else 1
         y = b[len(b) - 1 - i] if i < len(b) else 1
-        if x != y and 1 not in (x, y):
+        if x != y and 1 not in (x, y) and None not in (x, y):  # None: symbolic, checked when the graph runs
             raise ValueError
         out.append(y if x == 1 else x)
     return tuple(reversed(out))
