@@ -22,6 +22,7 @@ import torch.nn.functional as F
 import xce
 from xce._arrays import count
 from xce._engine import supports
+from xce._namespace import device_of
 
 import reference as ref
 
@@ -166,7 +167,8 @@ CASES = [
          lambda f, a: f(a["x"], a["q"], reduction="batchmean"),
          lambda t: F.kl_div(t["x"], t["q"], reduction="batchmean"), {"x": ("N", C), "q": ("N", C)}, grad=False),
     Case("kl_div-mean-log_target", xce.kl_div,
-         lambda rng, n: {"x": np.log(rng.dirichlet(np.ones(C), size=n)), "q": np.log(rng.dirichlet(np.ones(C), size=n))},
+         lambda rng, n: {"x": np.log(rng.dirichlet(np.ones(C), size=n)),
+                         "q": np.log(rng.dirichlet(np.ones(C), size=n))},
          lambda f, a: f(a["x"], a["q"], log_target=True),
          lambda t: ref.kl_div(t["x"], t["q"], reduction="mean", log_target=True), {"x": ("N", C), "q": ("N", C)},
          grad=False),
@@ -266,6 +268,16 @@ def test_symbolic_arrays_take_the_fused_path(ndx):
     n = count(x, xp=ndx)
     assert isinstance(n, ndx.Array) and n.ndim == 0
     assert count(np.zeros((3, 4)), xp=np) == 12 and isinstance(count(np.zeros((3, 4)), xp=np), int)
+
+
+def test_arrays_without_device_use_the_default_device():
+    """mlx's arrays have no ``.device``: xce passes ``device=None`` (the default device) on."""
+
+    class NoDevice:
+        shape, ndim = (2,), 1
+
+    assert device_of(NoDevice()) is None
+    assert device_of(np.zeros(2)) == "cpu"
 
 
 # --- marray: masked arrays ------------------------------------------------------------------------
