@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import inspect
+import os
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -86,6 +87,19 @@ def _make_backend(name: str) -> Backend:
         import array_api_compat.dask.array as xp
 
         return Backend(name, xp, "cpu", lazy=True)
+    if name == "ndonnx":
+        if not (_have("ndonnx") and _have("onnxruntime")):
+            pytest.skip("ndonnx / onnxruntime are not installed")
+        import ndonnx as xp
+
+        return Backend(name, xp, xp.__array_namespace_info__().default_device(), lazy=True)
+    if name == "marray":
+        if not _have("marray"):
+            pytest.skip("marray is not installed")
+        import array_api_compat.numpy as anp
+        import marray
+
+        return Backend(name, marray.masked_namespace(anp), "cpu", lazy=False)
     if name == "cupy":
         if not _cuda_available():
             pytest.skip("cupy with a CUDA device is not available")
@@ -99,6 +113,18 @@ def _make_backend(name: str) -> Backend:
 # "torch" runs what users get (PyTorch's own kernel where xce delegates to it);
 # "torch-definitions" the same tests with xce.config(delegate=False): xce's own definitions.
 BACKENDS = ["numpy", "array_api_strict", "torch", "torch-definitions", "jax", "jax-jit", "dask", "cupy", "torch-cuda"]
+# Libraries without autodiff, opt-in with XCE_EXTRA_BACKENDS=ndonnx,marray: ndonnx's eager mode
+# runs every operation through onnxruntime, which would add minutes to the default run.
+# tests/test_symbolic_backends.py covers both (and ONNX export with symbolic shapes) by default.
+EXTRA_BACKENDS = ("ndonnx", "marray")
+_EXTRA = [name for name in os.environ.get("XCE_EXTRA_BACKENDS", "").split(",") if name]
+if not set(_EXTRA) <= set(EXTRA_BACKENDS):
+    raise ValueError(f"XCE_EXTRA_BACKENDS={_EXTRA}: known extra backends are {EXTRA_BACKENDS}")
+BACKENDS += _EXTRA
+# The central skip list of the extra backends: (backend, test function) -> why.
+EXTRA_SKIPS = {
+    ("marray", "test_blocked_engine_equals_fused"): "the test reads its result with np.asarray, which MArray refuses",
+}
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -111,6 +137,9 @@ def pytest_configure(config: pytest.Config) -> None:
 
 @pytest.fixture(params=BACKENDS)
 def backend(request: pytest.FixtureRequest):
+    reason = EXTRA_SKIPS.get((request.param, getattr(request.node, "originalname", None)))
+    if reason is not None:
+        pytest.skip(reason)
     b = _make_backend(request.param)
     if request.param in ("jax-jit", "dask"):
         with patch_lazy_xp_functions(request, xp=b.xp):
@@ -171,6 +200,10 @@ def to_numpy(x: Any) -> np.ndarray:
     if module.startswith("torch"):
         x = x.detach().cpu()
         return (x.float() if str(x.dtype) == "torch.bfloat16" else x).numpy()
+    if module.startswith("ndonnx"):
+        return x.unwrap_numpy()
+    if module.startswith("marray"):
+        return np.asarray(x.data)
     if module.startswith("cupy"):
         return x.get()
     if module.startswith("dask"):

@@ -1,7 +1,9 @@
 """xce: cross-entropy-family losses written once against the Python Array API standard.
 
-The same functions run on NumPy, PyTorch, JAX (including ``jax.jit``), CuPy, Dask and any
-other Array API library, with PyTorch's ``torch.nn.functional`` semantics.
+The same functions run on NumPy, PyTorch, JAX (including ``jax.jit``), CuPy, Dask,
+array-api-strict, ndonnx (also with symbolic shapes, for ONNX export) and marray, and on any
+library providing the part of the Array API standard listed in ``docs/semantics.md``, with
+PyTorch's ``torch.nn.functional`` semantics.
 """
 
 from . import adapters as adapters  # registers the framework adapters (imported lazily, per library)

@@ -41,6 +41,7 @@ from ._namespace import (
     has_values,
     is_lazy,
     is_traced,
+    known_size,
     library_name,
     torch_tracing,
     write_into,
@@ -170,16 +171,20 @@ class Plan(NamedTuple):
 def supports(x: Array) -> bool:
     """True when the blocked engine may evaluate ``x`` (an eager array, engine enabled,
     large enough): NumPy, PyTorch, CuPy, array-api-strict. Never JAX or Dask, nor PyTorch under
-    ``torch.compile`` / ``torch.func``, whose tracers want the fused formula."""
+    ``torch.compile`` / ``torch.func``, whose tracers want the fused formula, nor an array with a
+    symbolic (``None``) dimension, whose blocks cannot be planned."""
     if library_name(x) not in _EAGER or is_traced(x):
         return False  # traced (torch.compile, torch.func): one fused formula for the tracer
+    size = known_size(tuple(x.shape))
+    if size is None:
+        return False
     opts = options()
     enabled = opts.get("enabled")
     if enabled is False:
         return False
     if enabled is True:
         return True
-    return math.prod(x.shape) >= opts.get("min_elements", _MIN_ELEMENTS)
+    return size >= opts.get("min_elements", _MIN_ELEMENTS)
 
 
 def _cpus() -> int:
@@ -395,8 +400,9 @@ def softmax_sums(x: Array, *, xp: Namespace, terms: Terms | None = None, compute
     Parameters
     ----------
     x : array, shape (A, C) or (A, C, B)
-        Logits, classes along axis 1. Any real floating dtype; half precision is upcast to
-        ``compute_dtype`` one block at a time.
+        Logits, classes along axis 1 (``blocked=False`` takes any ``(A, C, ...)``: the fused
+        formula never reshapes, so symbolic dimensions may stay where they are). Any real
+        floating dtype; half precision is upcast to ``compute_dtype`` one block at a time.
     terms : callable, optional
         The per-block callback of the linear statistics (see ``Terms``).
     compute_dtype : dtype, optional
@@ -409,7 +415,7 @@ def softmax_sums(x: Array, *, xp: Namespace, terms: Terms | None = None, compute
         Also ``SoftmaxSums.moment``, the softmax's mean of the shifted logits (the entropy
         is ``lse - moment``), from the same exponentials.
     """
-    if x.ndim not in (2, 3):
+    if x.ndim not in (2, 3) and (blocked or x.ndim < 2):
         raise ValueError(f"softmax_sums wants a (A, C) or (A, C, B) array; got shape {tuple(x.shape)}.")
     dtype = compute_dtype if compute_dtype is not None else default_compute_dtype(x.dtype, xp=xp)
     if not blocked:

@@ -20,7 +20,9 @@ __all__ = [
     "has_values",
     "index_dtype",
     "is_lazy",
+    "is_masked",
     "is_traced",
+    "known_size",
     "library_name",
     "namespace",
     "take_along_class_axis",
@@ -126,7 +128,37 @@ def torch_tracing() -> bool:
 
 
 def device_of(x: Array) -> Any:
-    return array_api_compat.device(x)
+    """``x``'s device; None (the library's default device) for arrays without a ``device``
+    attribute, which the standard requires but some libraries lack (mlx's arrays live in
+    unified memory). xce passes it on as ``device=`` and compares it, nothing more."""
+    try:
+        return array_api_compat.device(x)
+    except AttributeError:
+        return None
+
+
+def known_size(shape: tuple[Any, ...]) -> int | None:
+    """The number of elements of ``shape``; None when a dimension is unknown.
+
+    The standard lets ``shape`` hold ``None`` for a dimension known only when the graph runs
+    (ndonnx's symbolic dimensions, e.g. a dynamic batch in an ONNX export); Dask writes NaN for
+    chunks of unknown size. Counts over such arrays come from the arrays themselves
+    (:func:`xce._arrays.count`), and the blocked engine, which plans from the shape, leaves them
+    to the fused formula.
+    """
+    n = 1
+    for d in shape:
+        if d is None or d != d:  # None, or NaN
+            return None
+        n *= int(d)
+    return n
+
+
+def is_masked(x: Array) -> bool:
+    """True for a masked array (marray's ``MArray``): its reductions skip masked elements, so
+    counts are taken from the array too (:func:`xce._arrays.count`) and a masked position
+    leaves the ``"mean"`` like an ignored one."""
+    return library_name(x) == "marray"
 
 
 def has_values(x: Array) -> bool:

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from ._arrays import count
 from ._namespace import Array, Namespace, device_of
 
-__all__ = ["reduce_loss", "reduction_scale"]
+__all__ = ["per_count", "reduce_loss", "reduction_scale"]
 
 
 def reduce_loss(loss: Array, reduction: str, *, denominator: Array | None = None, xp: Namespace) -> Array:
@@ -23,12 +24,17 @@ def reduce_loss(loss: Array, reduction: str, *, denominator: Array | None = None
     if reduction == "sum":
         return total
     if denominator is None:
-        count = 1
-        for n in loss.shape:
-            count *= n
-        # total is an array, so this is the array's division: 0/0 gives NaN instead of raising.
-        return total / float(count)
+        return per_count(total, count(loss, xp=xp), xp=xp)
     return total / xp.sum(denominator)
+
+
+def per_count(total: Any, n: Any, *, xp: Namespace, dtype: Any = None) -> Any:
+    """``total / n`` for a count ``n``: a Python int, or a 0-d integer array (in ``dtype``,
+    default ``total``'s) where it was counted from a symbolic shape (:func:`xce._arrays.count`).
+    For an array ``total`` this is the array's division: 0/0 gives NaN instead of raising."""
+    if isinstance(n, int):
+        return total / float(n)
+    return total / xp.astype(n, total.dtype if dtype is None else dtype)
 
 
 def reduction_scale(cotangent: Array | None, reduction: str, per_position: Array, denominator: Array | None,
@@ -39,10 +45,9 @@ def reduction_scale(cotangent: Array | None, reduction: str, per_position: Array
     if reduction != "mean":
         return g
     if denominator is None:
-        count = 1
-        for n in per_position.shape:
-            count *= n
-        den = xp.asarray(float(count), dtype=dtype, device=device_of(per_position))
+        n = count(per_position, xp=xp)  # a number, or an array where the shape is symbolic
+        den = xp.asarray(float(n), dtype=dtype, device=device_of(per_position)) if isinstance(n, int) else \
+            xp.astype(n, dtype)
     else:
         den = xp.astype(xp.sum(denominator), dtype)
     return g / den

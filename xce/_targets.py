@@ -77,8 +77,20 @@ def _all_valid(target: Array, n_classes: int, ignore_index: int, *, xp: Namespac
 
 
 def gather_weight(w: Array, index: Array, *, xp: Namespace) -> Array:
-    """``w[index]`` for an index array of any shape (``take`` wants 1-D indices)."""
-    return xp.reshape(xp.take(w, xp.reshape(index, (-1,)), axis=0), index.shape)
+    """``w[index]`` for an index array of any shape (``take`` wants 1-D indices).
+
+    A symbolic ``index.shape`` (``None`` dimensions) cannot be restored by ``reshape`` when more
+    than one dimension is unknown; the weight is then selected by comparison with the class ids.
+    """
+    if index.ndim == 1:
+        return xp.take(w, index, axis=0)
+    shape = tuple(index.shape)
+    unknown = sum(d is None for d in shape)
+    if unknown > 1:
+        hit = xp.expand_dims(index, axis=-1) == class_ids(w.shape[0], index.ndim + 1, -1, xp=xp,
+                                                           device=device_of(w), dtype=index.dtype)
+        return xp.sum(xp.where(hit, w, 0.0), axis=-1)
+    return xp.reshape(xp.take(w, xp.reshape(index, (-1,)), axis=0), tuple(-1 if d is None else d for d in shape))
 
 
 def mask_loss(loss: Array, index: IndexTarget, *, xp: Namespace) -> Array:
@@ -95,8 +107,9 @@ def mean_weights(w_y: Array | None, index: IndexTarget, *, xp: Namespace) -> Arr
     ignored ones); None means 'count every position'."""
     if index.ignored is None:
         return w_y
-    kept = w_y if w_y is not None else xp.ones(index.ignored.shape, dtype=xp.float32, device=device_of(index.safe))
-    return xp.where(index.ignored, 0.0, kept)
+    if w_y is None:  # 1 at kept positions (no shape needed: it may be symbolic)
+        return xp.astype(~index.ignored, xp.float32)
+    return xp.where(index.ignored, 0.0, w_y)
 
 
 def class_ids(n_classes: int, ndim: int, axis: int, *, xp: Namespace, device: object, dtype: object = None) -> Array:

@@ -101,6 +101,12 @@ def check_floating(x: Array, name: str, *, xp: Namespace) -> None:
 
 def check_classes(x: Array, axis: int, name: str = "input") -> int:
     n_classes = x.shape[axis]
+    if n_classes is None or n_classes != n_classes:  # a symbolic dimension (None; NaN in Dask)
+        raise ValueError(
+            f"{name}'s class axis {axis} has no known length (shape {tuple(x.shape)}); xce needs the number of "
+            "classes when the graph is built (label smoothing's ε/C, class ids, weights). Give that dimension a "
+            "fixed size, e.g. ndx.argument(shape=('N', 1000), ...); other dimensions may stay symbolic."
+        )
     if n_classes == 0:
         raise ValueError(f"{name} has zero classes along axis {axis} (shape {tuple(x.shape)}); need at least one.")
     return n_classes

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from .. import _engine
-from .._arrays import along_classes, expand_at, like_input
+from .._arrays import along_classes, expand_at, like_input, positions_like
 from .._docs import CROSS_ENTROPY_PARAMETERS, fill_doc
 from .._namespace import (
     Array,
@@ -38,6 +38,7 @@ from .._namespace import (
     device_of,
     is_lazy,
     is_traced,
+    known_size,
     namespace,
     take_along_class_axis,
     write_into,
@@ -329,7 +330,11 @@ def statistics(x: Array, ax: int, *, xp: Namespace, lazy: bool, index: Array | N
     ``x`` is viewed as ``(A, C)`` or ``(A, C, B)`` (the axes before and after the class axis
     flattened) so one engine serves every layout; eager arrays large enough go through the
     blocked engine, the rest (JAX, Dask, small inputs) through the same math as one block.
+    Symbolic shapes (a ``None`` dimension) are not reshaped: :func:`_symbolic_statistics`.
     """
+    if known_size(tuple(x.shape)) is None:
+        return _symbolic_statistics(x, ax, xp=xp, index=index, weight=weight, class_sum=class_sum, probs=probs,
+                                    smoothing=smoothing, dtype=dtype)
     n_classes = x.shape[ax]
     outer, inner = math.prod(x.shape[:ax]), math.prod(x.shape[ax + 1 :])
     shape = (outer, n_classes) if inner == 1 else (outer, n_classes, inner)
@@ -346,6 +351,27 @@ def statistics(x: Array, ax: int, *, xp: Namespace, lazy: bool, index: Array | N
         st = _stats(x3, index3, xp=xp, weight=weight, class_sum=class_sum, probs=probs3, smoothing=smoothing,
                     dtype=dtype, blocked=False, moment=moment)
     return RowStats(*(view(f, out_shape) for f in st))
+
+
+def _symbolic_statistics(x: Array, ax: int, *, xp: Namespace, index: Array | None, weight: Array | None,
+                         class_sum: bool, probs: Array | None, smoothing: float, dtype: Any) -> RowStats:
+    """:func:`statistics` of an array with a symbolic dimension, as one fused block.
+
+    ``reshape`` cannot merge dimensions it does not know, so the class axis is brought to
+    axis 1 without merging any: a new leading axis when it is axis 0, a transpose when it
+    lies further in (the other axes keep their order, so ``index`` needs no change).
+    """
+    order = (0, ax, *(i for i in range(1, x.ndim) if i != ax))
+
+    def move(a: Array | None) -> Array | None:
+        if a is None or ax == 1:
+            return a
+        return xp.expand_dims(a, axis=0) if ax == 0 else xp.permute_dims(a, order)
+
+    lead = index if index is None or ax != 0 else xp.expand_dims(index, axis=0)
+    st = _stats(move(x), lead, xp=xp, weight=weight, class_sum=class_sum, probs=move(probs), smoothing=smoothing,
+                dtype=dtype, blocked=False)
+    return st if ax != 0 else RowStats(*(None if f is None else f[0, ...] for f in st))
 
 
 # --- the loss -------------------------------------------------------------------------------
@@ -567,8 +593,9 @@ def gradient(
     dtype = compute_dtype(input.dtype, xp=xp)
     w = None if weight is None else xp.astype(weight, dtype)
     ax, index = args.ax, args.index
-    per_position = tuple(input.shape[:ax]) + tuple(input.shape[ax + 1 :])
-    like = xp.empty(per_position, dtype=dtype, device=device_of(input))
+    # The per-position shape, for the mean's count (index targets: the targets themselves, so a
+    # masked target of a masked array leaves the count as it leaves the loss).
+    like = positions_like(input, ax, dtype, xp=xp) if index is None else index.safe
     w_y = None if w is None or index is None else gather_weight(w, index.safe, xp=xp)
     s = reduction_scale(cotangent, args.reduction, like,
                         _kept_count(args, xp=xp) if index is None else mean_weights(w_y, index, xp=xp), dtype, xp=xp)
@@ -577,9 +604,10 @@ def gradient(
         s_z = reduction_scale(cotangent, args.reduction, like, mean_weights(None, index, xp=xp), dtype,
                               xp=xp) if maybe_nonzero(args.z) else 0.0
     # Classes last: viewed as (R, C) so blocks are runs of positions; else slices along axis 0.
-    last = ax == input.ndim - 1
-    n_rows = math.prod(per_position)
-    rows = _block_rows(input, ax, xp=xp) if blocked and not args.lazy else None
+    # A symbolic shape is neither viewed nor blocked: the rule applies to the array as it is.
+    n_rows = known_size(tuple(like.shape))
+    last = ax == input.ndim - 1 and n_rows is not None
+    rows = _block_rows(input, ax, xp=xp) if blocked and not args.lazy and n_rows is not None else None
     x = xp.reshape(input, (n_rows, args.n_classes)) if last else input
     cax = 1 if last else ax
 
@@ -840,8 +868,7 @@ def probability_target_gradient(input: Array, target: Array, weight: Array | Non
     neg_log_p = lse - as_dtype(input, dtype, xp=xp)
     if weight is not None:
         neg_log_p = neg_log_p * along_classes(xp.astype(weight, dtype), input.ndim, args.ax, xp=xp)
-    per_position = tuple(input.shape[: args.ax]) + tuple(input.shape[args.ax + 1 :])
-    s = reduction_scale(cotangent, args.reduction, xp.empty(per_position, dtype=dtype, device=device_of(input)),
+    s = reduction_scale(cotangent, args.reduction, positions_like(input, args.ax, dtype, xp=xp),
                         _kept_count(args, xp=xp), dtype, xp=xp)
     on, _ = smoothing_coefficients(args.eps, args.n_classes)
     g = expand_at(s, args.ax, xp=xp) * (on * neg_log_p)

@@ -31,10 +31,10 @@ from __future__ import annotations
 import math
 from typing import Any, NamedTuple
 
-from .._arrays import expand_at, like_input
+from .._arrays import axis_length, expand_at, like_input, positions_like
 from .._docs import fill_doc
-from .._namespace import Array, Namespace, as_dtype, compute_dtype, device_of, is_lazy, namespace
-from .._reduce import reduce_loss, reduction_scale
+from .._namespace import Array, Namespace, as_dtype, compute_dtype, is_lazy, namespace
+from .._reduce import per_count, reduce_loss, reduction_scale
 from .._registry import register_value_and_grad
 from .._softmax import finite_or_zero, shifted_logsumexp
 from .._targets import IndexTarget, mask_loss, mean_weights
@@ -275,17 +275,17 @@ def divergence(student: Array, teacher: Array, args: DistillationArgs, beta: Any
     log_p = log_probs(teacher, args, dtype, xp=xp)
     beta = _scalar(beta, dtype, xp=xp)
     loss = xp.sum(pointwise(log_p, log_q, beta, xp=xp), axis=args.ax)
-    return reduce_divergence(loss, args, student.shape[0], student.dtype, xp=xp)
+    return reduce_divergence(loss, args, axis_length(student, 0, xp=xp), student.dtype, xp=xp)
 
 
-def reduce_divergence(loss: Array, args: DistillationArgs, batch: int, dtype: Any, *, xp: Namespace) -> Array:
+def reduce_divergence(loss: Array, args: DistillationArgs, batch: Any, dtype: Any, *, xp: Namespace) -> Array:
     """Per-position divergences ``loss`` masked and reduced, in ``dtype``. ``batch``: the
     ``"batchmean"`` divisor (the logits' ``shape[0]``)."""
     if args.ignore is not None:
         loss = mask_loss(loss, args.ignore, xp=xp)
     if args.reduction == "batchmean":
         # PyTorch's kl_div: the sum over student_logits.shape[0] (ignored positions still count).
-        out = xp.sum(loss) / float(batch)
+        out = per_count(xp.sum(loss), batch, xp=xp)
     else:
         denominator = None if args.ignore is None else mean_weights(None, args.ignore, xp=xp)
         out = reduce_loss(loss, args.reduction, denominator=denominator, xp=xp)
@@ -295,12 +295,12 @@ def reduce_divergence(loss: Array, args: DistillationArgs, batch: int, dtype: An
 # --- the gradient rule ----------------------------------------------------------------------
 
 
-def position_scale(cotangent: Array | None, args: DistillationArgs, like: Array, batch: int, dtype: Any, *,
+def position_scale(cotangent: Array | None, args: DistillationArgs, like: Array, batch: Any, dtype: Any, *,
                    xp: Namespace) -> Array | float:
     """Per-position factor ``s`` with ``d(reduced loss) = Σ_i s_i dl_i``, times the cotangent
     (``like``: an array of the positions' shape; ``batch``: the ``"batchmean"`` divisor)."""
     if args.reduction == "batchmean":
-        return reduction_scale(cotangent, "sum", like, None, dtype, xp=xp) / float(batch)
+        return per_count(reduction_scale(cotangent, "sum", like, None, dtype, xp=xp), batch, xp=xp, dtype=dtype)
     denominator = None if args.ignore is None else mean_weights(None, args.ignore, xp=xp)
     return reduction_scale(cotangent, args.reduction, like, denominator, dtype, xp=xp)
 
@@ -346,9 +346,8 @@ def gradient(student: Array, teacher: Array, args: DistillationArgs, beta: Any, 
     ax = args.ax
     log_q = log_probs(student, args, dtype, xp=xp)
     log_p = log_probs(teacher, args, dtype, xp=xp)
-    per_position = tuple(student.shape[:ax]) + tuple(student.shape[ax + 1 :])
-    like = xp.empty(per_position, dtype=dtype, device=device_of(student))
-    s = position_scale(cotangent, args, like, student.shape[0], dtype, xp=xp)
+    like = positions_like(student, ax, dtype, xp=xp)
+    s = position_scale(cotangent, args, like, axis_length(student, 0, xp=xp), dtype, xp=xp)
     ignored = None if args.ignore is None else args.ignore.ignored
     g = logits_gradient(student, log_p, log_q, args, _scalar(beta, dtype, xp=xp), expand_at(s, ax, xp=xp), ignored,
                         dtype, xp=xp)

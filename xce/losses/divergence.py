@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from .._namespace import Array, Namespace, compute_dtype, device_of, is_lazy, namespace
-from .._reduce import reduce_loss
+from .._arrays import axis_length
+from .._namespace import Array, Namespace, compute_dtype, is_lazy, namespace
+from .._reduce import per_count, reduce_loss
 from .._validate import check_floating, check_mask, check_reduction, check_same_device
 
 __all__ = ["kl_div"]
@@ -117,9 +118,8 @@ def _reduce(loss: Array, reduction: str, input: Array, keep: Array | None, *, xp
     ``"batchmean"`` over the rows that keep one."""
     if reduction == "batchmean":
         total = reduce_loss(loss, "sum", xp=xp)
-        if keep is None:
-            batch: Any = float(input.shape[0] if input.ndim else 1)  # PyTorch: input.size(0); 0-d: the sum
-            return total / xp.asarray(batch, dtype=total.dtype, device=device_of(total))
+        if keep is None:  # PyTorch: input.size(0) (counted from input where symbolic); 0-d: the sum
+            return per_count(total, axis_length(input, 0, xp=xp) if input.ndim else 1, xp=xp)
         return total / _kept_rows(keep, input, total.dtype, xp=xp)
     count = None if keep is None or reduction != "mean" else xp.astype(keep, loss.dtype)
     return reduce_loss(loss, reduction, denominator=count, xp=xp)
@@ -140,7 +140,7 @@ def _broadcast_shape(a: tuple[int, ...], b: tuple[int, ...]) -> tuple[int, ...]:
     for i in range(max(len(a), len(b))):
         x = a[len(a) - 1 - i] if i < len(a) else 1
         y = b[len(b) - 1 - i] if i < len(b) else 1
-        if x != y and 1 not in (x, y):
+        if x != y and 1 not in (x, y) and None not in (x, y):  # None: symbolic, checked when the graph runs
             raise ValueError
         out.append(y if x == 1 else x)
     return tuple(reversed(out))
