@@ -262,9 +262,9 @@ def test_normalizer_array_is_not_read():
     [
         (dict(softcap=0.0), ValueError, "softcap must be a finite float > 0"),
         (dict(softcap=-2.0), ValueError, "softcap"),
-        (dict(normalizer=0), ValueError, "normalizer must be a finite float > 0"),
-        (dict(normalizer=4.0, reduction="sum"), ValueError, "normalizer= replaces the 'mean' denominator"),
-        (dict(normalizer=np.ones(2)), ValueError, "normalizer must be a number or a 0-d array"),
+        (dict(normalizer=0), ValueError, "normalizer must be > 0"),
+        (dict(normalizer=4.0, reduction="sum"), ValueError, "normalizer= replaces the denominator of reduction='mean'"),
+        (dict(normalizer=np.ones(2)), ValueError, "normalizer must be a Python number or a 0-d array"),
         (dict(sample_weight=np.ones(3)), ValueError, r"sample_weight must have the per-position loss's shape \(7,\)"),
         (dict(sample_weight=np.ones(7, dtype=np.int64)), TypeError, "sample_weight"),
         (dict(return_stats=1), TypeError, "return_stats must be True or False"),

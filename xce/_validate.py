@@ -279,6 +279,37 @@ def check_real(value: object, name: str, *, minimum: float | None = None, hint: 
     return out
 
 
+def check_positive(value: object, name: str, hint: str = "") -> Any:
+    """A finite float > 0 (soft cap, temperature...); a 0-d traced array passes, NaN where it
+    is not > 0 (the lazy contract: its value is not read)."""
+    out = check_real(value, name, traced=True, hint=hint)
+    if isinstance(out, float):
+        if out <= 0.0:
+            raise ValueError(f"{name} must be a finite float > 0; got {value!r}.{hint}")
+        return out
+    xp = array_api_compat.array_namespace(out)
+    return xp.where(out > 0.0, out, float("nan"))
+
+
+def check_normalizer(normalizer: Any, reduction: str) -> Any:
+    """``normalizer=``: None, a number > 0 or a 0-d array (never read: no host sync), with
+    ``reduction="mean"`` only (it replaces that reduction's denominator)."""
+    if normalizer is None:
+        return None
+    if reduction != "mean":
+        raise ValueError(f"normalizer= replaces the denominator of reduction='mean'; got reduction={reduction!r}. "
+                         "Pass reduction='mean' with normalizer, or drop normalizer.")
+    if hasattr(normalizer, "shape"):
+        if tuple(normalizer.shape) != ():
+            raise ValueError(f"normalizer must be a Python number or a 0-d array; got an array of shape "
+                             f"{tuple(normalizer.shape)}. Pass e.g. the token count as a 0-d array.")
+        return normalizer
+    out = check_real(normalizer, "normalizer")
+    if out <= 0.0:
+        raise ValueError(f"normalizer must be > 0 (the number the summed loss is divided by); got {normalizer!r}.")
+    return out
+
+
 def check_choice(value: object, name: str, allowed: tuple[str, ...]) -> str:
     if value not in allowed:
         raise ValueError(f"{name} must be one of {', '.join(map(repr, allowed))}; got {value!r}.")

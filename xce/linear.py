@@ -57,6 +57,8 @@ from ._validate import (
     check_fraction,
     check_integer,
     check_linear_shapes,
+    check_normalizer,
+    check_positive,
     check_real,
     check_reduction,
     maybe_nonzero,
@@ -155,33 +157,6 @@ def _migrate(fn: _Fn) -> _Fn:
 # --- checks ---------------------------------------------------------------------------------------
 
 
-def _positive(value: object, name: str, hint: str, *, xp: Namespace) -> Any:
-    """A finite float > 0; a traced 0-d array passes, NaN where it is not > 0."""
-    out = check_real(value, name, traced=True, hint=hint)
-    if not isinstance(out, float):
-        return xp.where(out > 0.0, out, float("nan"))
-    if out <= 0.0:
-        raise ValueError(f"{name} must be a finite float > 0; got {value!r}.{hint}")
-    return out
-
-
-def _check_normalizer(normalizer: Any, reduction: str) -> Any:
-    if normalizer is None:
-        return None
-    if reduction != "mean":
-        raise ValueError(f"normalizer= replaces the denominator of reduction='mean'; got reduction={reduction!r}. "
-                         "Pass reduction='mean' with normalizer, or drop normalizer.")
-    if hasattr(normalizer, "shape"):
-        if normalizer.ndim != 0:
-            raise ValueError(f"normalizer must be a Python number or a 0-d array; got an array of shape "
-                             f"{tuple(normalizer.shape)}. Pass e.g. the token count as a 0-d array.")
-        return normalizer  # never read: no host sync
-    out = check_real(normalizer, "normalizer")
-    if out <= 0.0:
-        raise ValueError(f"normalizer must be > 0 (the number the summed loss is divided by); got {normalizer!r}.")
-    return out
-
-
 def _check_block_rows(block_rows: Any, options: Any) -> int | None:
     """``block_rows=``, else ``options.batch_chunk_size`` (PyTorch's LinearCrossEntropyOptions)."""
     if block_rows is None and options is not None:
@@ -236,9 +211,9 @@ def check_arguments(input: Array, linear_weight: Array, target: Array, linear_bi
     return LinearArgs(
         reduction, check_fraction(label_smoothing, "label_smoothing", traced=True),
         check_real(z_loss, "z_loss", minimum=0.0, traced=True), ii,
-        None if softcap is None else _positive(softcap, "softcap", " Pass softcap=None for uncapped logits.", xp=xp),
-        _positive(temperature, "temperature", " Pass 1.0 for the plain logits.", xp=xp),
-        _check_normalizer(normalizer, reduction), bool(shift), probs, _check_block_rows(block_rows, options),
+        None if softcap is None else check_positive(softcap, "softcap", " Pass softcap=None for uncapped logits."),
+        check_positive(temperature, "temperature", " Pass 1.0 for the plain logits."),
+        check_normalizer(normalizer, reduction), bool(shift), probs, _check_block_rows(block_rows, options),
         bool(return_stats))
 
 

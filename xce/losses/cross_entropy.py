@@ -56,6 +56,8 @@ from .._validate import (
     check_fraction,
     check_index_target,
     check_integer,
+    check_normalizer,
+    check_positive,
     check_probability_target,
     check_real,
     check_reduction,
@@ -77,7 +79,6 @@ __all__ = [
     "check_arguments",
     "check_extras",
     "check_options",
-    "check_positive",
     "cross_entropy",
     "cross_entropy_extras",
     "cross_entropy_grad",
@@ -967,17 +968,6 @@ class Extras:
     return_stats: bool = False
 
 
-def check_positive(value: object, name: str, hint: str = "") -> Any:
-    """A finite float > 0; a 0-d traced array passes, NaN where it is not > 0 (lazy contract)."""
-    out = check_real(value, name, traced=True, hint=hint)
-    if isinstance(out, float):
-        if out <= 0.0:
-            raise ValueError(f"{name} must be a finite float > 0; got {value!r}.{hint}")
-        return out
-    xp = namespace((name,), out)
-    return xp.where(out > 0.0, out, float("nan"))
-
-
 def check_extras(input: Array, ax: int, reduction: str, softcap: object, sample_weight: Array | None,
                  normalizer: object, return_stats: object, *, xp: Namespace) -> Extras:
     """Checks of ``softcap``, ``sample_weight``, ``normalizer`` and ``return_stats`` (errors name
@@ -989,16 +979,7 @@ def check_extras(input: Array, ax: int, reduction: str, softcap: object, sample_
         if tuple(sample_weight.shape) != per_position:
             raise ValueError(f"sample_weight must have the per-position loss's shape {per_position} (the target's "
                              f"shape for class indices); got shape {tuple(sample_weight.shape)}.")
-    if normalizer is not None:
-        if reduction != "mean":
-            raise ValueError(f"normalizer= replaces the 'mean' denominator, so it needs reduction='mean'; got "
-                             f"reduction={reduction!r}. Drop normalizer, or use reduction='mean'.")
-        shape = tuple(getattr(normalizer, "shape", ()))
-        if shape:
-            raise ValueError(f"normalizer must be a number or a 0-d array (e.g. the batch's token count); got shape "
-                             f"{shape}.")
-        if not hasattr(normalizer, "shape"):
-            normalizer = check_positive(normalizer, "normalizer")
+    normalizer = check_normalizer(normalizer, reduction)
     if not isinstance(return_stats, bool):
         raise TypeError(f"return_stats must be True or False; got {return_stats!r}.")
     return Extras(cap, sample_weight, normalizer, return_stats)
