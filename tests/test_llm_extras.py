@@ -333,3 +333,23 @@ def test_linear_return_stats_under_torch_autograd():
     _, ref = xce.cross_entropy(x, t, axis=-1, z_loss=0.01, return_stats=True)
     assert float(stats.accuracy) == pytest.approx(float(ref.accuracy))
     np.testing.assert_allclose(stats.lse.numpy()[t != IGNORE], ref.lse[t != IGNORE], rtol=1e-12)
+
+
+def test_jax_jvp_and_vmap_of_the_llm_arguments():
+    """Forward mode equals the gradient's contraction, and vmap equals the loop (the custom JVP
+    of the per-position loss composes with the weighting)."""
+    jax = pytest.importorskip("jax")
+    jnp = jax.numpy
+    x, t, sw, w = _case("index")
+    tj = jnp.asarray(t)
+
+    def f(v):
+        return xce.cross_entropy(v, tj, jnp.asarray(w), softcap=2.5, sample_weight=jnp.asarray(sw), z_loss=0.05)
+
+    direction = jnp.asarray(np.random.default_rng(3).normal(size=x.shape))
+    _, tangent = jax.jit(lambda v, d: jax.jvp(f, (v,), (d,)))(jnp.asarray(x), direction)
+    g = reference(x, t, weight=w, sample_weight=sw, softcap=2.5, z_loss=0.05)["dx"]
+    assert float(tangent) == pytest.approx(float(np.sum(g * np.asarray(direction))), rel=1e-10)
+    batch = jnp.stack([jnp.asarray(x), 2.0 * jnp.asarray(x)])
+    looped = [reference(np.asarray(b), t, weight=w, sample_weight=sw, softcap=2.5, z_loss=0.05)["loss"] for b in batch]
+    np.testing.assert_allclose(np.asarray(jax.vmap(f)(batch)), looped, rtol=1e-10)

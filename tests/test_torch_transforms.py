@@ -95,6 +95,41 @@ def _ref_distill(h, t, r):
     return {"none": per, "sum": per.sum(), "mean": per.sum() / kept.sum()}[r]
 
 
+def _ref_kl_logits(s, t, r, beta: float = 0.0):
+    """Generalized JSD of softmax(t) (teacher) and softmax(s) (student); beta 0: KL(P‖Q)."""
+    ls, lt = F.log_softmax(s, -1), F.log_softmax(t, -1)
+    if beta == 0.0:
+        per = F.kl_div(ls, lt, reduction="none", log_target=True).sum(-1)
+    else:
+        lm = torch.logsumexp(torch.stack([lt + np.log(beta), ls + np.log(1 - beta)]), 0)
+        per = (beta * F.kl_div(lm, lt, reduction="none", log_target=True).sum(-1)
+               + (1 - beta) * F.kl_div(lm, ls, reduction="none", log_target=True).sum(-1))
+    return _reduce(per, r)
+
+
+def _teacher_logits(rng, n, c):
+    return _logits(rng, n, c), _logits(rng, n, c)
+
+
+# cross_entropy's LLM arguments: soft cap, per-token weights, z-loss and a global normaliser.
+_LLM_CAP, _LLM_NORM = 3.0, 7.0
+
+
+def _llm_weights(n: int):
+    return torch.linspace(0.5, 1.5, n, dtype=torch.float64)
+
+
+def _xce_llm(x, t, r):
+    return xce.cross_entropy(x, t, reduction=r, softcap=_LLM_CAP, sample_weight=_llm_weights(x.shape[0]),
+                             z_loss=0.01, normalizer=_LLM_NORM if r == "mean" else None)
+
+
+def _ref_llm(x, t, r):
+    y = _LLM_CAP * torch.tanh(x / _LLM_CAP)
+    per = _llm_weights(x.shape[0]) * (F.cross_entropy(y, t, reduction="none") + 0.01 * torch.logsumexp(y, -1) ** 2)
+    return {"none": per, "sum": per.sum(), "mean": per.sum() / _LLM_NORM}[r]
+
+
 @dataclass(frozen=True)
 class Case:
     """A loss as ``fn(x, t, reduction)``, its float64 torch reference with the same signature,
@@ -207,6 +242,11 @@ LOSSES = [
          lambda h, t, r: xce.linear_cross_entropy(h, _linear_weight(h.shape[-1]), t, reduction=r),
          lambda h, t, r: F.cross_entropy(h @ _linear_weight(h.shape[-1]).T, t, reduction=r), _index),
     Case("linear_distillation_loss", _xce_distill, _ref_distill, _index_ignored),
+    Case("kl_div_with_logits", lambda s, t, r: xce.kl_div_with_logits(s, t, reduction=r), _ref_kl_logits,
+         _teacher_logits),
+    Case("generalized_jsd", lambda s, t, r: xce.generalized_jsd(s, t, beta=0.3, reduction=r),
+         lambda s, t, r: _ref_kl_logits(s, t, r, beta=0.3), _teacher_logits),
+    Case("cross_entropy-llm", _xce_llm, _ref_llm, _index),
     Case("log_softmax", lambda x, t, r: _reduce(xce.log_softmax(x, axis=-1) * t, r),
          lambda x, t, r: _reduce(torch.log_softmax(x, -1) * t, r), _logits_weights),
     Case("softmax", lambda x, t, r: _reduce(xce.softmax(x, axis=-1) * t, r),
