@@ -22,6 +22,7 @@ module imports it.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import array_api_compat.torch as txp
@@ -32,7 +33,7 @@ import torch.nn.functional as _F
 from .. import _engine
 from .. import linear as _linear
 from .. import linear_distillation as _lindist
-from .._namespace import Namespace, is_traced, namespace
+from .._namespace import Namespace, is_traced, namespace, torch_tracing
 from ..labels import uniform_equivalent
 from ..losses import cross_entropy as ce
 from ..parallel import (
@@ -110,8 +111,10 @@ def dispatch_cross_entropy(input: Any, target: Any, weight: Any, options: ce.Opt
     ndim = input.ndim
     if axis is not None and (type(axis) is not int or not -ndim <= axis < ndim or axis % ndim != (ndim > 1)):
         return None  # another layout, or an invalid axis (the definition names the problem)
-    limit = DELEGATE_MAX_ELEMENTS_CPU if input.device.type == "cpu" else DELEGATE_MAX_ELEMENTS_GPU
-    if input.numel() > limit or not _engine.options().get("delegate", True):
+    cpu = input.device.type == "cpu"
+    opts = _engine.options()
+    if input.numel() > (DELEGATE_MAX_ELEMENTS_CPU if cpu else DELEGATE_MAX_ELEMENTS_GPU) \
+            or not opts.get("delegate", True):
         return None
     if weight is not None and (not isinstance(weight, torch.Tensor) or not weight.is_floating_point()
                                or needs_autograd(weight)):
@@ -131,9 +134,13 @@ def dispatch_cross_entropy(input: Any, target: Any, weight: Any, options: ce.Opt
     # Non-finite logits are where the two differ: a row with +inf on another class than the
     # target is NaN for PyTorch and +inf (the limit) for xce. Where values may be read (CPU,
     # eager), a NaN result sends the call to the definition; elsewhere it stands (no sync).
-    if _engine.reads_values(input) and bool(torch.isnan(out).any()):
-        return None
-    return out
+    # (_engine.reads_values, its settings and device already at hand: small calls are dispatch-bound.)
+    forced = opts.get("check_values")
+    if not (cpu and not torch_tracing()) if forced is None else not forced:
+        return out
+    if out.ndim == 0:
+        return None if math.isnan(out.item()) else out
+    return None if bool(torch.isnan(out).any()) else out
 
 
 def wants_linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
