@@ -11,28 +11,16 @@ so a loss of this family is its pair :math:`(f, f')` and the shared code below.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 from .._arrays import expand_at, like_input
 from .._docs import fill_doc
-from .._engine import reads_values
 from .._namespace import Array, Namespace, as_compute, compute_dtype, is_lazy, namespace, take_along_class_axis
 from .._reduce import reduce_loss, reduction_scale
 from .._signatures import derivative_of
 from .._softmax import softmax_and_lse
-from .._targets import IndexTarget, gather_weight, mask_loss, mean_weights, one_hot_like, prepare_index
-from .._validate import (
-    check_classes,
-    check_floating,
-    check_index_target,
-    check_integer,
-    check_real,
-    check_reduction,
-    check_weight,
-    check_where,
-    class_axis,
-    maybe_nonzero,
-)
+from .._targets import IndexTarget, gather_weight, mask_loss, mean_weights, one_hot_like
+from .._validate import check_index_target, check_real, check_reduction, class_axis, maybe_nonzero
 from .cross_entropy import CrossEntropyArgs, check_arguments, cross_entropy_with_stats, gradient, statistics
 
 __all__ = [
@@ -72,28 +60,21 @@ class _Checked(NamedTuple):
 
 def _check(input: Array, target: Array, weight: Array | None, ignore_index: int, axis: int | None, name: str | None,
            where: Array | None = None, *, xp: Namespace) -> _Checked:
-    """The checks of the family; ``name`` refuses probability targets with that loss's name.
-    ``where`` (optax's mask of the per-position shape): positions outside it count as ignored."""
-    ignore_index = check_integer(ignore_index, "ignore_index")
-    ax = class_axis(input, axis)
-    check_floating(input, "input", xp=xp)
-    n_classes = check_classes(input, ax)
-    lazy = is_lazy(input)
-    check_weight(weight, n_classes, input, xp=xp, lazy=lazy)
-    if name is not None and tuple(target.shape) == tuple(input.shape):
+    """The checks of the family: cross entropy's own for index targets (:func:`check_arguments`);
+    ``name`` refuses probability targets with that loss's name (``nll_loss``: None, the generic
+    message). ``where`` (optax's mask of the per-position shape): positions outside it count as ignored."""
+    if tuple(target.shape) == tuple(input.shape):
+        if name is None:
+            check_index_target(target, input, class_axis(input, axis), xp=xp, lazy=True)  # raises
         raise ValueError(
             f"{name} takes class-index targets (input's shape without the class axis); got a target of input's "
             f"shape {tuple(input.shape)}. Convert probabilities with argmax, or use cross_entropy for soft targets."
         )
-    check_index_target(target, input, ax, xp=xp, lazy=lazy)
-    # Values unread (lazy, accelerator, traced): invalid targets give NaN instead of raising.
-    keep = None
-    if where is not None:
-        keep = check_where(where, tuple(input.shape[:ax]) + tuple(input.shape[ax + 1 :]), input, xp=xp, lazy=lazy)
-    index = prepare_index(target, n_classes, ignore_index, xp=xp, lazy=not reads_values(input), keep=keep)
+    args = check_arguments(input, target, weight, ignore_index, "none", 0.0, axis, "uniform", 0.0, where, xp=xp)
+    index = cast(IndexTarget, args.index)  # index targets: never None
     dtype = compute_dtype(input.dtype, xp=xp)
     w_y = None if weight is None else gather_weight(xp.astype(weight, dtype), index.safe, xp=xp)
-    return _Checked(ax, index, w_y)
+    return _Checked(args.ax, index, w_y)
 
 
 def _reduce(loss: Array, c: _Checked, reduction: str, input: Array, *, xp: Namespace) -> Array:
