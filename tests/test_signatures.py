@@ -62,9 +62,9 @@ def test_derived_gradient_binds_like_a_def():
     np.testing.assert_array_equal(grad.softmax_focal_loss_grad(x, y), grad.softmax_focal_loss_grad(x, y, gamma=2.0))
     with pytest.raises(TypeError, match=r"^softmax_focal_loss_grad\(\) got an unexpected keyword argument 'gama'"):
         grad.softmax_focal_loss_grad(x, y, gama=1.0)
-    with pytest.raises(TypeError, match=r"^nll_loss_grad\(\) missing a required argument: 'target'"):
+    with pytest.raises(TypeError, match=r"^nll_loss_grad\(\) missing 1 required positional argument: 'target'"):
         grad.nll_loss_grad(x)
-    with pytest.raises(TypeError, match="too many positional arguments"):
+    with pytest.raises(TypeError, match=r"takes from 2 to 5 positional arguments but 6 were given"):
         grad.nll_loss_grad(x, y, None, -100, "mean", 1)
     with pytest.raises(TypeError, match="multiple values for argument 'weight'"):
         grad.nll_loss_grad(x, y, w, weight=w)

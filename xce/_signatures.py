@@ -18,9 +18,10 @@ defaults are the loss's)::
 
 The public ``nll_loss_grad`` then has ``inspect.signature`` equal to ``nll_loss``'s with
 ``cotangent`` inserted before ``xp``, the implementation's name and docstring, and behaves as a
-plain ``def`` with that signature would: each call is bound against the signature (positional
-arguments, defaults, and ``TypeError`` for an unknown keyword, a missing or a repeated argument)
-and the implementation receives every argument by name. The names are checked against the
+plain ``def`` with that signature would, since it is one: a ``def`` with the derived signature
+(compiled once, as :mod:`dataclasses` builds ``__init__``) binds each call (positional
+arguments, defaults, ``TypeError`` for an unknown keyword, a missing or a repeated argument) and
+passes every argument to the implementation by name. The names are checked against the
 derived signature at import, so the two cannot drift apart.
 
 Options: ``drop=`` the loss's parameters the gradient does not take (e.g. ``return_stats``);
@@ -34,7 +35,7 @@ from __future__ import annotations
 import functools
 import inspect
 from collections.abc import Callable, Iterable
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from ._registry import register_gradient, register_value_and_grad
 
@@ -67,17 +68,7 @@ def derivative_of(loss_fn: Callable[..., Any], *, before: str = "xp", drop: Iter
 
     def decorate(impl: Callable[..., R]) -> Callable[..., R]:
         _check_names(impl, signature)
-        name = impl.__name__
-
-        @functools.wraps(impl)
-        def derived(*args: Any, **kwargs: Any) -> R:
-            try:
-                bound = signature.bind(*args, **kwargs)
-            except TypeError as e:  # as a plain def would say it: "f() got an unexpected keyword ..."
-                raise TypeError(f"{name}() {e}") from None
-            bound.apply_defaults()
-            return impl(**bound.arguments)
-
+        derived = functools.wraps(impl)(_forwarder(impl.__name__, signature, impl))
         derived.__signature__ = signature  # type: ignore[attr-defined]
         derived.__annotations__ = {p.name: p.annotation for p in signature.parameters.values()
                                    if p.annotation is not inspect.Parameter.empty}
@@ -86,6 +77,26 @@ def derivative_of(loss_fn: Callable[..., Any], *, before: str = "xp", drop: Iter
         return derived
 
     return decorate
+
+
+def _forwarder(name: str, signature: inspect.Signature, impl: Callable[..., R]) -> Callable[..., R]:
+    """``def name(<signature>): return impl(<every parameter by name>)``, compiled: Python binds
+    the arguments (at a plain call's cost, with its own ``TypeError`` messages), as
+    :mod:`dataclasses` builds ``__init__``. Defaults are passed in by reference, not as text."""
+    scope: dict[str, Any] = {"_impl": impl}
+    params, call, star = [], [], False
+    for i, p in enumerate(signature.parameters.values()):
+        if p.kind is p.KEYWORD_ONLY and not star:
+            params.append("*")
+            star = True
+        if p.default is p.empty:
+            params.append(p.name)
+        else:
+            scope[f"_default{i}"] = p.default
+            params.append(f"{p.name}=_default{i}")
+        call.append(f"{p.name}={p.name}")
+    exec(f"def {name}({', '.join(params)}):\n    return _impl({', '.join(call)})\n", scope)
+    return cast(Callable[..., R], scope[name])
 
 
 def _check_names(impl: Callable[..., Any], signature: inspect.Signature) -> None:
