@@ -7,6 +7,7 @@ PyTorch's ``torch.nn.functional`` semantics.
 """
 
 from . import adapters as adapters  # registers the framework adapters (imported lazily, per library)
+from . import objects
 from ._engine import config
 from ._softmax import log_softmax, logsumexp, softmax
 from .grad import value_and_grad
@@ -23,36 +24,13 @@ from .losses.cross_entropy import LossStats, cross_entropy
 from .losses.distillation import generalized_jsd, kl_div_with_logits
 from .losses.divergence import kl_div
 from .losses.index import nll_loss, poly1_cross_entropy, softmax_focal_loss
-from .objects import (
-    BCELoss,
-    BCEWithLogitsLoss,
-    CrossEntropyLoss,
-    GeneralizedJSDLoss,
-    KLDivLoss,
-    KLDivWithLogitsLoss,
-    LinearDistillationLoss,
-    MultiLabelSoftMarginLoss,
-    NLLLoss,
-    SigmoidFocalLoss,
-    SoftmaxFocalLoss,
-)
+from .objects import *  # noqa: F403  (the loss objects: objects.__all__, exported below)
 from .parallel import merge_shard_statistics, shard_statistics, vocab_parallel_cross_entropy
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "BCELoss",
-    "BCEWithLogitsLoss",
-    "CrossEntropyLoss",
-    "GeneralizedJSDLoss",
-    "KLDivLoss",
-    "KLDivWithLogitsLoss",
-    "LinearDistillationLoss",
     "LossStats",
-    "MultiLabelSoftMarginLoss",
-    "NLLLoss",
-    "SigmoidFocalLoss",
-    "SoftmaxFocalLoss",
     "__version__",
     "binary_cross_entropy",
     "binary_cross_entropy_with_logits",
@@ -78,3 +56,4 @@ __all__ = [
     "value_and_grad",
     "vocab_parallel_cross_entropy",
 ]
+__all__ += objects.__all__  # the loss objects

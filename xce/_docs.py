@@ -47,17 +47,22 @@ xp : namespace, optional
     The array namespace, to skip inference."""
 
 
-def fill_doc(parameters: str) -> Callable[[F], F]:
-    """Put ``parameters`` (indented to match) where the docstring says ``{parameters}``."""
+def fill_doc(parameters: str | None = None, /, **fragments: str) -> Callable[[F], F]:
+    """Put ``parameters`` where the docstring says ``{parameters}``, and each keyword's text
+    where it says ``{keyword}`` (every occurrence, indented to match)."""
+    texts = fragments if parameters is None else {"parameters": parameters, **fragments}
 
     def decorate(fn: F) -> F:
         doc = fn.__doc__ or ""
-        marker = "{parameters}"
-        at = doc.find(marker)
-        if at >= 0:
-            indent = doc[doc.rfind("\n", 0, at) + 1 : at]
-            body = textwrap.indent(parameters, indent)[len(indent) :]
-            fn.__doc__ = doc.replace(marker, body, 1)
+        for name, text in texts.items():
+            marker, at = "{" + name + "}", doc.find("{" + name + "}")
+            while at >= 0:
+                indent = doc[doc.rfind("\n", 0, at) + 1 : at]
+                body = textwrap.indent(text, indent)[len(indent) :]
+                doc = doc[:at] + body + doc[at + len(marker) :]
+                at = doc.find(marker, at + len(body))
+        if fn.__doc__:
+            fn.__doc__ = doc
         return fn
 
     return decorate

@@ -41,6 +41,8 @@ scale (cotangent over the reduction's denominator) and :math:`e_y` the one-hot t
 
 from __future__ import annotations
 
+import contextlib
+import inspect
 from collections.abc import Callable
 from typing import Any
 
@@ -110,10 +112,13 @@ def value_and_grad(loss_fn: Callable[..., Any]) -> Callable[..., tuple[Any, Any]
     if kind == "value_and_grad":  # one fused sweep gives both
         return fn
 
-    def value_and_grad_fn(input: Array, target: Array, *args: Any, cotangent: Array | None = None, **kwargs: Any):
-        loss = loss_fn(input, target, *args, **kwargs)
-        return loss, fn(input, target, *args, cotangent=cotangent, **kwargs)
+    # No named parameters but cotangent: the losses' own (``target`` may be the third one).
+    def value_and_grad_fn(*args: Any, cotangent: Array | None = None, **kwargs: Any) -> tuple[Any, Any]:
+        return loss_fn(*args, **kwargs), fn(*args, cotangent=cotangent, **kwargs)
 
+    with contextlib.suppress(TypeError, ValueError):  # a registered callable may have no signature
+        value_and_grad_fn.__signature__ = inspect.signature(fn).replace(  # type: ignore[attr-defined]
+            return_annotation="tuple[Array, Array]")
     value_and_grad_fn.__name__ = f"value_and_grad_{loss_fn.__name__}"
     value_and_grad_fn.__doc__ = f"``(xce.{loss_fn.__name__}(...), its gradient w.r.t. input)``."
     return value_and_grad_fn

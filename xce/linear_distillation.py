@@ -38,7 +38,8 @@ from typing import Any, NamedTuple
 
 from . import _engine
 from ._namespace import Array, Namespace, as_dtype, compute_dtype, device_of, is_lazy, is_traced, namespace
-from ._registry import adapter_for, register_value_and_grad
+from ._registry import adapter_for
+from ._signatures import derivative_of
 from ._validate import check_choice, check_floating, check_fraction, check_integer, check_same_device
 from .losses.distillation import (
     DistillationArgs,
@@ -192,25 +193,13 @@ def linear_distillation_loss(
     return fused(heads, checked, cotangent=None, wants=None, block_rows=block_rows, xp=xp).loss
 
 
+@derivative_of(linear_distillation_loss, before="block_rows", fused=True,
+               returns="tuple[Array, tuple[Array, Array, Array | None]]")
 def value_and_grad_linear_distillation_loss(
-    student_hidden: Array,
-    student_weight: Array,
-    teacher_hidden: Array,
-    teacher_weight: Array,
-    target: Array | None = None,
-    *,
-    loss: str = "jsd",
-    beta: float = 0.5,
-    temperature: float = 1.0,
-    ignore_index: int = -100,
-    reduction: str = "mean",
-    softcap: float | None = None,
-    student_bias: Array | None = None,
-    teacher_bias: Array | None = None,
-    cotangent: Array | None = None,
-    block_rows: int | None = None,
-    xp: Namespace | None = None,
-) -> tuple[Array, tuple[Array, Array, Array | None]]:
+        student_hidden: Array, student_weight: Array, teacher_hidden: Array, teacher_weight: Array,
+        target: Array | None, *, loss: str, beta: float, temperature: float, ignore_index: int, reduction: str,
+        softcap: float | None, student_bias: Array | None, teacher_bias: Array | None, cotangent: Array | None,
+        block_rows: int | None, xp: Namespace | None) -> tuple[Array, tuple[Array, Array, Array | None]]:
     r"""``(loss, (d_student_hidden, d_student_weight, d_student_bias))`` of
     :func:`linear_distillation_loss`, in one blocked sweep.
 
@@ -473,6 +462,3 @@ def _finish(sw: _Sweep, checked: Checked, *, xp: Namespace) -> Result:
     d_weight = None if sw.d_weight is None else as_dtype(sw.d_weight, sh.dtype, xp=xp)
     d_bias = None if sw.d_bias is None else as_dtype(sw.d_bias, sh.dtype, xp=xp)
     return Result(loss, d_hidden, d_weight, d_bias)
-
-
-register_value_and_grad(linear_distillation_loss, value_and_grad_linear_distillation_loss)

@@ -44,12 +44,23 @@ __all__ = [
 
 
 class _Loss:
-    """``__call__(input, target)`` forwards to ``_function`` with the stored keyword arguments."""
+    """``__call__(input, target)`` forwards to ``_function`` with the stored keyword arguments.
+
+    A subclass's constructor passes its arguments by name; the ones every loss shares
+    (``ignore_index``, ``reduction`` among ``_reductions``, ``label_smoothing``, ``axis``) are
+    checked here with the functions' own checks, the others are checked by the subclass."""
 
     _function: ClassVar[Callable[..., Array]]
+    _reductions: ClassVar[tuple[str, ...]] = REDUCTIONS
 
     def __init__(self, **config: Any) -> None:
-        self._config = config
+        checks: dict[str, Callable[[Any], Any]] = {
+            "ignore_index": lambda v: check_integer(v, "ignore_index"),
+            "reduction": lambda v: check_reduction(v, self._reductions),
+            "label_smoothing": lambda v: check_fraction(v, "label_smoothing", traced=True),
+            "axis": lambda v: None if v is None else check_integer(v, "axis"),
+        }
+        self._config = {name: checks[name](v) if name in checks else v for name, v in config.items()}
 
     def __call__(self, input: Array, target: Array) -> Array:
         return type(self)._function(input, target, **self._config)
@@ -88,21 +99,12 @@ label_smoothing_mode='uniform', z_loss=0.0)
 
     _function = staticmethod(cross_entropy)
 
-    def __init__(
-        self,
-        weight: Array | None = None,
-        ignore_index: int = -100,
-        reduction: str = "mean",
-        label_smoothing: float = 0.0,
-        *,
-        axis: int | None = None,
-        label_smoothing_mode: str = "uniform",
-        z_loss: float = 0.0,
-    ) -> None:
+    def __init__(self, weight: Array | None = None, ignore_index: int = -100, reduction: str = "mean",
+                 label_smoothing: float = 0.0, *, axis: int | None = None, label_smoothing_mode: str = "uniform",
+                 z_loss: float = 0.0) -> None:
         opts = check_options(ignore_index, reduction, label_smoothing, label_smoothing_mode, z_loss)
         super().__init__(weight=weight, ignore_index=opts.ignore_index, reduction=opts.reduction,
-                         label_smoothing=opts.label_smoothing, axis=_axis(axis), label_smoothing_mode=opts.mode,
-                         z_loss=opts.z)
+                         label_smoothing=opts.label_smoothing, axis=axis, label_smoothing_mode=opts.mode, z_loss=opts.z)
 
 
 class NLLLoss(_Loss):
@@ -117,15 +119,9 @@ class NLLLoss(_Loss):
 
     _function = staticmethod(nll_loss)
 
-    def __init__(
-        self, weight: Array | None = None, ignore_index: int = -100, reduction: str = "mean", *, axis: int | None = None
-    ) -> None:
-        super().__init__(
-            weight=weight,
-            ignore_index=check_integer(ignore_index, "ignore_index"),
-            reduction=check_reduction(reduction),
-            axis=_axis(axis),
-        )
+    def __init__(self, weight: Array | None = None, ignore_index: int = -100, reduction: str = "mean", *,
+                 axis: int | None = None) -> None:
+        super().__init__(weight=weight, ignore_index=ignore_index, reduction=reduction, axis=axis)
 
 
 class BCELoss(_Loss):
@@ -142,11 +138,7 @@ class BCELoss(_Loss):
     _function = staticmethod(binary_cross_entropy)
 
     def __init__(self, weight: Array | None = None, reduction: str = "mean", *, label_smoothing: float = 0.0) -> None:
-        super().__init__(
-            weight=weight,
-            reduction=check_reduction(reduction),
-            label_smoothing=check_fraction(label_smoothing, "label_smoothing", traced=True),
-        )
+        super().__init__(weight=weight, reduction=reduction, label_smoothing=label_smoothing)
 
 
 class BCEWithLogitsLoss(_Loss):
@@ -162,20 +154,9 @@ class BCEWithLogitsLoss(_Loss):
 
     _function = staticmethod(binary_cross_entropy_with_logits)
 
-    def __init__(
-        self,
-        weight: Array | None = None,
-        reduction: str = "mean",
-        pos_weight: Array | None = None,
-        *,
-        label_smoothing: float = 0.0,
-    ) -> None:
-        super().__init__(
-            weight=weight,
-            reduction=check_reduction(reduction),
-            pos_weight=pos_weight,
-            label_smoothing=check_fraction(label_smoothing, "label_smoothing", traced=True),
-        )
+    def __init__(self, weight: Array | None = None, reduction: str = "mean", pos_weight: Array | None = None, *,
+                 label_smoothing: float = 0.0) -> None:
+        super().__init__(weight=weight, reduction=reduction, pos_weight=pos_weight, label_smoothing=label_smoothing)
 
 
 class MultiLabelSoftMarginLoss(_Loss):
@@ -192,7 +173,7 @@ class MultiLabelSoftMarginLoss(_Loss):
     _function = staticmethod(multilabel_soft_margin_loss)
 
     def __init__(self, weight: Array | None = None, reduction: str = "mean") -> None:
-        super().__init__(weight=weight, reduction=check_reduction(reduction))
+        super().__init__(weight=weight, reduction=reduction)
 
 
 class KLDivLoss(_Loss):
@@ -209,11 +190,12 @@ class KLDivLoss(_Loss):
     """
 
     _function = staticmethod(kl_div)
+    _reductions = (*REDUCTIONS, "batchmean")
 
     def __init__(self, reduction: str = "mean", log_target: bool = False) -> None:
         if not isinstance(log_target, bool):
             raise TypeError(f"log_target must be a bool; got {type(log_target).__name__} {log_target!r}.")
-        super().__init__(reduction=check_reduction(reduction, (*REDUCTIONS, "batchmean")), log_target=log_target)
+        super().__init__(reduction=reduction, log_target=log_target)
 
 
 class SigmoidFocalLoss(_Loss):
@@ -232,11 +214,8 @@ class SigmoidFocalLoss(_Loss):
     _function = staticmethod(sigmoid_focal_loss)
 
     def __init__(self, alpha: float = 0.25, gamma: float = 2.0, reduction: str = "none") -> None:
-        super().__init__(
-            alpha=check_alpha(alpha, traced=True),
-            gamma=check_real(gamma, "gamma", minimum=0.0, traced=True),
-            reduction=check_reduction(reduction),
-        )
+        super().__init__(alpha=check_alpha(alpha, traced=True),
+                         gamma=check_real(gamma, "gamma", minimum=0.0, traced=True), reduction=reduction)
 
 
 class SoftmaxFocalLoss(_Loss):
@@ -252,30 +231,16 @@ class SoftmaxFocalLoss(_Loss):
 
     _function = staticmethod(softmax_focal_loss)
 
-    def __init__(
-        self,
-        gamma: float = 2.0,
-        weight: Array | None = None,
-        ignore_index: int = -100,
-        reduction: str = "mean",
-        *,
-        axis: int | None = None,
-    ) -> None:
-        super().__init__(
-            gamma=check_real(gamma, "gamma", minimum=0.0),
-            weight=weight,
-            ignore_index=check_integer(ignore_index, "ignore_index"),
-            reduction=check_reduction(reduction),
-            axis=_axis(axis),
-        )
-
-
-def _axis(axis: int | None) -> int | None:
-    return None if axis is None else check_integer(axis, "axis")
+    def __init__(self, gamma: float = 2.0, weight: Array | None = None, ignore_index: int = -100,
+                 reduction: str = "mean", *, axis: int | None = None) -> None:
+        super().__init__(gamma=check_real(gamma, "gamma", minimum=0.0), weight=weight, ignore_index=ignore_index,
+                         reduction=reduction, axis=axis)
 
 
 class _DistillationLoss(_Loss):
     """``__call__(student_logits, teacher_logits, target=None)`` with the stored configuration."""
+
+    _reductions = DISTILLATION_REDUCTIONS
 
     def __call__(self, student_logits: Array, teacher_logits: Array, target: Array | None = None) -> Array:  # type: ignore[override]
         return type(self)._function(student_logits, teacher_logits, target, **self._config)
@@ -283,6 +248,7 @@ class _DistillationLoss(_Loss):
 
 def _distillation_config(temperature: float, ignore_index: int, reduction: str, axis: int | None,
                          softcap: float | None) -> dict[str, Any]:
+    """The distillation losses' shared configuration; temperature and softcap checked here."""
     if softcap is not None:
         softcap = check_real(softcap, "softcap", hint=" softcap must be positive (None: no capping).")
         if softcap <= 0.0:
@@ -290,8 +256,7 @@ def _distillation_config(temperature: float, ignore_index: int, reduction: str, 
     temperature = check_real(temperature, "temperature")
     if temperature <= 0.0:
         raise ValueError(f"temperature must be positive; got {temperature!r}.")
-    return {"temperature": temperature, "ignore_index": check_integer(ignore_index, "ignore_index"),
-            "reduction": check_reduction(reduction, DISTILLATION_REDUCTIONS), "axis": _axis(axis),
+    return {"temperature": temperature, "ignore_index": ignore_index, "reduction": reduction, "axis": axis,
             "softcap": softcap}
 
 
@@ -359,6 +324,7 @@ softcap=None, block_rows=None)
     """
 
     _function = staticmethod(linear_distillation_loss)
+    _reductions = DISTILLATION_REDUCTIONS
 
     def __init__(self, loss: str = "jsd", *, beta: float = 0.5, temperature: float = 1.0, ignore_index: int = -100,
                  reduction: str = "mean", softcap: float | None = None, block_rows: int | None = None) -> None:

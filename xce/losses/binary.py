@@ -8,14 +8,14 @@ elementwise: ``target`` has ``input``'s shape, ``weight`` (and ``pos_weight``) b
 
 from __future__ import annotations
 
-import textwrap
 from typing import Any, NamedTuple
 
 from .._arrays import expand_at, like_input
+from .._docs import fill_doc
 from .._engine import reads_values
 from .._namespace import Array, Namespace, compute_dtype, is_lazy, namespace
 from .._reduce import reduce_loss, reduction_scale
-from .._registry import register_gradient
+from .._signatures import derivative_of
 from .._validate import (
     _lazy_range,
     check_broadcastable,
@@ -48,7 +48,17 @@ __all__ = [
 
 _GRAD_NAMES = ("input", "target", "weight", "cotangent", "where")
 
+# Shared parameter texts, filled in by fill_doc where a docstring says {traced} / {where}.
+_TRACED = """\
+May be a 0-d array, also one traced under ``jax.jit`` (a schedule compiles once); out of
+range such an array gives NaN, where a Python number raises ``ValueError``."""
 
+_WHERE = """\
+A mask broadcastable to ``input``'s shape (optax's ``where``): elements where it is False
+contribute 0, with a zero gradient, and leave the ``"mean"``'s denominator."""
+
+
+@fill_doc(traced=_TRACED, where=_WHERE)
 def binary_cross_entropy(
     input: Array,
     target: Array,
@@ -124,6 +134,7 @@ def binary_cross_entropy(
     return _finish(loss, weight, args, input, xp=xp)
 
 
+@fill_doc(traced=_TRACED, where=_WHERE)
 def binary_cross_entropy_with_logits(
     input: Array,
     target: Array,
@@ -192,6 +203,7 @@ def binary_cross_entropy_with_logits(
     return _finish(loss, weight, args, input, xp=xp)
 
 
+@fill_doc(traced=_TRACED, where=_WHERE)
 def multilabel_soft_margin_loss(
     input: Array,
     target: Array,
@@ -249,6 +261,7 @@ def multilabel_soft_margin_loss(
     return _finish(xp.sum(loss, axis=-1) / n_classes, None, args, input, xp=xp)
 
 
+@fill_doc(traced=_TRACED, where=_WHERE)
 def sigmoid_focal_loss(
     input: Array,
     target: Array,
@@ -317,17 +330,10 @@ def sigmoid_focal_loss(
 # --- gradients -------------------------------------------------------------------------------
 
 
-def binary_cross_entropy_grad(
-    input: Array,
-    target: Array,
-    weight: Array | None = None,
-    reduction: str = "mean",
-    *,
-    label_smoothing: float = 0.0,
-    where: Array | None = None,
-    cotangent: Array | None = None,
-    xp: Namespace | None = None,
-) -> Array:
+@derivative_of(binary_cross_entropy)
+def binary_cross_entropy_grad(input: Array, target: Array, weight: Array | None, reduction: str, *,
+                              label_smoothing: float, where: Array | None, cotangent: Array | None,
+                              xp: Namespace | None) -> Array:
     r"""Gradient of :func:`xce.binary_cross_entropy`: :math:`s_i w_i [-y_i/p_i + (1-y_i)/(1-p_i)]`.
 
     Each term is 0 where its log is clamped at -100 (p = 0, or p = 1), the derivative of the
@@ -354,18 +360,10 @@ def binary_cross_entropy_grad(
     return _finish_elementwise(g, weight, args, cotangent, input, xp=xp)
 
 
-def binary_cross_entropy_with_logits_grad(
-    input: Array,
-    target: Array,
-    weight: Array | None = None,
-    reduction: str = "mean",
-    pos_weight: Array | None = None,
-    *,
-    label_smoothing: float = 0.0,
-    where: Array | None = None,
-    cotangent: Array | None = None,
-    xp: Namespace | None = None,
-) -> Array:
+@derivative_of(binary_cross_entropy_with_logits)
+def binary_cross_entropy_with_logits_grad(input: Array, target: Array, weight: Array | None, reduction: str,
+                                          pos_weight: Array | None, *, label_smoothing: float, where: Array | None,
+                                          cotangent: Array | None, xp: Namespace | None) -> Array:
     r"""Gradient of :func:`xce.binary_cross_entropy_with_logits`:
     :math:`s_i w_i\,[(1 + (p_w - 1) y_i)\,\sigma(x_i) - p_w y_i]`, 0 where ``where`` is False.
 
@@ -388,16 +386,9 @@ def binary_cross_entropy_with_logits_grad(
     return _finish_elementwise(g, weight, args, cotangent, input, xp=xp)
 
 
-def multilabel_soft_margin_loss_grad(
-    input: Array,
-    target: Array,
-    weight: Array | None = None,
-    reduction: str = "mean",
-    *,
-    where: Array | None = None,
-    cotangent: Array | None = None,
-    xp: Namespace | None = None,
-) -> Array:
+@derivative_of(multilabel_soft_margin_loss)
+def multilabel_soft_margin_loss_grad(input: Array, target: Array, weight: Array | None, reduction: str, *,
+                                     where: Array | None, cotangent: Array | None, xp: Namespace | None) -> Array:
     r"""Gradient of :func:`xce.multilabel_soft_margin_loss`: :math:`s_i\,w_c\,(\sigma(x_{i,c}) - y_{i,c})/C`,
     0 at positions masked by ``where``.
 
@@ -420,17 +411,9 @@ def multilabel_soft_margin_loss_grad(
     return like_input(g, input, xp=xp)
 
 
-def sigmoid_focal_loss_grad(
-    input: Array,
-    target: Array,
-    alpha: float = 0.25,
-    gamma: float = 2.0,
-    reduction: str = "none",
-    *,
-    where: Array | None = None,
-    cotangent: Array | None = None,
-    xp: Namespace | None = None,
-) -> Array:
+@derivative_of(sigmoid_focal_loss)
+def sigmoid_focal_loss_grad(input: Array, target: Array, alpha: float, gamma: float, reduction: str, *,
+                            where: Array | None, cotangent: Array | None, xp: Namespace | None) -> Array:
     r"""Gradient of :func:`xce.sigmoid_focal_loss`.
 
     With :math:`u = 1 - p_t` and :math:`b` the BCE on logits:
@@ -614,32 +597,3 @@ def _finish_elementwise(g: Array, weight: Array | None, args: _Args, cotangent: 
     if args.keep is not None:
         g = xp.where(args.keep, g, 0.0)
     return like_input(g, input, xp=xp)
-
-
-_TRACED = """\
-May be a 0-d array, also one traced under ``jax.jit`` (a schedule compiles once); out of
-range such an array gives NaN, where a Python number raises ``ValueError``."""
-
-_WHERE = """\
-A mask broadcastable to ``input``'s shape (optax's ``where``): elements where it is False
-contribute 0, with a zero gradient, and leave the ``"mean"``'s denominator."""
-
-
-def _fill(fn: Any) -> None:
-    """Put the shared parameter texts where ``fn``'s docstring says ``{traced}`` / ``{where}``."""
-    doc = fn.__doc__
-    for marker, text in (("{traced}", _TRACED), ("{where}", _WHERE)):
-        while marker in doc:
-            at = doc.find(marker)
-            indent = doc[doc.rfind("\n", 0, at) + 1 : at]
-            doc = doc.replace(marker, textwrap.indent(text, indent)[len(indent):], 1)
-    fn.__doc__ = doc
-
-
-for _loss, _grad in ((binary_cross_entropy, binary_cross_entropy_grad),
-                     (binary_cross_entropy_with_logits, binary_cross_entropy_with_logits_grad),
-                     (multilabel_soft_margin_loss, multilabel_soft_margin_loss_grad),
-                     (sigmoid_focal_loss, sigmoid_focal_loss_grad)):
-    _fill(_loss)
-    register_gradient(_loss, _grad)
-del _loss, _grad

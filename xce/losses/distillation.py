@@ -35,7 +35,7 @@ from .._arrays import axis_length, expand_at, like_input, positions_like
 from .._docs import fill_doc
 from .._namespace import Array, Namespace, as_dtype, compute_dtype, is_lazy, namespace
 from .._reduce import per_count, reduce_loss, reduction_scale
-from .._registry import register_value_and_grad
+from .._signatures import derivative_of
 from .._softmax import finite_or_zero, shifted_logsumexp
 from .._targets import IndexTarget, mask_loss, mean_weights
 from .._validate import (
@@ -498,20 +498,10 @@ def generalized_jsd(
 
 
 @fill_doc(DISTILLATION_PARAMETERS)
-def kl_div_with_logits_grad(
-    student_logits: Array,
-    teacher_logits: Array,
-    target: Array | None = None,
-    *,
-    direction: str = "forward",
-    temperature: float = 1.0,
-    ignore_index: int = -100,
-    reduction: str = "mean",
-    axis: int | None = None,
-    softcap: float | None = None,
-    cotangent: Array | None = None,
-    xp: Namespace | None = None,
-) -> Array:
+@derivative_of(kl_div_with_logits)
+def kl_div_with_logits_grad(student_logits: Array, teacher_logits: Array, target: Array | None, *, direction: str,
+                            temperature: float, ignore_index: int, reduction: str, axis: int | None,
+                            softcap: float | None, cotangent: Array | None, xp: Namespace | None) -> Array:
     r"""Gradient of :func:`kl_div_with_logits` w.r.t. ``student_logits``.
 
     With :math:`Q`, :math:`P` the student's and teacher's distributions at temperature
@@ -542,20 +532,10 @@ def kl_div_with_logits_grad(
 
 
 @fill_doc(DISTILLATION_PARAMETERS)
-def generalized_jsd_grad(
-    student_logits: Array,
-    teacher_logits: Array,
-    target: Array | None = None,
-    *,
-    beta: float = 0.5,
-    temperature: float = 1.0,
-    ignore_index: int = -100,
-    reduction: str = "mean",
-    axis: int | None = None,
-    softcap: float | None = None,
-    cotangent: Array | None = None,
-    xp: Namespace | None = None,
-) -> Array:
+@derivative_of(generalized_jsd)
+def generalized_jsd_grad(student_logits: Array, teacher_logits: Array, target: Array | None, *, beta: float,
+                         temperature: float, ignore_index: int, reduction: str, axis: int | None,
+                         softcap: float | None, cotangent: Array | None, xp: Namespace | None) -> Array:
     r"""Gradient of :func:`generalized_jsd` w.r.t. ``student_logits``.
 
     For :math:`0 < \beta < 1`, :math:`\partial\,\mathrm{JSD}_\beta/\partial Q_c = (1-\beta)(\log Q_c - \log M_c)`,
@@ -583,25 +563,3 @@ def generalized_jsd_grad(
     args = check_arguments(student_logits, teacher_logits, target, temperature, ignore_index, reduction, axis, softcap,
                            xp=xp)
     return gradient(student_logits, teacher_logits, args, b, cotangent, xp=xp)
-
-
-# --- value_and_grad -------------------------------------------------------------------------
-# Registered as value-and-gradient functions rather than with register_gradient: the generic
-# wrapper of xce.value_and_grad names its second parameter ``target``, which would collide with
-# these losses' own (optional, third) ``target=`` keyword.
-
-
-def _kl_div_with_logits_value_and_grad(student_logits: Array, teacher_logits: Array, target: Array | None = None,
-                                       *, cotangent: Array | None = None, **kwargs: Any) -> tuple[Array, Array]:
-    return (kl_div_with_logits(student_logits, teacher_logits, target, **kwargs),
-            kl_div_with_logits_grad(student_logits, teacher_logits, target, cotangent=cotangent, **kwargs))
-
-
-def _generalized_jsd_value_and_grad(student_logits: Array, teacher_logits: Array, target: Array | None = None,
-                                    *, cotangent: Array | None = None, **kwargs: Any) -> tuple[Array, Array]:
-    return (generalized_jsd(student_logits, teacher_logits, target, **kwargs),
-            generalized_jsd_grad(student_logits, teacher_logits, target, cotangent=cotangent, **kwargs))
-
-
-register_value_and_grad(kl_div_with_logits, _kl_div_with_logits_value_and_grad)
-register_value_and_grad(generalized_jsd, _generalized_jsd_value_and_grad)

@@ -11,27 +11,16 @@ so a loss of this family is its pair :math:`(f, f')` and the shared code below.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 from .._arrays import expand_at, like_input
-from .._engine import reads_values
+from .._docs import fill_doc
 from .._namespace import Array, Namespace, as_compute, compute_dtype, is_lazy, namespace, take_along_class_axis
 from .._reduce import reduce_loss, reduction_scale
-from .._registry import register_gradient
+from .._signatures import derivative_of
 from .._softmax import softmax_and_lse
-from .._targets import IndexTarget, gather_weight, mask_loss, mean_weights, one_hot_like, prepare_index
-from .._validate import (
-    check_classes,
-    check_floating,
-    check_index_target,
-    check_integer,
-    check_real,
-    check_reduction,
-    check_weight,
-    check_where,
-    class_axis,
-    maybe_nonzero,
-)
+from .._targets import IndexTarget, gather_weight, mask_loss, mean_weights, one_hot_like
+from .._validate import check_index_target, check_real, check_reduction, class_axis, maybe_nonzero
 from .cross_entropy import CrossEntropyArgs, check_arguments, cross_entropy_with_stats, gradient, statistics
 
 __all__ = [
@@ -46,6 +35,22 @@ __all__ = [
 _NAMES = ("input", "target", "weight")
 _GRAD_NAMES = ("input", "target", "weight", "cotangent")
 
+# The parameters both losses of log-softmax share (numpydoc text, filled in by fill_doc).
+_INPUTS = """\
+input : array
+    Logits, classes along ``axis`` (PyTorch's rule when None). Half precision is computed in float32.
+target : array
+    Integer class indices, ``input``'s shape without the class axis."""
+_OPTIONS = """\
+weight : array, optional
+    Per-class weights, shape ``(C,)``.
+ignore_index : int, default -100
+reduction : {"mean", "sum", "none"}, default "mean"
+axis : int, optional
+where : bool array, optional
+    optax's mask of the per-position shape: positions where it is False count as ignored.
+xp : namespace, optional"""
+
 
 class _Checked(NamedTuple):
     ax: int
@@ -55,28 +60,21 @@ class _Checked(NamedTuple):
 
 def _check(input: Array, target: Array, weight: Array | None, ignore_index: int, axis: int | None, name: str | None,
            where: Array | None = None, *, xp: Namespace) -> _Checked:
-    """The checks of the family; ``name`` refuses probability targets with that loss's name.
-    ``where`` (optax's mask of the per-position shape): positions outside it count as ignored."""
-    ignore_index = check_integer(ignore_index, "ignore_index")
-    ax = class_axis(input, axis)
-    check_floating(input, "input", xp=xp)
-    n_classes = check_classes(input, ax)
-    lazy = is_lazy(input)
-    check_weight(weight, n_classes, input, xp=xp, lazy=lazy)
-    if name is not None and tuple(target.shape) == tuple(input.shape):
+    """The checks of the family: cross entropy's own for index targets (:func:`check_arguments`);
+    ``name`` refuses probability targets with that loss's name (``nll_loss``: None, the generic
+    message). ``where`` (optax's mask of the per-position shape): positions outside it count as ignored."""
+    if tuple(target.shape) == tuple(input.shape):
+        if name is None:
+            check_index_target(target, input, class_axis(input, axis), xp=xp, lazy=True)  # raises
         raise ValueError(
             f"{name} takes class-index targets (input's shape without the class axis); got a target of input's "
             f"shape {tuple(input.shape)}. Convert probabilities with argmax, or use cross_entropy for soft targets."
         )
-    check_index_target(target, input, ax, xp=xp, lazy=lazy)
-    # Values unread (lazy, accelerator, traced): invalid targets give NaN instead of raising.
-    keep = None
-    if where is not None:
-        keep = check_where(where, tuple(input.shape[:ax]) + tuple(input.shape[ax + 1 :]), input, xp=xp, lazy=lazy)
-    index = prepare_index(target, n_classes, ignore_index, xp=xp, lazy=not reads_values(input), keep=keep)
+    args = check_arguments(input, target, weight, ignore_index, "none", 0.0, axis, "uniform", 0.0, where, xp=xp)
+    index = cast(IndexTarget, args.index)  # index targets: never None
     dtype = compute_dtype(input.dtype, xp=xp)
     w_y = None if weight is None else gather_weight(xp.astype(weight, dtype), index.safe, xp=xp)
-    return _Checked(ax, index, w_y)
+    return _Checked(args.ax, index, w_y)
 
 
 def _reduce(loss: Array, c: _Checked, reduction: str, input: Array, *, xp: Namespace) -> Array:
@@ -153,18 +151,9 @@ def nll_loss(
     return _reduce(loss, c, reduction, input, xp=xp)
 
 
-def nll_loss_grad(
-    input: Array,
-    target: Array,
-    weight: Array | None = None,
-    ignore_index: int = -100,
-    reduction: str = "mean",
-    *,
-    axis: int | None = None,
-    where: Array | None = None,
-    cotangent: Array | None = None,
-    xp: Namespace | None = None,
-) -> Array:
+@derivative_of(nll_loss)
+def nll_loss_grad(input: Array, target: Array, weight: Array | None, ignore_index: int, reduction: str, *,
+                  axis: int | None, where: Array | None, cotangent: Array | None, xp: Namespace | None) -> Array:
     r"""Gradient of :func:`xce.nll_loss`: :math:`-s_i\,w_{y_i}\,e_{y_i}` (0 at ignored positions).
 
     Examples
@@ -206,6 +195,7 @@ def _focal_derivative(log_p: Array, p_y: Array, gamma: Any, *, xp: Namespace) ->
     return d
 
 
+@fill_doc(inputs=_INPUTS, options=_OPTIONS)
 def softmax_focal_loss(
     input: Array,
     target: Array,
@@ -234,19 +224,9 @@ def softmax_focal_loss(
 
     Parameters
     ----------
-    input : array
-        Logits, classes along ``axis`` (PyTorch's rule when None). Half precision is computed in float32.
-    target : array
-        Integer class indices, ``input``'s shape without the class axis.
+    {inputs}
     gamma : float >= 0, default 2.0
-    weight : array, optional
-        Per-class weights, shape ``(C,)``.
-    ignore_index : int, default -100
-    reduction : {"mean", "sum", "none"}, default "mean"
-    axis : int, optional
-    where : bool array, optional
-        optax's mask of the per-position shape: positions where it is False count as ignored.
-    xp : namespace, optional
+    {options}
 
     Returns
     -------
@@ -268,19 +248,10 @@ def softmax_focal_loss(
     return _reduce(_focal(_target_log_prob(input, c, xp=xp), gamma, xp=xp), c, reduction, input, xp=xp)
 
 
-def softmax_focal_loss_grad(
-    input: Array,
-    target: Array,
-    gamma: float = 2.0,
-    weight: Array | None = None,
-    ignore_index: int = -100,
-    reduction: str = "mean",
-    *,
-    axis: int | None = None,
-    where: Array | None = None,
-    cotangent: Array | None = None,
-    xp: Namespace | None = None,
-) -> Array:
+@derivative_of(softmax_focal_loss)
+def softmax_focal_loss_grad(input: Array, target: Array, gamma: float, weight: Array | None, ignore_index: int,
+                            reduction: str, *, axis: int | None, where: Array | None, cotangent: Array | None,
+                            xp: Namespace | None) -> Array:
     r"""Gradient of :func:`xce.softmax_focal_loss`.
 
     With :math:`u = 1 - p_y`: :math:`s_i w_{y_i} f'(\ell_y)(e_{y_i} - p)`,
@@ -303,6 +274,7 @@ def softmax_focal_loss_grad(
 # --- poly1_cross_entropy ----------------------------------------------------------------------
 
 
+@fill_doc(inputs=_INPUTS, options=_OPTIONS)
 def poly1_cross_entropy(
     input: Array,
     target: Array,
@@ -333,19 +305,9 @@ def poly1_cross_entropy(
 
     Parameters
     ----------
-    input : array
-        Logits, classes along ``axis`` (PyTorch's rule when None). Half precision is computed in float32.
-    target : array
-        Integer class indices, ``input``'s shape without the class axis.
+    {inputs}
     epsilon : float, default 1.0
-    weight : array, optional
-        Per-class weights, shape ``(C,)``.
-    ignore_index : int, default -100
-    reduction : {"mean", "sum", "none"}, default "mean"
-    axis : int, optional
-    where : bool array, optional
-        optax's mask of the per-position shape: positions where it is False count as ignored.
-    xp : namespace, optional
+    {options}
 
     Returns
     -------
@@ -392,19 +354,10 @@ def _target_mass(input: Array, target: Array, args: CrossEntropyArgs, lse: Array
     return xp.sum(as_compute(target, xp=xp) * xp.exp(work - lse), axis=args.ax)
 
 
-def poly1_cross_entropy_grad(
-    input: Array,
-    target: Array,
-    epsilon: float = 1.0,
-    weight: Array | None = None,
-    ignore_index: int = -100,
-    reduction: str = "mean",
-    *,
-    axis: int | None = None,
-    where: Array | None = None,
-    cotangent: Array | None = None,
-    xp: Namespace | None = None,
-) -> Array:
+@derivative_of(poly1_cross_entropy)
+def poly1_cross_entropy_grad(input: Array, target: Array, epsilon: float, weight: Array | None, ignore_index: int,
+                             reduction: str, *, axis: int | None, where: Array | None, cotangent: Array | None,
+                             xp: Namespace | None) -> Array:
     r"""Gradient of :func:`xce.poly1_cross_entropy`: :math:`s_i w_{y_i} (1 + \varepsilon p_y)(p - e_{y_i})`
     (:math:`f' = -1 - \varepsilon p_y`).
 
@@ -433,8 +386,3 @@ def poly1_cross_entropy_grad(
         return like_input(g, input, xp=xp)
     c = _check(input, target, weight, ignore_index, axis, "poly1_cross_entropy", where, xp=xp)
     return _softmax_grad(input, c, reduction, cotangent, lambda log_p, p_y: -1.0 - epsilon * p_y, xp=xp)
-
-
-register_gradient(nll_loss, nll_loss_grad)
-register_gradient(softmax_focal_loss, softmax_focal_loss_grad)
-register_gradient(poly1_cross_entropy, poly1_cross_entropy_grad)
