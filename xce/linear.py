@@ -50,6 +50,7 @@ from ._namespace import (
     write_into,
 )
 from ._registry import adapter_for, register_value_and_grad
+from ._signatures import derivative_of
 from ._softmax import finite_max, logsumexp
 from ._targets import prepare_index
 from ._validate import (
@@ -364,26 +365,13 @@ def linear_cross_entropy(
 
 
 @_migrate
+@derivative_of(linear_cross_entropy, before="block_rows", drop=("return_stats",), fused=True,
+               returns="tuple[Array, tuple[Array, Array, Array | None]]")
 def value_and_grad_linear_cross_entropy(
-    input: Array,
-    linear_weight: Array,
-    target: Array,
-    *,
-    linear_bias: Array | None = None,
-    weight: Array | None = None,
-    reduction: str = "mean",
-    ignore_index: int | None = None,
-    label_smoothing: float = 0.0,
-    options: Any = None,
-    z_loss: float = 0.0,
-    softcap: float | None = None,
-    temperature: float = 1.0,
-    sample_weight: Array | None = None,
-    normalizer: Any = None,
-    shift: bool = False,
-    cotangent: Array | None = None,
-    block_rows: int | None = None,
-    xp: Namespace | None = None,
+    input: Array, linear_weight: Array, target: Array, *, linear_bias: Array | None, weight: Array | None,
+    reduction: str, ignore_index: int | None, label_smoothing: float, options: Any, z_loss: float,
+    softcap: float | None, temperature: float, sample_weight: Array | None, normalizer: Any, shift: bool,
+    cotangent: Array | None, block_rows: int | None, xp: Namespace | None,
 ) -> tuple[Array, tuple[Array, Array, Array | None]]:
     r"""``(loss, (d_input, d_linear_weight, d_linear_bias))`` of :func:`linear_cross_entropy`, in one sweep.
 

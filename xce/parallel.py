@@ -178,15 +178,8 @@ def combine_shard_statistics(shards: Sequence[ShardStatistics], *, xp: Namespace
     return ShardStatistics(global_max, sumexp, target_logit, in_shard, logit_sum, sum(s.n_classes for s in shards))
 
 
-def loss_from_statistics(
-    stats: ShardStatistics,
-    target: Array,
-    *,
-    ignore_index: int = -100,
-    reduction: str = "mean",
-    label_smoothing: float = 0.0,
-    xp: Namespace | None = None,
-) -> Array:
+def loss_from_statistics(stats: ShardStatistics, target: Array, *, ignore_index: int = -100, reduction: str = "mean",
+        label_smoothing: float = 0.0, xp: Namespace | None = None) -> Array:
     """The cross entropy from full-vocabulary statistics (the output of a combination).
 
     ``reduction`` follows PyTorch: ``"mean"`` divides by the number of non-ignored positions
@@ -221,15 +214,8 @@ def mask_positions(loss: Array, in_shard: Array, ignored: Array, *, xp: Namespac
     return xp.where(ignored, 0.0, loss)
 
 
-def merge_shard_statistics(
-    shards: Sequence[ShardStatistics],
-    target: Array,
-    *,
-    ignore_index: int = -100,
-    reduction: str = "mean",
-    label_smoothing: float = 0.0,
-    xp: Namespace | None = None,
-) -> Array:
+def merge_shard_statistics(shards: Sequence[ShardStatistics], target: Array, *, ignore_index: int = -100,
+        reduction: str = "mean", label_smoothing: float = 0.0, xp: Namespace | None = None) -> Array:
     """Cross entropy from the statistics of slices that together cover the vocabulary.
 
     Equals ``xce.cross_entropy(full_logits, target, ignore_index=..., reduction=...,

@@ -46,7 +46,8 @@ from .._namespace import (
 )
 from .._namespace import compute_dtype as default_compute_dtype
 from .._reduce import reduce_loss, reduction_scale
-from .._registry import adapter_for, register_gradient
+from .._registry import adapter_for
+from .._signatures import derivative_of
 from .._softmax import logsumexp, softmax_and_lse
 from .._targets import IndexTarget, class_ids, gather_weight, mask_loss, mean_weights, prepare_index
 from .._validate import (
@@ -878,25 +879,12 @@ def probability_target_gradient(input: Array, target: Array, weight: Array | Non
     return like_input(g, target, xp=xp)
 
 
+@derivative_of(cross_entropy, drop=("return_stats",))
 @fill_doc(CROSS_ENTROPY_PARAMETERS)
-def cross_entropy_grad(
-    input: Array,
-    target: Array,
-    weight: Array | None = None,
-    ignore_index: int = -100,
-    reduction: str = "mean",
-    label_smoothing: float = 0.0,
-    *,
-    axis: int | None = None,
-    label_smoothing_mode: str = "uniform",
-    z_loss: float = 0.0,
-    where: Array | None = None,
-    softcap: float | None = None,
-    sample_weight: Array | None = None,
-    normalizer: float | Array | None = None,
-    cotangent: Array | None = None,
-    xp: Namespace | None = None,
-) -> Array:
+def cross_entropy_grad(input: Array, target: Array, weight: Array | None, ignore_index: int, reduction: str,
+                       label_smoothing: float, *, axis: int | None, label_smoothing_mode: str, z_loss: float,
+                       where: Array | None, softcap: float | None, sample_weight: Array | None,
+                       normalizer: float | Array | None, cotangent: Array | None, xp: Namespace | None) -> Array:
     r"""Gradient of :func:`xce.cross_entropy` w.r.t. ``input``.
 
     Index targets: :math:`s_i[(1-\varepsilon) w_{y_i}(p - e_{y_i}) + \frac{\varepsilon}{C}(Wp - w)]
@@ -1133,5 +1121,3 @@ def extras_gradient(input: Array, target: Array, weight: Array | None, options: 
         g = g * (1.0 - (pr.x / c) ** 2)
     return like_input(g, input, xp=xp)
 
-
-register_gradient(cross_entropy, cross_entropy_grad)

@@ -58,6 +58,14 @@ class _Checked(NamedTuple):
     w_y: Array | None  # class weight of each position's target, in the compute dtype
 
 
+def _begin(input: Array, target: Array, weight: Array | None, reduction: object, xp: Namespace | None,
+           cotangent: Array | None = None) -> tuple[Namespace, str]:
+    """The namespace of the call (a gradient's: with its ``cotangent``) and the checked ``reduction``."""
+    names = _NAMES if cotangent is None else _GRAD_NAMES
+    return namespace(names, input, target, weight, *(() if cotangent is None else (cotangent,)), xp=xp), \
+        check_reduction(reduction)
+
+
 def _check(input: Array, target: Array, weight: Array | None, ignore_index: int, axis: int | None, name: str | None,
            where: Array | None = None, *, xp: Namespace) -> _Checked:
     """The checks of the family: cross entropy's own for index targets (:func:`check_arguments`);
@@ -144,8 +152,7 @@ def nll_loss(
     >>> float(xce.nll_loss(np.asarray([[2.0, 3.0, 1.0], [3.0, 7.0, 9.0]]), np.asarray([1, 2])))
     -6.0
     """
-    xp = namespace(_NAMES, input, target, weight, xp=xp)
-    reduction = check_reduction(reduction)
+    xp, reduction = _begin(input, target, weight, reduction, xp)
     c = _check(input, target, weight, ignore_index, axis, None, where, xp=xp)
     loss = -take_along_class_axis(as_compute(input, xp=xp), c.targets.safe, c.ax, xp=xp)
     return _reduce(loss, c, reduction, input, xp=xp)
@@ -162,8 +169,7 @@ def nll_loss_grad(input: Array, target: Array, weight: Array | None, ignore_inde
     >>> xce.grad.nll_loss_grad(np.zeros((2, 2)), np.asarray([1, 0])).tolist()
     [[0.0, -0.5], [-0.5, 0.0]]
     """
-    xp = namespace(_GRAD_NAMES, input, target, weight, cotangent, xp=xp)
-    reduction = check_reduction(reduction)
+    xp, reduction = _begin(input, target, weight, reduction, xp, cotangent)
     c = _check(input, target, weight, ignore_index, axis, None, where, xp=xp)
     work = as_compute(input, xp=xp)
     s = reduction_scale(cotangent, reduction, c.targets.safe, mean_weights(c.w_y, c.targets, xp=xp), work.dtype, xp=xp)
@@ -196,18 +202,9 @@ def _focal_derivative(log_p: Array, p_y: Array, gamma: Any, *, xp: Namespace) ->
 
 
 @fill_doc(inputs=_INPUTS, options=_OPTIONS)
-def softmax_focal_loss(
-    input: Array,
-    target: Array,
-    gamma: float = 2.0,
-    weight: Array | None = None,
-    ignore_index: int = -100,
-    reduction: str = "mean",
-    *,
-    axis: int | None = None,
-    where: Array | None = None,
-    xp: Namespace | None = None,
-) -> Array:
+def softmax_focal_loss(input: Array, target: Array, gamma: float = 2.0, weight: Array | None = None,
+        ignore_index: int = -100, reduction: str = "mean", *, axis: int | None = None,
+        where: Array | None = None, xp: Namespace | None = None) -> Array:
     r"""Multi-class (softmax) focal loss on logits and class-index targets.
 
     Lin et al., "Focal Loss for Dense Object Detection" (ICCV 2017), with the softmax
@@ -241,8 +238,7 @@ def softmax_focal_loss(
     >>> round(float(xce.softmax_focal_loss(logits, np.asarray([0, 2]))), 4)
     0.7966
     """
-    xp = namespace(_NAMES, input, target, weight, xp=xp)
-    reduction = check_reduction(reduction)
+    xp, reduction = _begin(input, target, weight, reduction, xp)
     gamma = check_real(gamma, "gamma", minimum=0.0, traced=True)
     c = _check(input, target, weight, ignore_index, axis, "softmax_focal_loss", where, xp=xp)
     return _reduce(_focal(_target_log_prob(input, c, xp=xp), gamma, xp=xp), c, reduction, input, xp=xp)
@@ -260,11 +256,11 @@ def softmax_focal_loss_grad(input: Array, target: Array, gamma: float, weight: A
     Examples
     --------
     >>> import numpy as np, xce
-    >>> xce.grad.softmax_focal_loss_grad(np.zeros((1, 2)), np.asarray([0]), gamma=0.0).tolist()
-    [[-0.5, 0.5]]
+    >>> x, y = np.asarray([[2.0, 0.0]]), np.asarray([0])  # a well-classified example: its gradient is damped
+    >>> xce.grad.softmax_focal_loss_grad(x, y).round(4).tolist(), xce.grad.cross_entropy_grad(x, y).round(4).tolist()
+    ([[-0.0049, 0.0049]], [[-0.1192, 0.1192]])
     """
-    xp = namespace(_GRAD_NAMES, input, target, weight, cotangent, xp=xp)
-    reduction = check_reduction(reduction)
+    xp, reduction = _begin(input, target, weight, reduction, xp, cotangent)
     gamma = check_real(gamma, "gamma", minimum=0.0, traced=True)
     c = _check(input, target, weight, ignore_index, axis, "softmax_focal_loss", where, xp=xp)
     return _softmax_grad(input, c, reduction, cotangent,
@@ -275,18 +271,9 @@ def softmax_focal_loss_grad(input: Array, target: Array, gamma: float, weight: A
 
 
 @fill_doc(inputs=_INPUTS, options=_OPTIONS)
-def poly1_cross_entropy(
-    input: Array,
-    target: Array,
-    epsilon: float = 1.0,
-    weight: Array | None = None,
-    ignore_index: int = -100,
-    reduction: str = "mean",
-    *,
-    axis: int | None = None,
-    where: Array | None = None,
-    xp: Namespace | None = None,
-) -> Array:
+def poly1_cross_entropy(input: Array, target: Array, epsilon: float = 1.0, weight: Array | None = None,
+        ignore_index: int = -100, reduction: str = "mean", *, axis: int | None = None,
+        where: Array | None = None, xp: Namespace | None = None) -> Array:
     r"""Poly-1 cross entropy: cross entropy plus ε times the first polynomial term.
 
     Leng et al., "PolyLoss: A Polynomial Expansion Perspective of Classification Loss
@@ -318,11 +305,13 @@ def poly1_cross_entropy(
     --------
     >>> import numpy as np, xce
     >>> logits = np.asarray([[2.0, 1.0, 0.1], [0.5, 2.0, 0.3]])
+    >>> soft = np.asarray([[0.8, 0.1, 0.1], [0.0, 0.5, 0.5]])  # probability targets (optax's poly loss)
+    >>> round(float(xce.poly1_cross_entropy(logits, soft)), 4)
+    1.4579
     >>> round(float(xce.poly1_cross_entropy(logits, np.asarray([0, 2]))), 4)
     1.8343
     """
-    xp = namespace(_NAMES, input, target, weight, xp=xp)
-    reduction = check_reduction(reduction)
+    xp, reduction = _begin(input, target, weight, reduction, xp)
     epsilon = check_real(epsilon, "epsilon", traced=True)
     if tuple(target.shape) == tuple(input.shape):  # probability targets: optax's poly_loss_cross_entropy
         args = _poly1_probability_args(input, target, weight, ignore_index, axis, where, xp=xp)
@@ -367,8 +356,7 @@ def poly1_cross_entropy_grad(input: Array, target: Array, epsilon: float, weight
     >>> xce.grad.poly1_cross_entropy_grad(np.zeros((1, 2)), np.asarray([0]), epsilon=0.0).tolist()
     [[-0.5, 0.5]]
     """
-    xp = namespace(_GRAD_NAMES, input, target, weight, cotangent, xp=xp)
-    reduction = check_reduction(reduction)
+    xp, reduction = _begin(input, target, weight, reduction, xp, cotangent)
     epsilon = check_real(epsilon, "epsilon", traced=True)
     if tuple(target.shape) == tuple(input.shape):
         # d/dx [CE(q) + ε(1 - Σ y p)] = s[(Σ y) p - y] - s ε p ⊙ (y - Σ y p): cross entropy's own
