@@ -39,7 +39,7 @@ def _as_float(value: object, name: str, what: str, traced: bool = False) -> Any:
         raise TypeError(f"{name} must be a Python float{what}, not an array{hint}.") from e
 
 
-def _lazy_range(value: Any, ok: Any) -> Any:
+def lazy_range(value: Any, ok: Any) -> Any:
     """A traced hyper-parameter: NaN where it is out of range (its values are not read)."""
     xp = array_api_compat.array_namespace(value)
     return xp.where(ok, value, float("nan"))
@@ -55,7 +55,7 @@ def check_fraction(value: object, name: str, *, traced: bool = False) -> Any:
     array is accepted too, NaN where it is out of range."""
     out = _as_float(value, name, " in [0, 1]", traced)
     if not isinstance(out, float):
-        return _lazy_range(out, (out >= 0.0) & (out <= 1.0))
+        return lazy_range(out, (out >= 0.0) & (out <= 1.0))
     if math.isnan(out) or not 0.0 <= out <= 1.0:
         raise ValueError(f"{name} must lie in [0, 1]; got {value!r}.")
     return out
@@ -273,7 +273,7 @@ def check_real(value: object, name: str, *, minimum: float | None = None, hint: 
     if not isinstance(out, float):
         xp = array_api_compat.array_namespace(out)
         ok = xp.isfinite(out) if minimum is None else xp.isfinite(out) & (out >= minimum)
-        return _lazy_range(out, ok)
+        return lazy_range(out, ok)
     if not math.isfinite(out) or (minimum is not None and out < minimum):
         raise ValueError(f"{name} must be a finite float{bound}; got {value!r}.{hint}")
     return out

@@ -17,7 +17,6 @@ from .._namespace import Array, Namespace, compute_dtype, is_lazy, namespace
 from .._reduce import reduce_loss, reduction_scale
 from .._signatures import derivative_of
 from .._validate import (
-    _lazy_range,
     check_broadcastable,
     check_classes,
     check_floating,
@@ -28,6 +27,7 @@ from .._validate import (
     check_same_device,
     check_same_shape,
     check_values_in,
+    lazy_range,
     maybe_nonzero,
 )
 
@@ -459,7 +459,7 @@ def check_alpha(alpha: object, *, traced: bool = False) -> Any:
     traced array is accepted too, NaN where it is above 1 or not finite."""
     out = check_real(alpha, "alpha", traced=traced)
     if not isinstance(out, float):
-        return _lazy_range(out, out <= 1.0)
+        return lazy_range(out, out <= 1.0)
     if out > 1.0:
         raise ValueError(f"alpha must be at most 1 (or negative to disable the alpha term); got {alpha!r}.")
     return out
