@@ -419,16 +419,20 @@ def softmax_sums(x: Array, *, xp: Namespace, terms: Terms | None = None, compute
         raise ValueError(f"softmax_sums wants a (A, C) or (A, C, B) array; got shape {tuple(x.shape)}.")
     dtype = compute_dtype if compute_dtype is not None else default_compute_dtype(x.dtype, xp=xp)
     if not blocked:
-        parts = [_block(x, slice(None), terms, class_chunk=x.shape[1], dtype=dtype, xp=xp, moment=moment)]
-    else:
-        p = plan(x, xp=xp, compute_dtype=dtype)
-        reuse = p.class_chunk >= x.shape[1] and writes_into(x)
+        shift, lse, sums, masses, mom = _block(x, slice(None), terms, class_chunk=x.shape[1], dtype=dtype, xp=xp,
+                                               moment=moment)
+        # Indexing drops the kept axis: cheaper than a wrapped squeeze for dispatch-bound calls.
+        return SoftmaxSums(shift[:, 0, ...], lse[:, 0, ...], tuple(t[:, 0, ...] for t in sums),
+                           tuple(m if isinstance(m, float) or m.ndim == 0 else m[:, 0, ...] for m in masses),
+                           None if mom is None else mom[:, 0, ...])
+    p = plan(x, xp=xp, compute_dtype=dtype)
+    reuse = p.class_chunk >= x.shape[1] and writes_into(x)
 
-        def run(i0: int, i1: int, work: Array | None) -> _Block:
-            return _block(x[i0:i1, ...], slice(i0, i1), terms, class_chunk=p.class_chunk, dtype=dtype, xp=xp,
-                          work=work, moment=moment)
+    def run(i0: int, i1: int, work: Array | None) -> _Block:
+        return _block(x[i0:i1, ...], slice(i0, i1), terms, class_chunk=p.class_chunk, dtype=dtype, xp=xp,
+                      work=work, moment=moment)
 
-        parts = map_rows(run, x, p, buffer_dtype=dtype if reuse else None, xp=xp)
+    parts = map_rows(run, x, p, buffer_dtype=dtype if reuse else None, xp=xp)
     if not parts:  # no rows: empty statistics
         empty = xp.zeros((0, *x.shape[2:]), dtype=dtype, device=device_of(x))
         n_terms = 0 if terms is None else len(terms(xp.zeros((0, *x.shape[1:]), dtype=dtype, device=device_of(x)),
@@ -438,7 +442,6 @@ def softmax_sums(x: Array, *, xp: Namespace, terms: Terms | None = None, compute
     def joined(col: list[Any]) -> Any:
         if col[0] is None or isinstance(col[0], float) or col[0].ndim == 0:  # the same number for every row
             return col[0]
-        # Indexing drops the kept axis: cheaper than a wrapped squeeze for dispatch-bound calls.
         return (col[0] if len(col) == 1 else xp.concat(col, axis=0))[:, 0, ...]
 
     n_terms = len(parts[0][2])

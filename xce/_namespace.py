@@ -7,6 +7,7 @@ fallbacks for functions a namespace lacks. Loss modules only ever see ``xp``.
 
 from __future__ import annotations
 
+import math
 import sys
 from typing import Any
 
@@ -146,12 +147,11 @@ def known_size(shape: tuple[Any, ...]) -> int | None:
     (:func:`xce._arrays.count`), and the blocked engine, which plans from the shape, leaves them
     to the fused formula.
     """
-    n = 1
-    for d in shape:
-        if d is None or d != d:  # None, or NaN
-            return None
-        n *= int(d)
-    return n
+    try:
+        n = math.prod(shape)  # one C call for the common, known shape
+    except TypeError:  # a None dimension
+        return None
+    return None if n != n else int(n)  # NaN: Dask's unknown chunks
 
 
 def is_masked(x: Array) -> bool:
