@@ -353,3 +353,16 @@ def test_jax_jvp_and_vmap_of_the_llm_arguments():
     batch = jnp.stack([jnp.asarray(x), 2.0 * jnp.asarray(x)])
     looped = [reference(np.asarray(b), t, weight=w, sample_weight=sw, softcap=2.5, z_loss=0.05)["loss"] for b in batch]
     np.testing.assert_allclose(np.asarray(jax.vmap(f)(batch)), looped, rtol=1e-10)
+
+
+def test_cross_entropy_loss_object_holds_softcap_and_takes_per_batch_arrays():
+    x, t, sw, w = _case("index")
+    loss = xce.CrossEntropyLoss(weight=w, z_loss=0.05, softcap=3.0)
+    assert "softcap=3.0" in repr(loss) and "softcap" not in repr(xce.CrossEntropyLoss())
+    expected = xce.cross_entropy(x, t, w, z_loss=0.05, softcap=3.0, sample_weight=sw, normalizer=9.0)
+    assert float(loss(x, t, sample_weight=sw, normalizer=9.0)) == pytest.approx(float(expected), rel=1e-14)
+    value, stats = loss(x, t, return_stats=True)
+    assert float(value) == pytest.approx(float(reference(x, t, weight=w, z_loss=0.05, softcap=3.0)["loss"]), rel=1e-12)
+    assert isinstance(stats, xce.LossStats)
+    with pytest.raises(ValueError, match="softcap must be a finite float > 0"):
+        xce.CrossEntropyLoss(softcap=0.0)

@@ -12,7 +12,15 @@ from collections.abc import Callable
 from typing import Any, ClassVar
 
 from ._namespace import Array
-from ._validate import REDUCTIONS, check_choice, check_fraction, check_integer, check_real, check_reduction
+from ._validate import (
+    REDUCTIONS,
+    check_choice,
+    check_fraction,
+    check_integer,
+    check_positive,
+    check_real,
+    check_reduction,
+)
 from .linear_distillation import LOSSES as LINEAR_DISTILLATION_LOSSES
 from .linear_distillation import linear_distillation_loss
 from .losses.binary import (
@@ -101,10 +109,20 @@ label_smoothing_mode='uniform', z_loss=0.0)
 
     def __init__(self, weight: Array | None = None, ignore_index: int = -100, reduction: str = "mean",
                  label_smoothing: float = 0.0, *, axis: int | None = None, label_smoothing_mode: str = "uniform",
-                 z_loss: float = 0.0) -> None:
+                 z_loss: float = 0.0, softcap: float | None = None) -> None:
         opts = check_options(ignore_index, reduction, label_smoothing, label_smoothing_mode, z_loss)
+        # softcap is held (and shown) only when given: the default configuration stays PyTorch's.
+        cap = {} if softcap is None else {"softcap": check_positive(softcap, "softcap")}
         super().__init__(weight=weight, ignore_index=opts.ignore_index, reduction=opts.reduction,
-                         label_smoothing=opts.label_smoothing, axis=axis, label_smoothing_mode=opts.mode, z_loss=opts.z)
+                         label_smoothing=opts.label_smoothing, axis=axis, label_smoothing_mode=opts.mode, z_loss=opts.z,
+                         **cap)
+
+    def __call__(self, input: Array, target: Array, *, sample_weight: Array | None = None,  # type: ignore[override]
+                 normalizer: Any = None, where: Array | None = None, return_stats: bool = False) -> Any:
+        """The loss of one batch; the per-batch arrays (``sample_weight``, ``normalizer``,
+        ``where``) and ``return_stats`` as in :func:`xce.cross_entropy`."""
+        return cross_entropy(input, target, **self._config, sample_weight=sample_weight, normalizer=normalizer,
+                             where=where, return_stats=return_stats)
 
 
 class NLLLoss(_Loss):
