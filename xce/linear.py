@@ -724,7 +724,7 @@ def _start_weights(sw: _Sweep, class_weight: Array | None, sample_weight: Array 
     if sample_weight is not None:
         sw.sw = _take_rows(as_dtype(xp.reshape(sample_weight, (-1,)), dtype, xp=xp), sw.rows_of, xp=xp)
     sw.den, sw.den_z = _denominators(sw.sw, sw.w_y, None, sw.y.shape[0], args, dtype, dev, xp=xp)
-    if args.softcap is not None or not (args.eps > 0.0):
+    if args.softcap is not None or not maybe_nonzero(args.eps):  # (an array ε is never read)
         return
     w = as_dtype(sw.weight, dtype, xp=xp)
     sw.w_cols = xp.sum(w, axis=0) if sw.cw is None else sw.cw @ w
@@ -749,7 +749,7 @@ def _start_gradient(sw: _Sweep, hidden: Array, cotangent: Array | None, *, xp: N
     _, b, u = gradient_coefficients(sw.s + zeros, sw.s, None, 1.0 if sw.w_y is None else sw.w_y, sw.w_sum, args.eps,
                                     0.0, vocab)
     sw.b = b + zeros
-    if args.eps > 0.0:
+    if maybe_nonzero(args.eps):
         sw.u = u + zeros
         if args.softcap is None:
             sw.u_h = xp.zeros((n_features,), dtype=dtype, device=dev)
@@ -811,7 +811,7 @@ def _block(sw: _Sweep, i0: int, i1: int, w_t: Array, *, xp: Namespace) -> None:
     x_y = take_along_class_axis(x, y, 1, xp=xp) if sw.want_loss or capped else None  # before x is overwritten
     w_y = None if sw.w_y is None else sw.w_y[i0:i1]
     c_sum = None
-    if sw.want_loss and args.eps > 0.0:
+    if sw.want_loss and maybe_nonzero(args.eps):
         c_sum = sw.class_sum[i0:i1] if not capped else xp.sum(x, axis=1) if sw.cw is None else x @ sw.cw
     x -= m
     # In place where possible (x is not needed any more), except for the statistics' moment.
@@ -943,7 +943,7 @@ def _finish(sw: _Sweep, hidden: Array, *, xp: Namespace) -> Fused:
             sw.d_weight -= sw.u_h if sw.cw is None else xp.expand_dims(sw.cw, axis=1) * sw.u_h
             if sw.d_bias is not None:
                 sw.d_bias -= xp.sum(sw.u) if sw.cw is None else sw.cw * xp.sum(sw.u)
-        if args.eps < 1.0:
+        if not (isinstance(args.eps, float) and args.eps >= 1.0):  # ε = 1: no one-hot part
             _subtract_targets(sw.d_weight, sw.d_bias, sw.h2, sw.y, sw.b, sw.rows_of, rows=sw.rows,
                               v_chunk=sw.v_chunk, alias=sw.alias, xp=xp)
     loss_out = stats = None
