@@ -30,7 +30,6 @@ expression themselves (XLA may still materialise the logits).
 from __future__ import annotations
 
 import functools
-import math
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -51,7 +50,7 @@ from ._namespace import (
 )
 from ._registry import adapter_for, register_value_and_grad
 from ._signatures import derivative_of
-from ._softmax import finite_max, logsumexp
+from ._softmax import finite_max
 from ._targets import prepare_index
 from ._validate import (
     check_floating,
@@ -514,64 +513,43 @@ def _capped(x: Array, args: LinearArgs, *, xp: Namespace) -> Array:
     return x
 
 
-def _unfused_terms(x: Array, t: Array, cw: Array | None, sw: Array | None, args: LinearArgs, *,
-                   xp: Namespace) -> tuple[Array, Array | None, Any, Any, Array | None]:
-    """Per-position ``(ce, z term, den, den_z, kept)`` of the effective logits ``x``."""
-    ce = cross_entropy(x, t, cw, args.ignore_index, "none", args.eps, axis=-1, xp=xp)
-    kept = w_y = None
-    if not args.probs:
-        index = prepare_index(t, x.shape[-1], args.ignore_index, xp=xp, lazy=not _engine.reads_values(x))
-        if index.ignored is not None:
-            kept = xp.astype(~index.ignored, ce.dtype)
-        if cw is not None:
-            w_y = xp.reshape(xp.take(as_dtype(cw, ce.dtype, xp=xp), xp.reshape(index.safe, (-1,))), ce.shape)
-    zt = None
-    if maybe_nonzero(args.z):
-        zt = _times(args.z * logsumexp(x, axis=-1, xp=xp) ** 2, kept)
-    den, den_z = _denominators(sw, w_y, kept, math.prod(ce.shape), args, ce.dtype, device_of(ce), xp=xp)
-    return ce, zt, den, den_z, kept
-
-
 def unfused_loss(h: Array, lw: Array, t: Array, lb: Array | None, cw: Array | None, sw: Array | None,
-                 args: LinearArgs, *, xp: Namespace) -> Array:
-    """The definition on the whole logits (checked, shift-prepared arguments); with
-    ``return_stats``, ``(loss, LossStats)`` from cross entropy's own one pass."""
-    x = _logits(h, lw, lb, xp=xp)
+                 args: LinearArgs, *, xp: Namespace) -> Any:
+    """The definition on the whole logits (checked, shift-prepared arguments): cross entropy's
+    own loss of the scored logits ``cap(x)/T``, its sample weights, normaliser and (with
+    ``return_stats``) ``(loss, LossStats)`` included."""
+    x = _scored(h, lw, lb, args, xp=xp)
+    out = cross_entropy(x, t, cw, args.ignore_index, args.reduction, args.eps, axis=-1, z_loss=args.z,
+                        sample_weight=sw, normalizer=args.normalizer, return_stats=args.return_stats, xp=xp)
     if args.return_stats:
-        x = _capped(as_dtype(x, compute_dtype(h.dtype, xp=xp), xp=xp), args, xp=xp)
-        loss, st = cross_entropy(x, t, cw, args.ignore_index, args.reduction, args.eps, axis=-1, z_loss=args.z,
-                                 sample_weight=sw, normalizer=args.normalizer, return_stats=True, xp=xp)
-        return as_dtype(loss, h.dtype, xp=xp), LossStats(*(as_dtype(f, h.dtype, xp=xp) for f in st))
-    plain = sw is None and args.normalizer is None
-    if args.softcap is not None or args.scaled or not plain:  # capped in the compute dtype
-        x = _capped(as_dtype(x, compute_dtype(h.dtype, xp=xp), xp=xp), args, xp=xp)
-    if plain:
-        out = cross_entropy(x, t, cw, args.ignore_index, args.reduction, args.eps, axis=-1, z_loss=args.z, xp=xp)
-    else:
-        sw_c = None if sw is None else as_dtype(sw, x.dtype, xp=xp)
-        ce, zt, den, den_z, _ = _unfused_terms(x, t, cw, sw_c, args, xp=xp)
-        out = _reduce(ce, zt, sw_c, den, den_z, args, xp=xp)
+        return as_dtype(out[0], h.dtype, xp=xp), LossStats(*(as_dtype(f, h.dtype, xp=xp) for f in out[1]))
     return as_dtype(out, h.dtype, xp=xp)
+
+
+def _scored(h: Array, lw: Array, lb: Array | None, args: LinearArgs, *, xp: Namespace) -> Array:
+    """The whole logits, soft-capped and tempered in the compute dtype (as they are)."""
+    x = _logits(h, lw, lb, xp=xp)
+    if args.softcap is None and not args.scaled:
+        return x
+    return _capped(as_dtype(x, compute_dtype(h.dtype, xp=xp), xp=xp), args, xp=xp)
 
 
 def unfused_value_and_grad(h: Array, lw: Array, t: Array, lb: Array | None, cw: Array | None, sw: Array | None,
                            args: LinearArgs, cot: Array | None, *,
                            xp: Namespace) -> tuple[Array, tuple[Array, Array, Array | None]]:
-    """Loss and gradients from the whole logits: the cross-entropy gradient rule
-    (:func:`xce.losses.cross_entropy.cross_entropy_grad`) per position, scaled by the reduction,
-    the z term's ``2zL·p``, then the soft cap's ``1 - tanh²``."""
+    """Loss and gradients from the whole logits: cross entropy's own gradient rule
+    (:func:`xce.losses.cross_entropy.cross_entropy_grad`, sample weights, normaliser and z term
+    included) w.r.t. the scored logits, then the chain through ``/T`` and the soft cap's
+    ``1 - tanh²``, then the three matrix products."""
     dtype = compute_dtype(h.dtype, xp=xp)
     raw = as_dtype(_logits(h, lw, lb, xp=xp), dtype, xp=xp)
     x = _capped(raw, args, xp=xp)
-    sw_c = None if sw is None else as_dtype(sw, dtype, xp=xp)
-    ce, zt, den, den_z, kept = _unfused_terms(x, t, cw, sw_c, args, xp=xp)
-    loss = as_dtype(_reduce(ce, zt, sw_c, den, den_z, args, xp=xp), h.dtype, xp=xp)
-    s, s_z = _scales(cot, sw_c, den, den_z, args, dtype, xp=xp)
-    zeros = xp.zeros(tuple(ce.shape), dtype=dtype, device=device_of(ce))
-    g = cross_entropy_grad(x, t, cw, args.ignore_index, "none", args.eps, axis=-1, cotangent=s + zeros, xp=xp)
-    if zt is not None:
-        lse = logsumexp(x, axis=-1, keepdims=True, xp=xp)
-        g = g + xp.expand_dims(_times((s_z + zeros) * (2.0 * args.z), kept), axis=-1) * lse * xp.exp(x - lse)
+    ce_args = dict(axis=-1, z_loss=args.z, sample_weight=sw, normalizer=args.normalizer, xp=xp)
+    loss = as_dtype(cross_entropy(x, t, cw, args.ignore_index, args.reduction, args.eps, **ce_args), h.dtype, xp=xp)
+    g = cross_entropy_grad(x, t, cw, args.ignore_index, args.reduction, args.eps, cotangent=cot, **ce_args)
+    if args.scaled:
+        temperature = args.temperature
+        g = g / (temperature if isinstance(temperature, float) else as_dtype(temperature, dtype, xp=xp))
     if args.softcap is not None:
         c = args.softcap if isinstance(args.softcap, float) else as_dtype(args.softcap, dtype, xp=xp)
         g = g * (1.0 - xp.tanh(raw / c) ** 2)
