@@ -50,9 +50,8 @@ from ._namespace import (
 from ._namespace import compute_dtype as default_compute_dtype
 from ._softmax import finite_max, finite_or_zero
 
-__all__ = ["Plan", "SoftmaxSums", "Terms", "block_bytes", "config", "map_rows", "on_accelerator", "options", "plan",
-           "reads_values",
-           "softmax_sums", "supports"]
+__all__ = ["Plan", "SoftmaxSums", "Terms", "block_bytes", "config", "configured", "map_rows", "on_accelerator",
+           "options", "plan", "reads_values", "softmax_sums", "supports"]
 
 # Bytes of one compute-dtype block. A few such temporaries live at once per thread (the
 # upcast block, x - m, exp(x - m)): 512 KiB keeps them in a 1 MiB L2 for single-threaded
@@ -149,6 +148,12 @@ def config(
     finally:
         _CONFIG.reset(token)
         _LATEST.remove(merged)
+
+
+def configured() -> bool:
+    """Whether any thread is inside a :func:`config` block (False: every setting is its
+    default). One list read, for fast paths that take only the defaults."""
+    return bool(_LATEST)
 
 
 def options() -> dict[str, Any]:

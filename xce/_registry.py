@@ -5,6 +5,11 @@
   it through the :class:`Adapter` protocol. The core never imports :mod:`xce.adapters` (the
   adapters import the core), and an adapter module is imported only when its library's array
   first arrives, so ``import xce`` imports neither PyTorch nor JAX.
+* **Fast paths.** An adapter may register, per loss and exact array type, a function that
+  takes the loss's raw arguments and returns the result by the library's own kernel, or None
+  to take the general path. It is looked up first, before any namespace or argument work,
+  because at small sizes that work costs as much as the kernel (``F.cross_entropy`` at 8x10
+  takes ~5 µs). It must give exactly the definition's result (or None).
 * **Gradients.** Each loss module registers its analytic gradient (or, for the fused linear
   loss, its value-and-gradient) beside its definition; :func:`xce.value_and_grad` looks them
   up here by the loss function itself.
@@ -21,6 +26,7 @@ from ._namespace import Array, library_name
 __all__ = [
     "Adapter",
     "adapter_for",
+    "fast_paths",
     "gradient_of",
     "register_adapter",
     "register_gradient",
@@ -78,6 +84,17 @@ def adapter_for(x: Array) -> Adapter | None:
         adapter = None if module is None else cast(Adapter, importlib.import_module(module))
         _ADAPTERS[lib] = adapter
         return adapter
+
+
+# --- fast paths -------------------------------------------------------------------------------
+
+_FAST_PATHS: dict[str, dict[type, Callable[..., Any]]] = {}
+
+
+def fast_paths(loss: str) -> dict[type, Callable[..., Any]]:
+    """The fast paths of ``loss`` by exact array type: the loss module keeps this dict and
+    looks its input's type up in it; adapters fill it when they are imported."""
+    return _FAST_PATHS.setdefault(loss, {})
 
 
 # --- gradients --------------------------------------------------------------------------------

@@ -34,6 +34,7 @@ from .. import _engine
 from .. import linear as _linear
 from .. import linear_distillation as _lindist
 from .._namespace import Namespace, is_traced, namespace, torch_tracing
+from .._registry import fast_paths
 from ..labels import uniform_equivalent
 from ..losses import cross_entropy as ce
 from ..parallel import (
@@ -48,6 +49,7 @@ from ..parallel import (
 __all__ = [
     "cross_entropy",
     "dispatch_cross_entropy",
+    "fast_cross_entropy",
     "linear_cross_entropy",
     "linear_distillation_loss",
     "needs_autograd",
@@ -131,16 +133,73 @@ def dispatch_cross_entropy(input: Any, target: Any, weight: Any, options: ce.Opt
                                label_smoothing=eps)
     except (IndexError, RuntimeError, ValueError, TypeError):
         return None  # out-of-range targets, shapes, devices: the definition names the problem
-    # Non-finite logits are where the two differ: a row with +inf on another class than the
-    # target is NaN for PyTorch and +inf (the limit) for xce. Where values may be read (CPU,
-    # eager), a NaN result sends the call to the definition; elsewhere it stands (no sync).
     # (_engine.reads_values, its settings and device already at hand: small calls are dispatch-bound.)
     forced = opts.get("check_values")
-    if not (cpu and not torch_tracing()) if forced is None else not forced:
+    return _unless_nan(out, cpu and not torch_tracing() if forced is None else forced)
+
+
+def _unless_nan(out: torch.Tensor, readable: bool) -> torch.Tensor | None:
+    """``out``, or None (run the definition) for a NaN result where values may be read.
+
+    Non-finite logits are where the two differ: a row with +inf on another class than the
+    target is NaN for PyTorch and +inf (the limit) for xce. Where values may be read (CPU,
+    eager), a NaN result sends the call to the definition; elsewhere it stands (no sync)."""
+    if not readable:
         return out
     if out.ndim == 0:
         return None if math.isnan(out.item()) else out
     return None if bool(torch.isnan(out).any()) else out
+
+
+_NUMBERS = (float, int)
+# Checked hyper-parameters of the fast path's calls: (ignore_index, reduction, ε, mode, z,
+# input dtype, target dtype) -> F.cross_entropy's (ignore_index, reduction, ε), or None for a
+# call it does not serve. Exact types are checked before the lookup (True == 1 as a key).
+_FAST_OPTIONS: dict[tuple[Any, ...], tuple[int, str, float] | None] = {}
+
+
+def fast_cross_entropy(input: torch.Tensor, target: Any, weight: Any, ignore_index: Any, reduction: Any,
+                       label_smoothing: Any, axis: Any, mode: Any, z_loss: Any) -> torch.Tensor | None:
+    """:func:`xce.cross_entropy` as ``F.cross_entropy``, before any of xce's own work: the
+    commonest delegated call (no class weight, int64 targets, float32/64 logits, PyTorch's
+    class axis, uniform smoothing and z-loss 0 given as Python numbers, no :func:`xce.config`
+    block anywhere), so that it costs the kernel and a few attribute reads. None for every
+    other call, which takes the general path (:func:`dispatch_cross_entropy` or the
+    definition), and for every invalid one, so that the general path raises xce's error."""
+    if weight is not None or axis is not None or type(target) is not torch.Tensor or type(ignore_index) is not int \
+            or type(label_smoothing) not in _NUMBERS or type(z_loss) not in _NUMBERS or _engine.configured():
+        return None
+    key = (ignore_index, reduction, label_smoothing, mode, z_loss, input.dtype, target.dtype)
+    try:
+        options = _FAST_OPTIONS[key]
+    except (KeyError, TypeError):  # TypeError: an unhashable argument (the general path names it)
+        options = _fast_options(key)
+    cpu = input.is_cpu
+    if options is None or input.numel() > (DELEGATE_MAX_ELEMENTS_CPU if cpu else DELEGATE_MAX_ELEMENTS_GPU):
+        return None
+    try:
+        out = _F.cross_entropy(input, target, None, None, options[0], None, options[1], options[2])
+    except (IndexError, RuntimeError, ValueError):
+        return None  # out-of-range targets, shapes, devices: the definition names the problem
+    if not cpu or torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active():
+        return out  # values are not read (torch_tracing inlined: at 8x10 every read shows)
+    # _unless_nan, cheaper: every position's loss is >= 0 or +inf here (no class weight), so the
+    # sum is NaN exactly when a position is (one read, not isnan + any).
+    return None if math.isnan((out if options[1] != "none" else out.sum()).item()) else out
+
+
+def _fast_options(key: tuple[Any, ...]) -> tuple[int, str, float] | None:
+    ignore_index, reduction, label_smoothing, mode, z_loss, dtype, target_dtype = key
+    try:
+        options = ce.check_options(ignore_index, reduction, label_smoothing, mode, z_loss)
+    except (TypeError, ValueError):
+        return None  # not cached: the general path raises the error
+    served = dtype in _NATIVE_DTYPES and target_dtype == torch.int64 and options.z == 0.0 and options.mode == "uniform"
+    fast = (options.ignore_index, options.reduction, float(options.label_smoothing)) if served else None
+    if len(_FAST_OPTIONS) >= 1024:
+        _FAST_OPTIONS.clear()
+    _FAST_OPTIONS[key] = fast
+    return fast
 
 
 def wants_linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
@@ -393,3 +452,6 @@ def linear_distillation_loss(heads: Any, checked: Any, block_rows: int | None) -
     wants = tuple(needs_autograd(t) for t in heads[:3])
     loss, *_ = _LinearDistillation.apply(*heads, checked, wants, block_rows)
     return loss
+
+
+fast_paths("cross_entropy")[torch.Tensor] = fast_cross_entropy

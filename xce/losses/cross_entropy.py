@@ -46,7 +46,7 @@ from .._namespace import (
 )
 from .._namespace import compute_dtype as default_compute_dtype
 from .._reduce import reduce_loss, reduction_scale
-from .._registry import adapter_for
+from .._registry import adapter_for, fast_paths
 from .._signatures import derivative_of
 from .._softmax import logsumexp, softmax_and_lse
 from .._targets import IndexTarget, class_ids, gather_weight, mask_loss, mean_weights, prepare_index
@@ -475,6 +475,13 @@ def cross_entropy(
     ...                               label_smoothing_mode="off_target")), 4)
     0.3518
     """
+    fast = _FAST.get(type(input))
+    if fast is not None and where is None and xp is None and softcap is None and sample_weight is None \
+            and normalizer is None and return_stats is False:
+        # The library's own kernel, before any namespace or argument work (see _registry).
+        out = fast(input, target, weight, ignore_index, reduction, label_smoothing, axis, label_smoothing_mode, z_loss)
+        if out is not None:
+            return out
     xp = namespace(_NAMES if where is None else (*_NAMES, "where"), input, target, weight, where, xp=xp)
     if softcap is not None or sample_weight is not None or normalizer is not None or return_stats is not False:
         given = (ignore_index, reduction, label_smoothing, axis, label_smoothing_mode, z_loss)
@@ -495,6 +502,9 @@ def cross_entropy(
     args = check_arguments(input, target, weight, ignore_index, reduction, label_smoothing, axis,
                            label_smoothing_mode, z_loss, where, xp=xp)
     return cross_entropy_with_stats(input, target, weight, args, xp=xp)[0]
+
+
+_FAST = fast_paths("cross_entropy")
 
 
 def _extras(input: Array, options: tuple[Any, ...], softcap: object, sample_weight: Array | None,
