@@ -125,7 +125,15 @@ label_smoothing_mode='uniform', z_loss=0.0)
                              where=where, return_stats=return_stats)
 
 
-class NLLLoss(_Loss):
+class _IndexLoss(_Loss):
+    """A loss of class-index targets that takes per-position weights per batch."""
+
+    def __call__(self, input: Array, target: Array, *, sample_weight: Array | None = None) -> Array:  # type: ignore[override]
+        """The loss of one batch; ``sample_weight`` (the target's shape) as in the function."""
+        return type(self)._function(input, target, **self._config, sample_weight=sample_weight)
+
+
+class NLLLoss(_IndexLoss):
     """:func:`xce.nll_loss` with its configuration held.
 
     Examples
@@ -133,6 +141,9 @@ class NLLLoss(_Loss):
     >>> import numpy as np, xce
     >>> float(xce.NLLLoss()(np.asarray([[2.0, 3.0, 1.0], [3.0, 7.0, 9.0]]), np.asarray([1, 2])))
     -6.0
+    >>> float(xce.NLLLoss()(np.asarray([[2.0, 3.0, 1.0], [3.0, 7.0, 9.0]]), np.asarray([1, 2]),
+    ...                     sample_weight=np.asarray([1.0, 3.0])))  # (1·3 + 3·9) / (1 + 3)
+    -7.5
     """
 
     _function = staticmethod(nll_loss)
@@ -236,7 +247,7 @@ class SigmoidFocalLoss(_Loss):
                          gamma=check_real(gamma, "gamma", minimum=0.0, traced=True), reduction=reduction)
 
 
-class SoftmaxFocalLoss(_Loss):
+class SoftmaxFocalLoss(_IndexLoss):
     """:func:`xce.softmax_focal_loss` with its configuration held.
 
     Examples

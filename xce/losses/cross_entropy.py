@@ -80,6 +80,7 @@ __all__ = [
     "check_arguments",
     "check_extras",
     "check_options",
+    "check_sample_weight",
     "cross_entropy",
     "cross_entropy_extras",
     "cross_entropy_grad",
@@ -91,9 +92,12 @@ __all__ = [
     "index_loss",
     "jvp",
     "probability_target_gradient",
+    "reduce_weighted",
     "row_stats",
     "smoothing_coefficients",
     "softcap_logits",
+    "weighted_denominators",
+    "weighted_scale",
 ]
 
 _NAMES = ("input", "target", "weight")
@@ -971,16 +975,22 @@ def check_extras(input: Array, ax: int, reduction: str, softcap: object, sample_
     """Checks of ``softcap``, ``sample_weight``, ``normalizer`` and ``return_stats`` (errors name
     the argument and the fix; array values are never read)."""
     cap = None if softcap is None else check_positive(softcap, "softcap", " Gemma 2 uses 30.0; None: no cap.")
-    per_position = tuple(input.shape[:ax]) + tuple(input.shape[ax + 1 :])
     if sample_weight is not None:
-        check_floating(sample_weight, "sample_weight", xp=xp)
-        if tuple(sample_weight.shape) != per_position:
-            raise ValueError(f"sample_weight must have the per-position loss's shape {per_position} (the target's "
-                             f"shape for class indices); got shape {tuple(sample_weight.shape)}.")
+        check_sample_weight(input, ax, sample_weight, xp=xp)
     normalizer = check_normalizer(normalizer, reduction)
     if not isinstance(return_stats, bool):
         raise TypeError(f"return_stats must be True or False; got {return_stats!r}.")
     return Extras(cap, sample_weight, normalizer, return_stats)
+
+
+def check_sample_weight(input: Array, ax: int, sample_weight: Array, *, xp: Namespace) -> None:
+    """``sample_weight``: a real floating array of the per-position loss's shape (``input``'s
+    without the class axis ``ax``); the error names the argument and the expected shape."""
+    check_floating(sample_weight, "sample_weight", xp=xp)
+    per_position = tuple(input.shape[:ax]) + tuple(input.shape[ax + 1 :])
+    if tuple(sample_weight.shape) != per_position:
+        raise ValueError(f"sample_weight must have the per-position loss's shape {per_position} (the target's "
+                         f"shape for class indices); got shape {tuple(sample_weight.shape)}.")
 
 
 def softcap_logits(x: Array, cap: Any, *, xp: Namespace) -> Array:
@@ -995,8 +1005,8 @@ def _z_apart(args: CrossEntropyArgs, weight: Array | None, extras: Extras) -> bo
     return maybe_nonzero(args.z) and weight is not None and args.reduction == "mean" and extras.normalizer is None
 
 
-def _denominators(x: Array, args: CrossEntropyArgs, weight: Array | None, sw: Array | None, dtype: Any, *,
-                  xp: Namespace) -> tuple[Array, Array]:
+def weighted_denominators(x: Array, args: CrossEntropyArgs, weight: Array | None, sw: Array | None, dtype: Any,
+                          *, xp: Namespace) -> tuple[Array, Array]:
     """Per-position weights of the "mean" denominators, times the sample weight: the
     cross-entropy part's (``w_y`` at kept positions; 1 at kept ones for probability targets)
     and the z term's (1 at kept positions)."""
@@ -1013,8 +1023,8 @@ def _denominators(x: Array, args: CrossEntropyArgs, weight: Array | None, sw: Ar
     return (ce_w, kept) if sw is None else (ce_w * sw, kept * sw)
 
 
-def _reduce_weighted(per: Array, sw: Array | None, den_w: Array, reduction: str, normalizer: Any, *,
-                     xp: Namespace) -> Array:
+def reduce_weighted(per: Array, sw: Array | None, den_w: Array, reduction: str, normalizer: Any, *,
+                    xp: Namespace) -> Array:
     """``Σ sw·l`` over ``Σ den_w`` (or over ``normalizer``) for "mean", the sum, or ``sw·l``."""
     v = per if sw is None else per * sw
     if reduction == "none":
@@ -1025,9 +1035,9 @@ def _reduce_weighted(per: Array, sw: Array | None, den_w: Array, reduction: str,
     return total / (xp.sum(den_w) if normalizer is None else normalizer)
 
 
-def _scale(cotangent: Array | None, reduction: str, sw: Array | None, den_w: Array, normalizer: Any, *,
-           xp: Namespace) -> Array:
-    """The per-position derivative of :func:`_reduce_weighted` times the cotangent."""
+def weighted_scale(cotangent: Array | None, reduction: str, sw: Array | None, den_w: Array, normalizer: Any, *,
+                   xp: Namespace) -> Array:
+    """The per-position derivative of :func:`reduce_weighted` times the cotangent."""
     s = xp.ones_like(den_w) if cotangent is None else xp.astype(cotangent, den_w.dtype) * xp.ones_like(den_w)
     if sw is not None:
         s = s * sw
@@ -1056,7 +1066,7 @@ def _prepare(input: Array, target: Array, weight: Array | None, options: tuple[A
     apart, z = _z_apart(args, weight, extras), args.z
     dtype = compute_dtype(input.dtype, xp=xp)
     sw = None if extras.sample_weight is None else as_dtype(extras.sample_weight, dtype, xp=xp)
-    ce_w, kept = _denominators(x, args, weight, sw, dtype, xp=xp)
+    ce_w, kept = weighted_denominators(x, args, weight, sw, dtype, xp=xp)
     norm = extras.normalizer
     norm = norm if norm is None or isinstance(norm, float) else as_dtype(norm, dtype, xp=xp)
     args.reduction, args.z = "none", (0.0 if apart else z)
@@ -1098,14 +1108,14 @@ def cross_entropy_extras(input: Array, target: Array, weight: Array | None, opti
                             where=where, xp=xp)
         if pr.apart:
             lse = logsumexp(as_dtype(pr.x, pr.kept.dtype, xp=xp), axis=args.ax, xp=xp)
-    loss = _reduce_weighted(per, pr.sw, pr.ce_w, reduction, pr.normalizer, xp=xp)
+    loss = reduce_weighted(per, pr.sw, pr.ce_w, reduction, pr.normalizer, xp=xp)
     if pr.apart:
-        loss = loss + _reduce_weighted(_z_term(lse, pr.z, pr.kept, xp=xp), pr.sw, pr.kept, reduction, pr.normalizer,
+        loss = loss + reduce_weighted(_z_term(lse, pr.z, pr.kept, xp=xp), pr.sw, pr.kept, reduction, pr.normalizer,
                                        xp=xp)
     loss = as_dtype(loss, input.dtype, xp=xp)
     if st is None:
         return loss
-    z_stat = _reduce_weighted(_z_term(lse, pr.z, pr.kept, xp=xp), pr.sw, pr.kept, reduction, pr.normalizer, xp=xp)
+    z_stat = reduce_weighted(_z_term(lse, pr.z, pr.kept, xp=xp), pr.sw, pr.kept, reduction, pr.normalizer, xp=xp)
     stats = LossStats(as_dtype(lse, input.dtype, xp=xp), as_dtype(z_stat, input.dtype, xp=xp),
                       _accuracy(pr.x, target, st, args, pr.kept, xp=xp),
                       as_dtype(st.lse - st.moment, input.dtype, xp=xp))
@@ -1119,11 +1129,11 @@ def extras_gradient(input: Array, target: Array, weight: Array | None, options: 
     cotangent, the z term's own scale where it is reduced apart, and the soft cap's chain
     factor :math:`1 - 	anh^2(x/c) = 1 - (y/c)^2`."""
     pr = _prepare(input, target, weight, options, where, extras, xp=xp)
-    s = _scale(cotangent, options[1], pr.sw, pr.ce_w, pr.normalizer, xp=xp)
+    s = weighted_scale(cotangent, options[1], pr.sw, pr.ce_w, pr.normalizer, xp=xp)
     g = gradient(pr.x, target, weight, pr.args, s, None, xp=xp)
     if pr.apart:
         p, lse = softmax_and_lse(pr.x, pr.args.ax, dtype=pr.kept.dtype, xp=xp)
-        s_z = _scale(cotangent, options[1], pr.sw, pr.kept, pr.normalizer, xp=xp)
+        s_z = weighted_scale(cotangent, options[1], pr.sw, pr.kept, pr.normalizer, xp=xp)
         coef = xp.where(pr.kept != 0.0, s_z * (2.0 * pr.z) * xp.squeeze(lse, axis=pr.args.ax), 0.0)
         g = g + as_dtype(expand_at(coef, pr.args.ax, xp=xp) * p, g.dtype, xp=xp)
     if extras.softcap is not None:
