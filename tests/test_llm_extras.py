@@ -268,12 +268,16 @@ def test_normalizer_array_is_not_read():
         (dict(sample_weight=np.ones(3)), ValueError, r"sample_weight must have the per-position loss's shape \(7,\)"),
         (dict(sample_weight=np.ones(7, dtype=np.int64)), TypeError, "sample_weight"),
         (dict(return_stats=1), TypeError, "return_stats must be True or False"),
+        (dict(sample_weight=torch.ones(7)), TypeError, "sample_weight is a torch array"),
     ],
 )
 def test_errors_name_the_argument(kwargs, error, match):
     x, t, _, _ = _case("index")
     with pytest.raises(error, match=match):
         xce.cross_entropy(x, t, **kwargs)
+    if "sample_weight" in kwargs:  # the gradient checks it the same way
+        with pytest.raises(error, match=match):
+            xce.grad.cross_entropy_grad(x, t, **kwargs)
 
 
 # --- linear_cross_entropy(..., return_stats=True): the same statistics from the blocked sweep ----

@@ -101,6 +101,7 @@ __all__ = [
 ]
 
 _NAMES = ("input", "target", "weight")
+_ALL_NAMES = (*_NAMES, "where", "sample_weight")
 
 
 # --- arguments ------------------------------------------------------------------------------
@@ -486,7 +487,7 @@ def cross_entropy(
         out = fast(input, target, weight, ignore_index, reduction, label_smoothing, axis, label_smoothing_mode, z_loss)
         if out is not None:
             return out
-    xp = namespace(_NAMES if where is None else (*_NAMES, "where"), input, target, weight, where, xp=xp)
+    xp = namespace(_ALL_NAMES, input, target, weight, where, sample_weight, xp=xp)
     if softcap is not None or sample_weight is not None or normalizer is not None or return_stats is not False:
         given = (ignore_index, reduction, label_smoothing, axis, label_smoothing_mode, z_loss)
         extras = _extras(input, given, softcap, sample_weight, normalizer, return_stats, xp=xp)
@@ -513,8 +514,6 @@ _FAST = fast_paths("cross_entropy")
 
 def _extras(input: Array, options: tuple[Any, ...], softcap: object, sample_weight: Array | None,
             normalizer: object, return_stats: object, *, xp: Namespace) -> Extras:
-    if sample_weight is not None:
-        namespace(("input", "sample_weight"), input, sample_weight, xp=xp)
     return check_extras(input, class_axis(input, options[3]), check_reduction(options[1]), softcap, sample_weight,
                         normalizer, return_stats, xp=xp)
 
@@ -919,7 +918,8 @@ def cross_entropy_grad(input: Array, target: Array, weight: Array | None, ignore
     >>> dx.tolist()
     [[-0.5, 0.5], [0.0, 0.0]]
     """
-    xp = namespace((*_NAMES, "cotangent", "where"), input, target, weight, cotangent, where, xp=xp)
+    xp = namespace((*_NAMES, "cotangent", "where", "sample_weight"), input, target, weight, cotangent, where,
+                   sample_weight, xp=xp)
     if softcap is not None or sample_weight is not None or normalizer is not None:
         given = (ignore_index, reduction, label_smoothing, axis, label_smoothing_mode, z_loss)
         extras = _extras(input, given, softcap, sample_weight, normalizer, False, xp=xp)
