@@ -41,31 +41,31 @@ def prepare_index(target: Array, n_classes: int, ignore_index: int, *, xp: Names
     """Check ``target`` against ``[0, n_classes)`` (eager arrays raise ``IndexError``; lazy ones
     mark the position invalid, later NaN) and make it safe to gather with. ``keep`` (a mask of
     ``target``'s shape, from ``where=``): positions outside it count as ignored."""
-    info = xp.iinfo(target.dtype)
-    # A uint8 target can never equal -100; comparing would overflow in strict namespaces.
-    ignored = target == ignore_index if info.min <= ignore_index <= info.max else None
-    if keep is not None:
-        ignored = ~keep if ignored is None else ignored | ~keep
     invalid = None
-    if lazy:
-        invalid = out_of_range(target, n_classes, xp=xp)
-        if invalid is not None and ignored is not None:
-            invalid = invalid & ~ignored
-    elif keep is None and _all_valid(target, n_classes, ignore_index, xp=xp):
+    if not lazy and keep is None and _all_valid(target, n_classes, ignore_index, xp=xp):
         # The common case, settled by two reductions: no position ignored, none out of range
         # (small calls are dispatch-bound; this skips a comparison, two masks and three `where`s).
         ignored = None
     else:
-        if ignored is not None and has_values(target) and not bool(xp.any(ignored)):
-            ignored = None
-        check_target_range(target, n_classes, ignored, xp=xp)
-    index = IndexTarget(target, ignored, invalid)
-    drop = index.dropped
+        info = xp.iinfo(target.dtype)
+        # A uint8 target can never equal -100; comparing would overflow in strict namespaces.
+        ignored = target == ignore_index if info.min <= ignore_index <= info.max else None
+        if keep is not None:
+            ignored = ~keep if ignored is None else ignored | ~keep
+        if lazy:
+            invalid = out_of_range(target, n_classes, xp=xp)
+            if invalid is not None and ignored is not None:
+                invalid = invalid & ~ignored
+        else:
+            if ignored is not None and has_values(target) and not bool(xp.any(ignored)):
+                ignored = None
+            check_target_range(target, n_classes, ignored, xp=xp)
+    drop = IndexTarget(target, ignored, invalid).dropped
     safe = target if drop is None else xp.where(drop, 0, target)
     dtype = index_dtype(xp)
     if safe.dtype != dtype:
         safe = xp.astype(safe, dtype)
-    return index._replace(safe=safe)
+    return IndexTarget(safe, ignored, invalid)
 
 
 def _all_valid(target: Array, n_classes: int, ignore_index: int, *, xp: Namespace) -> bool:

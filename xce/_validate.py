@@ -13,7 +13,7 @@ from typing import Any, cast
 
 import array_api_compat
 
-from ._namespace import Array, Namespace, device_of, has_values
+from ._namespace import Array, Namespace, device_of, has_values, same_device
 
 REDUCTIONS = ("none", "mean", "sum")
 
@@ -113,8 +113,8 @@ def check_classes(x: Array, axis: int, name: str = "input") -> int:
 
 
 def check_same_device(x: Array, other: Array, name: str) -> None:
-    dx, do = device_of(x), device_of(other)
-    if dx != do:
+    if not same_device(x, other):
+        dx, do = device_of(x), device_of(other)
         raise ValueError(f"{name} is on device {do} but input is on device {dx}; move it to {dx}.")
 
 

@@ -62,6 +62,7 @@ from .._validate import (
     check_probability_target,
     check_real,
     check_reduction,
+    check_same_device,
     check_weight,
     check_where,
     class_axis,
@@ -168,27 +169,61 @@ def check_arguments(
     axis: int | None, label_smoothing_mode: str, z_loss: float, where: Array | None = None, *, xp: Namespace,
 ) -> CrossEntropyArgs:
     """Every check of :func:`cross_entropy`'s arguments (shared with its gradient)."""
-    ignore_index, reduction, eps, mode, z = check_options(ignore_index, reduction, label_smoothing,
-                                                          label_smoothing_mode, z_loss)
+    options = check_options(ignore_index, reduction, label_smoothing, label_smoothing_mode, z_loss)
+    ax, n_classes, eps, probabilities = _structure(input, target, weight, options, axis, xp=xp)
+    lazy = is_lazy(input)
+    if not lazy:
+        for other, name in ((target, "target"), (weight, "weight")):
+            if other is not None:
+                check_same_device(input, other, name)
+    index = keep = None
+    reads = _engine.reads_values(input)  # else invalid targets become NaN (no sync, no graph break)
+    if where is not None:
+        per_position = tuple(input.shape[:ax]) + tuple(input.shape[ax + 1 :])
+        keep = check_where(where, per_position, input, xp=xp, lazy=lazy)
+    if not probabilities:
+        # Positions outside ``where`` count as ignored: no loss, not in the mean, no range check.
+        index = prepare_index(target, n_classes, options.ignore_index, xp=xp, lazy=not reads, keep=keep)
+        keep = None
+    return CrossEntropyArgs(options.reduction, eps, options.z, ax, n_classes, lazy, options.ignore_index, index,
+                            reads, keep)
+
+
+# The checks that depend on shapes, dtypes and hyper-parameters only, cached per call
+# signature (small calls are dispatch-bound); device and value checks run on every call.
+_STRUCTURES: dict[tuple[Any, ...], tuple[int, int, Any, bool]] = {}
+_SCALARS = (int, float)
+
+
+def _structure(input: Array, target: Array, weight: Array | None, options: Options, axis: int | None, *,
+               xp: Namespace) -> tuple[int, int, Any, bool]:
+    """``(class axis, number of classes, ε in the uniform convention, probability targets?)``."""
+    key = None
+    if type(options.label_smoothing) in _SCALARS and type(options.z) in _SCALARS:  # not traced or arrays
+        key = (xp, tuple(input.shape), input.dtype, tuple(target.shape), target.dtype,
+               None if weight is None else (tuple(weight.shape), weight.dtype), type(axis), axis, options)
+        try:
+            return _STRUCTURES[key]
+        except KeyError:
+            pass
+        except TypeError:  # an unhashable axis (class_axis names it)
+            key = None
     ax = class_axis(input, axis)
     check_floating(input, "input", xp=xp)
     n_classes = check_classes(input, ax)
-    eps = uniform_equivalent(eps, mode, n_classes, "label_smoothing")
-    lazy = is_lazy(input)
-    check_weight(weight, n_classes, input, xp=xp, lazy=lazy)
-    index = keep = None
-    reads = _engine.reads_values(input)  # else invalid targets become NaN (no sync, no graph break)
-    per_position = tuple(input.shape[:ax]) + tuple(input.shape[ax + 1 :])
-    if where is not None:
-        keep = check_where(where, per_position, input, xp=xp, lazy=lazy)
-    if tuple(target.shape) == tuple(input.shape):
-        check_probability_target(target, input, ignore_index, xp=xp, lazy=lazy)
+    eps = uniform_equivalent(options.label_smoothing, options.mode, n_classes, "label_smoothing")
+    check_weight(weight, n_classes, input, xp=xp, lazy=True)  # (lazy: the device is checked per call)
+    probabilities = tuple(target.shape) == tuple(input.shape)
+    if probabilities:
+        check_probability_target(target, input, options.ignore_index, xp=xp, lazy=True)
     else:
-        check_index_target(target, input, ax, xp=xp, lazy=lazy)
-        # Positions outside ``where`` count as ignored: no loss, not in the mean, no range check.
-        index = prepare_index(target, n_classes, ignore_index, xp=xp, lazy=not reads, keep=keep)
-        keep = None
-    return CrossEntropyArgs(reduction, eps, z, ax, n_classes, lazy, ignore_index, index, reads, keep)
+        check_index_target(target, input, ax, xp=xp, lazy=True)
+    result = (ax, n_classes, eps, probabilities)
+    if key is not None and None not in key[1] + key[3]:  # (symbolic shapes: not a signature)
+        if len(_STRUCTURES) >= 512:
+            _STRUCTURES.clear()
+        _STRUCTURES[key] = result
+    return result
 
 
 def index_loss(lse: Array, target: Array, class_sum: Array | None, w_y: Array | None, w_sum: Array | float,
