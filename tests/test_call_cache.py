@@ -1,0 +1,56 @@
+"""cross_entropy caches the checks that depend only on shapes, dtypes and hyper-parameters,
+per call signature. What may differ between two calls with one signature (devices, values,
+a bool given where an int was) must still be checked on every call."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import xce
+from xce.losses import cross_entropy as ce
+
+RNG = np.random.default_rng(5)
+X = RNG.normal(size=(4, 3))
+Y = RNG.integers(0, 3, size=4)
+
+
+def test_a_cached_signature_admits_no_equal_but_invalid_argument():
+    xce.cross_entropy(X, Y, axis=1)  # cached with axis=1 ...
+    with pytest.raises(TypeError, match="axis"):
+        xce.cross_entropy(X, Y, axis=True)  # ... True == 1, but a bool is no axis
+
+
+def test_values_are_checked_on_every_call():
+    xce.cross_entropy(X, Y)
+    bad = Y.copy()
+    bad[0] = 3
+    with pytest.raises(IndexError, match="outside"):
+        xce.cross_entropy(X, bad)
+
+
+def test_devices_are_checked_on_every_call():
+    torch = pytest.importorskip("torch")
+    x, y = torch.tensor(X), torch.tensor(Y)
+    with xce.config(delegate=False):
+        xce.cross_entropy(x, y, torch.ones(3, dtype=torch.float64))
+        with pytest.raises(ValueError, match="weight is on device meta"):
+            xce.cross_entropy(x, y, torch.ones(3, dtype=torch.float64, device="meta"))
+
+
+def test_array_hyper_parameters_are_not_cached():
+    before = dict(ce._STRUCTURES)
+    ce._STRUCTURES.clear()
+    try:
+        out = xce.cross_entropy(X, Y, label_smoothing=np.asarray(0.1))
+        assert float(out) == pytest.approx(float(xce.cross_entropy(X, Y, label_smoothing=0.1)), rel=1e-12)
+        assert len(ce._STRUCTURES) == 1
+        assert all(type(key[-1].label_smoothing) is float for key in ce._STRUCTURES)  # no array in a key
+    finally:
+        ce._STRUCTURES.update(before)
+
+
+def test_the_cache_is_bounded():
+    for n in range(1, 600):
+        xce.cross_entropy(X[:1].repeat(n, 0), Y[:1].repeat(n, 0))
+    assert len(ce._STRUCTURES) <= 512
