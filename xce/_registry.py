@@ -21,6 +21,7 @@ from ._namespace import Array, library_name
 __all__ = [
     "Adapter",
     "adapter_for",
+    "adapter_hook",
     "gradient_of",
     "register_adapter",
     "register_gradient",
@@ -78,6 +79,13 @@ def adapter_for(x: Array) -> Adapter | None:
         adapter = None if module is None else cast(Adapter, importlib.import_module(module))
         _ADAPTERS[lib] = adapter
         return adapter
+
+
+def adapter_hook(x: Array, name: str) -> Any:
+    """The function ``name`` of ``x``'s adapter, or None (no adapter, or one without it): for
+    the hooks not every adapter has (the fused linear distillation loss, the distillation
+    losses' autograd Function, ``stop_gradient``)."""
+    return getattr(adapter_for(x), name, None)
 
 
 # --- gradients --------------------------------------------------------------------------------

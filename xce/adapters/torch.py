@@ -36,6 +36,7 @@ from .. import linear_distillation as _lindist
 from .._namespace import Namespace, is_traced, namespace, torch_tracing
 from ..labels import uniform_equivalent
 from ..losses import cross_entropy as ce
+from ..losses import distillation as _distillation
 from ..parallel import (
     ShardStatistics,
     mask_positions,
@@ -48,12 +49,14 @@ from ..parallel import (
 __all__ = [
     "cross_entropy",
     "dispatch_cross_entropy",
+    "distillation",
     "linear_cross_entropy",
     "linear_distillation_loss",
     "needs_autograd",
     "stop_gradient",
     "vocab_parallel_loss",
     "wants_cross_entropy",
+    "wants_distillation",
     "wants_linear_cross_entropy",
     "wants_linear_distillation",
 ]
@@ -393,3 +396,50 @@ def linear_distillation_loss(heads: Any, checked: Any, block_rows: int | None) -
     wants = tuple(needs_autograd(t) for t in heads[:3])
     loss, *_ = _LinearDistillation.apply(*heads, checked, wants, block_rows)
     return loss
+
+
+# --- the distillation losses on logits ---------------------------------------------------------
+
+
+def wants_distillation(student: torch.Tensor, teacher: torch.Tensor) -> bool:
+    """Whether :func:`distillation`'s autograd Function serves a call of
+    :func:`xce.kl_div_with_logits` / :func:`xce.generalized_jsd`: a logit requires grad, the
+    tensors are eager and large enough for the blocked engine (``torch.compile`` /
+    ``torch.func`` and ``xce.config(enabled=False)`` take the definition's autograd)."""
+    return needs_autograd(student, teacher) and not is_traced(student) and _engine.supports(student)
+
+
+class _Distillation(torch.autograd.Function):
+    """Inputs: the student's and teacher's logits, the checked arguments, ``beta`` (a float:
+    hyper-parameters given as eager tensors were read by the checks)."""
+
+    @staticmethod
+    def forward(student, teacher, args, beta):
+        with torch.no_grad():  # blocks of rows: no (N, C) temporary outlives its block
+            return _distillation.divergence(student, teacher, args, beta, xp=txp, blocked=True)
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: Any) -> None:
+        student, teacher, args, beta = inputs
+        ctx.save_for_backward(student, teacher)  # the inputs only: nothing (N, C) of the forward's
+        ctx.config = (args, beta)
+
+    @staticmethod
+    def backward(ctx: Any, grad_loss):
+        student, teacher = ctx.saved_tensors
+        args, beta = ctx.config
+        # Under create_graph the rule runs on whole tensors (in-place block writes would cut the
+        # second derivative), which autograd then differentiates.
+        blocked = not torch.is_grad_enabled()
+        g_s, g_t = _distillation.gradients(student, teacher, args, beta, grad_loss, xp=txp,
+                                           wants=tuple(ctx.needs_input_grad[:2]), blocked=blocked)
+        return g_s, g_t, None, None
+
+
+def distillation(student: torch.Tensor, teacher: torch.Tensor, args: Any, beta: Any) -> torch.Tensor:
+    """:func:`xce.kl_div_with_logits` / :func:`xce.generalized_jsd` of checked arguments
+    (``beta`` 0: forward KL, 1: reverse KL) whose backward is the loss module's gradient rule
+    (:func:`xce.losses.distillation.gradients`, for the student and, when it requires grad, the
+    teacher): autograd keeps the two logits, not the forward's temporaries, and both passes go a
+    block of rows at a time."""
+    return _Distillation.apply(student, teacher, args, beta)

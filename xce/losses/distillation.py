@@ -31,10 +31,12 @@ from __future__ import annotations
 import math
 from typing import Any, NamedTuple
 
+from .. import _engine
 from .._arrays import axis_length, expand_at, like_input, positions_like
 from .._docs import fill_doc
-from .._namespace import Array, Namespace, as_dtype, compute_dtype, is_lazy, namespace
+from .._namespace import Array, Namespace, as_dtype, compute_dtype, device_of, is_lazy, namespace
 from .._reduce import per_count, reduce_loss, reduction_scale
+from .._registry import adapter_hook
 from .._signatures import derivative_of
 from .._softmax import finite_or_zero, shifted_logsumexp
 from .._targets import IndexTarget, mask_loss, mean_weights
@@ -58,6 +60,7 @@ __all__ = [
     "generalized_jsd",
     "generalized_jsd_grad",
     "gradient",
+    "gradients",
     "ignore_mask",
     "kl_div_with_logits",
     "kl_div_with_logits_grad",
@@ -268,14 +271,71 @@ def pointwise(log_p: Array, log_q: Array, beta: Any, *, xp: Namespace, log_m: Ar
     return beta * _xlog_ratio(p, log_p, log_m, xp=xp) + (1.0 - beta) * _xlog_ratio(q, log_q, log_m, xp=xp)
 
 
-def divergence(student: Array, teacher: Array, args: DistillationArgs, beta: Any, *, xp: Namespace) -> Array:
-    """The reduced loss, in ``student``'s dtype."""
+def divergence(student: Array, teacher: Array, args: DistillationArgs, beta: Any, *, xp: Namespace,
+               blocked: bool = False) -> Array:
+    """The reduced loss, in ``student``'s dtype. ``blocked``: on eager arrays, the per-position
+    divergences are formed a block of rows at a time (temporaries O(block), not O(input))."""
     dtype = compute_dtype(student.dtype, xp=xp)
+    beta = _scalar(beta, dtype, xp=xp)
+    view = _Rows.of(student, teacher, args, blocked, xp=xp)
+    if view is None:
+        loss = _position_divergence(student, teacher, args, beta, dtype, xp=xp)
+    else:
+        per = xp.empty(tuple(view.student.shape[:1]) + tuple(view.student.shape[2:]), dtype=dtype,
+                       device=device_of(student))
+        for i0, i1 in view.blocks():
+            per[i0:i1, ...] = _position_divergence(view.student[i0:i1, ...], view.teacher[i0:i1, ...], view.args,
+                                                   beta, dtype, xp=xp)
+        loss = xp.reshape(per, tuple(student.shape[: args.ax]) + tuple(student.shape[args.ax + 1:]))
+    return reduce_divergence(loss, args, axis_length(student, 0, xp=xp), student.dtype, xp=xp)
+
+
+def _position_divergence(student: Array, teacher: Array, args: DistillationArgs, beta: Any, dtype: Any, *,
+                         xp: Namespace) -> Array:
+    """Per-position divergences (the class axis summed), unmasked, in ``dtype``."""
     log_q = log_probs(student, args, dtype, xp=xp)
     log_p = log_probs(teacher, args, dtype, xp=xp)
-    beta = _scalar(beta, dtype, xp=xp)
-    loss = xp.sum(pointwise(log_p, log_q, beta, xp=xp), axis=args.ax)
-    return reduce_divergence(loss, args, axis_length(student, 0, xp=xp), student.dtype, xp=xp)
+    return xp.sum(pointwise(log_p, log_q, beta, xp=xp), axis=args.ax)
+
+
+class _Rows(NamedTuple):
+    """Both logits viewed as blocks of rows for the blocked rules: ``(R, C)`` when the classes
+    are the last axis of a 3-d or higher array (a row is a position), else the arrays as given,
+    sliced along axis 0 (the classes are elsewhere)."""
+
+    student: Array
+    teacher: Array
+    args: DistillationArgs  #: the view's class axis; ``ignore`` left to the caller
+    ignored: Array | None  #: the ignored positions in the view's positions shape
+    scale: Any  #: a scalar, or the per-position gradient scale in the view's positions shape
+    rows: int  #: rows per block
+
+    @staticmethod
+    def of(student: Array, teacher: Array, args: DistillationArgs, blocked: bool, *, xp: Namespace,
+           scale: Any = None) -> _Rows | None:
+        """The view, or None where the rule takes the whole arrays (not ``blocked``, lazy or
+        traced arrays, classes on axis 0, ``xce.config(enabled=False)``)."""
+        rows = _engine.gradient_rows(student, args.ax, xp=xp) if blocked and not is_lazy(student) else None
+        if rows is None:
+            return None
+        ignored = None if args.ignore is None else args.ignore.ignored
+        if args.ax == student.ndim - 1 and student.ndim > 2:
+            shape = (-1, student.shape[-1])
+            student, teacher = xp.reshape(student, shape), xp.reshape(teacher, shape)
+            ignored = None if ignored is None else xp.reshape(ignored, (-1,))
+            if not (scale is None or isinstance(scale, float) or scale.ndim == 0):
+                scale = xp.reshape(scale, (-1,))
+            args = args._replace(ax=1)
+        return _Rows(student, teacher, args._replace(ignore=None), ignored, scale, rows)
+
+    def blocks(self) -> list[tuple[int, int]]:
+        n = self.student.shape[0]
+        return [(i0, min(i0 + self.rows, n)) for i0 in range(0, n, self.rows)]
+
+    def block_scale(self, i0: int, i1: int, *, xp: Namespace) -> Any:
+        """The gradient scale of rows ``i0:i1``, the class axis put back."""
+        s = self.scale
+        return s if isinstance(s, float) or s.ndim == 0 else xp.expand_dims(s[i0:i1, ...], axis=self.args.ax)
 
 
 def reduce_divergence(loss: Array, args: DistillationArgs, batch: Any, dtype: Any, *, xp: Namespace) -> Array:
@@ -339,19 +399,67 @@ def logits_gradient(student: Array, log_p: Array, log_q: Array, args: Distillati
     return g
 
 
+def pair_gradients(student: Array, teacher: Array, args: DistillationArgs, beta: Any, scale: Any,
+                   ignored: Array | None, dtype: Any, wants: tuple[bool, bool], *,
+                   xp: Namespace) -> tuple[Array | None, Array | None]:
+    r"""``(d loss/d student, d loss/d teacher)`` in ``dtype`` from the logits (None for one not
+    in ``wants``; ``scale``, ``ignored`` as in :func:`logits_gradient`).
+
+    The teacher's is the student's rule with the two roles swapped and ``beta`` replaced by
+    ``1 - beta``: the divergence is symmetric under that swap (:math:`\mathrm{JSD}_\beta(P, Q)
+    = \mathrm{JSD}_{1-\beta}(Q, P)`, the same mixture :math:`M`; forward KL(P‖Q) is the swapped
+    reverse KL). So w.r.t. the scaled teacher logits: forward KL :math:`P \odot (r - \sum_k P_k
+    r_k)` with :math:`r = \log P - \log Q`, reverse KL :math:`P - Q`, the JSD
+    :math:`\beta\,P \odot (r - \sum_k P_k r_k)` with :math:`r = \log P - \log M`."""
+    log_q = log_probs(student, args, dtype, xp=xp)
+    log_p = log_probs(teacher, args, dtype, xp=xp)
+    log_m = log_mixture(log_p, log_q, beta, xp=xp)
+    g_s = g_t = None
+    if wants[0]:
+        g_s = logits_gradient(student, log_p, log_q, args, beta, scale, ignored, dtype, xp=xp, log_m=log_m)
+    if wants[1]:
+        g_t = logits_gradient(teacher, log_q, log_p, args, 1.0 - beta, scale, ignored, dtype, xp=xp, log_m=log_m)
+    return g_s, g_t
+
+
+def gradients(student: Array, teacher: Array, args: DistillationArgs, beta: Any, cotangent: Array | None, *,
+              xp: Namespace, wants: tuple[bool, bool] = (True, False),
+              blocked: bool = False) -> tuple[Array | None, Array | None]:
+    """``(d loss/d student, d loss/d teacher)``, vector-Jacobian products with ``cotangent``
+    (default 1); None for one not in ``wants``. ``blocked``: on eager arrays, formed a block of
+    rows at a time into the preallocated results (temporaries O(block), not O(input); not
+    differentiable: off under ``create_graph``)."""
+    dtype = compute_dtype(student.dtype, xp=xp)
+    ax = args.ax
+    like = positions_like(student, ax, dtype, xp=xp)
+    scale = position_scale(cotangent, args, like, axis_length(student, 0, xp=xp), dtype, xp=xp)
+    beta = _scalar(beta, dtype, xp=xp)
+    view = _Rows.of(student, teacher, args, blocked, xp=xp, scale=scale)
+    if view is None:
+        ignored = None if args.ignore is None else args.ignore.ignored
+        g_s, g_t = pair_gradients(student, teacher, args, beta, expand_at(scale, ax, xp=xp), ignored, dtype, wants,
+                                  xp=xp)
+        return (None if g_s is None else like_input(g_s, student, xp=xp),
+                None if g_t is None else like_input(g_t, teacher, xp=xp))
+    out = [xp.empty(tuple(view.student.shape), dtype=student.dtype, device=device_of(student)) if w else None
+           for w in wants]
+    for i0, i1 in view.blocks():
+        ignored = None if view.ignored is None else view.ignored[i0:i1, ...]
+        pair = pair_gradients(view.student[i0:i1, ...], view.teacher[i0:i1, ...], view.args, beta,
+                              view.block_scale(i0, i1, xp=xp), ignored, dtype, wants, xp=xp)
+        for g, block in zip(out, pair):
+            if g is not None:
+                g[i0:i1, ...] = as_dtype(block, g.dtype, xp=xp)
+    g_s, g_t = (None if g is None else xp.reshape(g, tuple(student.shape)) for g in out)
+    return g_s, g_t
+
+
 def gradient(student: Array, teacher: Array, args: DistillationArgs, beta: Any, cotangent: Array | None, *,
              xp: Namespace) -> Array:
     """d loss / d ``student`` (a vector-Jacobian product with ``cotangent``; default 1)."""
-    dtype = compute_dtype(student.dtype, xp=xp)
-    ax = args.ax
-    log_q = log_probs(student, args, dtype, xp=xp)
-    log_p = log_probs(teacher, args, dtype, xp=xp)
-    like = positions_like(student, ax, dtype, xp=xp)
-    s = position_scale(cotangent, args, like, axis_length(student, 0, xp=xp), dtype, xp=xp)
-    ignored = None if args.ignore is None else args.ignore.ignored
-    g = logits_gradient(student, log_p, log_q, args, _scalar(beta, dtype, xp=xp), expand_at(s, ax, xp=xp), ignored,
-                        dtype, xp=xp)
-    return like_input(g, student, xp=xp)
+    g, _ = gradients(student, teacher, args, beta, cotangent, xp=xp)
+    assert g is not None
+    return g
 
 
 # --- the losses -----------------------------------------------------------------------------
@@ -418,7 +526,7 @@ def kl_div_with_logits(
     direction = check_choice(direction, "direction", DIRECTIONS)
     args = check_arguments(student_logits, teacher_logits, target, temperature, ignore_index, reduction, axis, softcap,
                            xp=xp)
-    return divergence(student_logits, teacher_logits, args, 0.0 if direction == "forward" else 1.0, xp=xp)
+    return _loss(student_logits, teacher_logits, args, 0.0 if direction == "forward" else 1.0, xp=xp)
 
 
 @fill_doc(DISTILLATION_PARAMETERS)
@@ -491,7 +599,17 @@ def generalized_jsd(
     b = check_fraction(beta, "beta", traced=True)
     args = check_arguments(student_logits, teacher_logits, target, temperature, ignore_index, reduction, axis, softcap,
                            xp=xp)
-    return divergence(student_logits, teacher_logits, args, b, xp=xp)
+    return _loss(student_logits, teacher_logits, args, b, xp=xp)
+
+
+def _loss(student: Array, teacher: Array, args: DistillationArgs, beta: Any, *, xp: Namespace) -> Array:
+    """The loss of checked arguments: through the adapter's autograd registration where autodiff
+    must see the call (large eager PyTorch tensors that require grad: a Function that saves the
+    inputs and calls :func:`gradients` back), else the definition."""
+    wants = adapter_hook(student, "wants_distillation")
+    if wants is not None and wants(student, teacher):
+        return adapter_hook(student, "distillation")(student, teacher, args, beta)
+    return divergence(student, teacher, args, beta, xp=xp)
 
 
 # --- the analytic gradients -----------------------------------------------------------------
