@@ -416,23 +416,28 @@ class _Distillation(torch.autograd.Function):
     @staticmethod
     def forward(student, teacher, args, beta):
         with torch.no_grad():  # blocks of rows: no (N, C) temporary outlives its block
-            return _distillation.divergence(student, teacher, args, beta, xp=txp, blocked=True)
+            loss, norms = _distillation.divergence_and_norms(student, teacher, args, beta, xp=txp, blocked=True)
+        return loss, *norms
 
     @staticmethod
-    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: Any) -> None:
+    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: tuple[Any, ...]) -> None:
         student, teacher, args, beta = inputs
-        ctx.save_for_backward(student, teacher)  # the inputs only: nothing (N, C) of the forward's
+        ctx.mark_non_differentiable(*output[1:])
+        # The inputs and the two log-normalisers (O(N)): nothing (N, C) of the forward's.
+        ctx.save_for_backward(student, teacher, *output[1:])
         ctx.config = (args, beta)
 
     @staticmethod
-    def backward(ctx: Any, grad_loss):
-        student, teacher = ctx.saved_tensors
+    def backward(ctx: Any, grad_loss, *_grad_norms):
+        student, teacher, *norms = ctx.saved_tensors
         args, beta = ctx.config
-        # Under create_graph the rule runs on whole tensors (in-place block writes would cut the
-        # second derivative), which autograd then differentiates.
-        blocked = not torch.is_grad_enabled()
+        # Under create_graph the rule runs on whole tensors and recomputes the normalisers (in-place
+        # block writes and the saved constants would cut the second derivative), and autograd then
+        # differentiates it.
+        first_order = not torch.is_grad_enabled()
         g_s, g_t = _distillation.gradients(student, teacher, args, beta, grad_loss, xp=txp,
-                                           wants=tuple(ctx.needs_input_grad[:2]), blocked=blocked)
+                                           wants=tuple(ctx.needs_input_grad[:2]), blocked=first_order,
+                                           norms=(norms[0], norms[1]) if first_order else None)
         return g_s, g_t, None, None
 
 
@@ -442,4 +447,4 @@ def distillation(student: torch.Tensor, teacher: torch.Tensor, args: Any, beta: 
     (:func:`xce.losses.distillation.gradients`, for the student and, when it requires grad, the
     teacher): autograd keeps the two logits, not the forward's temporaries, and both passes go a
     block of rows at a time."""
-    return _Distillation.apply(student, teacher, args, beta)
+    return _Distillation.apply(student, teacher, args, beta)[0]

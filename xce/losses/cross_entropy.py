@@ -37,7 +37,6 @@ from .._namespace import (
     compute_dtype,
     device_of,
     is_lazy,
-    is_traced,
     known_size,
     namespace,
     take_along_class_axis,
