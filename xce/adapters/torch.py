@@ -9,6 +9,11 @@ gradient rule (:func:`xce.losses.cross_entropy.gradient`), evaluated in blocks o
 in place into the gradient, so no softmax-sized intermediates live between forward and
 backward and the backward's extra memory is the gradient plus one block.
 
+``kl_div_with_logits`` / ``generalized_jsd`` (:func:`distillation`) follow the same plan: the
+forward in blocks of rows under ``no_grad`` saves the two logits and their per-position
+log-normalisers; the backward is :func:`xce.losses.distillation.gradients` in blocks, for the
+student and the teacher (whichever requires grad).
+
 Gradients flow to ``input`` (and ``hidden``/``weight``/``bias`` for the linear loss). When
 a class ``weight`` or a probability ``target`` requires grad, :func:`wants_cross_entropy`
 says no and plain autograd through the definition serves the call. Double backward
