@@ -1,5 +1,5 @@
-"""Fused ``linear_distillation_loss`` vs the unfused two-logits version: forward+backward time and
-peak extra memory, on PyTorch CPU (float32).
+"""Fused ``linear_distillation_loss`` vs the unfused two-logits version, and the distillation losses on
+logits vs TRL's plain formula: forward+backward time and peak extra memory, on PyTorch CPU (float32).
 
 Run ``python -m benchmarks linear_distill [N D_student D_teacher V [repeats [block_rows]]]``
 (default 4096 1024 1024 32000 3), or ``python -m benchmarks.linear_distill ...``.
@@ -21,6 +21,19 @@ as a multiple of one model's logits (N·V floats), and net of the gradients (``d
 ``dW`` V·D_s floats) that any implementation returns. Time: one more subprocess alternates the
 variants ``repeats`` times (so that all see the same machine load) and reports the best and
 median times and the median ratio to ``torch`` per round. Compare ratios, not seconds.
+
+``python -m benchmarks linear_distill logits [N V [repeats]]`` (default 2048 32000 3): the losses on
+given logits, a student ``(N, V)`` that requires grad and a constant teacher, 10% of the positions
+ignored, temperature 2, for the generalized JSD (β=0.5) and forward KL:
+
+* ``torch``: TRL's ``GKDTrainer.generalized_jsd_loss`` formula (``F.log_softmax``,
+  ``F.kl_div(log_target=True)``, the log-space mixture), masked mean over the kept positions;
+* ``xce``: ``xce.generalized_jsd`` / ``xce.kl_div_with_logits``: autograd sees one Function, whose
+  forward and backward (the loss module's gradient rule) go a block of rows at a time;
+* ``xce-autograd``: the same under ``xce.config(enabled=False)``: autograd through the formula's
+  tensor operations, as before that Function.
+
+Memory as above, net of the student's gradient (``N·V`` floats) that any implementation returns.
 """
 
 from __future__ import annotations
@@ -32,14 +45,33 @@ import sys
 
 VARIANTS = ("torch", "xce-unfused", "fused")
 
-_CHILD = r"""
+_COMMON = r"""
 import json, math, sys, time
 import torch
 import torch.nn.functional as F
 import xce
 
-mode, n, ds, dt, v, repeats, block_rows = sys.argv[1], *map(int, sys.argv[2:8])
+mode, repeats, block_rows, *sizes = sys.argv[1], *map(int, sys.argv[2:])
 BETA, T = 0.5, 2.0
+
+def kl_rows(log_input, log_target):  # per position: sum_c P (log P - log Q), P = exp(log_target)
+    return F.kl_div(log_input, log_target, reduction="none", log_target=True).sum(-1)
+
+def masked_mean(per, y):
+    kept = y != -100
+    return torch.where(kept, per, 0.0).sum() / kept.sum()
+
+def torch_jsd(s, t, y, beta=BETA):  # TRL's GKDTrainer.generalized_jsd_loss (beta = 0: forward KL)
+    ls, lt = F.log_softmax(s / T, -1), F.log_softmax(t / T, -1)
+    if beta == 0.0:
+        return masked_mean(kl_rows(ls, lt), y)
+    lm = torch.logsumexp(torch.stack([lt + math.log(beta), ls + math.log1p(-beta)]), 0)
+    return masked_mean(beta * kl_rows(lm, lt) + (1 - beta) * kl_rows(lm, ls), y)
+"""
+
+# Defines make(*sizes) -> inputs (the student's first) and step(*inputs, variant) -> loss.
+_LINEAR = r"""
+VARIANTS = ("torch", "xce-unfused", "fused")
 
 def make(n, ds, dt, v):
     g = torch.Generator().manual_seed(0)
@@ -49,14 +81,6 @@ def make(n, ds, dt, v):
     y = torch.randint(0, v, (n,), generator=g)
     y[::10] = -100
     return hs, ws, ht, wt, y
-
-def torch_jsd(s, t, y):
-    ls, lt = F.log_softmax(s / T, -1), F.log_softmax(t / T, -1)
-    lm = torch.logsumexp(torch.stack([lt + math.log(BETA), ls + math.log1p(-BETA)]), 0)
-    per = (BETA * F.kl_div(lm, lt, reduction="none", log_target=True)
-           + (1 - BETA) * F.kl_div(lm, ls, reduction="none", log_target=True)).sum(-1)
-    kept = y != -100
-    return torch.where(kept, per, 0.0).sum() / kept.sum()
 
 def step(hs, ws, ht, wt, y, variant):
     hs.grad = ws.grad = None
@@ -71,15 +95,42 @@ def step(hs, ws, ht, wt, y, variant):
                                                                                   temperature=T, axis=-1)
     loss.backward()
     return float(loss)
+"""
 
+_LOGITS = r"""
+def make(n, v):
+    g = torch.Generator().manual_seed(0)
+    s = (torch.randn(n, v, generator=g) * 2).requires_grad_(True)
+    t = torch.randn(n, v, generator=g) * 2
+    y = torch.randint(0, v, (n,), generator=g)
+    y[::10] = -100
+    return s, t, y
+
+def step(s, t, y, variant):
+    s.grad = None
+    impl, loss_name = variant.rsplit("-", 1)
+    beta = BETA if loss_name == "jsd" else 0.0
+    if impl == "torch":
+        loss = torch_jsd(s, t, y, beta)
+    else:
+        with xce.config(enabled=impl == "xce"):
+            if loss_name == "jsd":
+                loss = xce.generalized_jsd(s, t, y, beta=beta, temperature=T)
+            else:
+                loss = xce.kl_div_with_logits(s, t, y, temperature=T)
+    loss.backward()
+    return float(loss)
+"""
+
+_MEASURE = r"""
 def status(key):
     with open("/proc/self/status") as f:
         return next(int(line.split()[1]) * 1024 for line in f if line.startswith(key + ":"))
 
 variants = mode.split(",")
 for variant in variants:
-    step(*make(64, 16, 16, 128), variant)
-inputs = make(n, ds, dt, v)
+    step(*make(*[min(x, 128) for x in sizes]), variant)
+inputs = make(*sizes)
 if len(variants) > 1:  # time, alternating
     times = {variant: [] for variant in variants}
     for _ in range(repeats):
@@ -94,11 +145,29 @@ else:
     print(json.dumps({"loss": loss, "peak_bytes": status("VmHWM") - base}))
 """
 
+_CHILD = _COMMON + _LINEAR + _MEASURE
+_LOGITS_CHILD = _COMMON + _LOGITS + _MEASURE
+LOGITS_VARIANTS = tuple(f"{impl}-{loss}" for loss in ("jsd", "kl") for impl in ("torch", "xce", "xce-autograd"))
 
-def _child(mode: str, sizes: tuple[int, int, int, int], repeats: int, block_rows: int) -> dict:
-    args = [sys.executable, "-c", _CHILD, mode, *map(str, sizes), str(repeats), str(block_rows)]
+
+def _child(mode: str, sizes: tuple[int, ...], repeats: int, block_rows: int, child: str = _CHILD) -> dict:
+    args = [sys.executable, "-c", child, mode, str(repeats), str(block_rows), *map(str, sizes)]
     res = subprocess.run(args, capture_output=True, text=True, check=True)
     return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def _report(variants: tuple[str, ...], memory: dict, times: dict, baseline: dict[str, str], logits: int,
+            grads: int) -> None:
+    """One line per variant: its loss, peak extra memory (also net of the gradients ``grads``,
+    in bytes) and times, with the median ratio to its ``baseline`` variant per round."""
+    mib = 2**20
+    for variant in variants:
+        peak, ts = memory[variant]["peak_bytes"], times[variant]
+        ratios = [a / b for a, b in zip(ts, times[baseline[variant]])]
+        print(f"  {variant:18s} loss={memory[variant]['loss']:.6f}  peak extra {peak / mib:7.0f} MiB "
+              f"({peak / logits:.2f}x logits; {(peak - grads) / mib:7.0f} MiB beyond the gradients)  "
+              f"fwd+bwd best {min(ts):.3f} s median {statistics.median(ts):.3f} s  "
+              f"vs {baseline[variant]} {statistics.median(ratios):.2f}x")
 
 
 def run(n: int, ds: int, dt: int, v: int, repeats: int = 3, block_rows: int = 0) -> dict:
@@ -108,17 +177,28 @@ def run(n: int, ds: int, dt: int, v: int, repeats: int = 3, block_rows: int = 0)
     logits, grads, mib = n * v * 4, (n * ds + v * ds) * 4, 2**20
     print(f"N={n} D_student={ds} D_teacher={dt} V={v} float32, torch CPU threads={times['threads']}; one model's "
           f"logits {logits / mib:.0f} MiB, student gradients {grads / mib:.0f} MiB")
-    for variant in VARIANTS:
-        peak, ts = memory[variant]["peak_bytes"], times["times"][variant]
-        ratios = [a / b for a, b in zip(ts, times["times"]["torch"])]
-        print(f"  {variant:12s} loss={memory[variant]['loss']:.6f}  peak extra {peak / mib:7.0f} MiB "
-              f"({peak / logits:.2f}x logits; {(peak - grads) / mib:7.0f} MiB beyond the gradients)  "
-              f"fwd+bwd best {min(ts):.3f} s median {statistics.median(ts):.3f} s  "
-              f"vs torch {statistics.median(ratios):.2f}x")
+    _report(VARIANTS, memory, times["times"], dict.fromkeys(VARIANTS, "torch"), logits, grads)
+    return {"memory": memory, "times": times["times"]}
+
+
+def run_logits(n: int, v: int, repeats: int = 3) -> dict:
+    """The distillation losses on ``(N, V)`` logits (see the module)."""
+    sizes = (n, v)
+    memory = {variant: _child(variant, sizes, 1, 0, _LOGITS_CHILD) for variant in LOGITS_VARIANTS}
+    times = _child(",".join(LOGITS_VARIANTS), sizes, repeats, 0, _LOGITS_CHILD)
+    logits, mib = n * v * 4, 2**20
+    print(f"N={n} V={v} float32 logits, torch CPU threads={times['threads']}; the logits {logits / mib:.0f} MiB "
+          "(= the student's gradient)")
+    baseline = {variant: "torch-" + variant.rsplit("-", 1)[1] for variant in LOGITS_VARIANTS}
+    _report(LOGITS_VARIANTS, memory, times["times"], baseline, logits, logits)
     return {"memory": memory, "times": times["times"]}
 
 
 def main(argv: list[str]) -> int:
+    if argv[:1] == ["logits"]:
+        n, v, repeats = (list(map(int, argv[1:])) + [2048, 32000, 3][len(argv) - 1:])[:3]
+        run_logits(n, v, repeats)
+        return 0
     defaults = [4096, 1024, 1024, 32000, 3, 0]
     n, ds, dt, v, repeats, block_rows = (list(map(int, argv)) + defaults[len(argv):])[:6]
     run(n, ds, dt, v, repeats, block_rows)

@@ -50,8 +50,8 @@ from ._namespace import (
 from ._namespace import compute_dtype as default_compute_dtype
 from ._softmax import finite_max, finite_or_zero
 
-__all__ = ["Plan", "SoftmaxSums", "Terms", "block_bytes", "config", "configured", "map_rows", "on_accelerator",
-           "options", "plan", "reads_values", "softmax_sums", "supports"]
+__all__ = ["Plan", "SoftmaxSums", "Terms", "block_bytes", "config", "configured", "gradient_rows", "map_rows",
+           "on_accelerator", "options", "plan", "reads_values", "softmax_sums", "supports"]
 
 # Bytes of one compute-dtype block. A few such temporaries live at once per thread (the
 # upcast block, x - m, exp(x - m)): 512 KiB keeps them in a 1 MiB L2 for single-threaded
@@ -267,6 +267,22 @@ def block_bytes(x: Array, use: str = "stats") -> int:
         total = math.prod(x.shape) * max(4, x.dtype.itemsize)  # in the compute dtype
         return min(_BLOCK_BYTES_INTRA_OP_MAX, max(_BLOCK_BYTES_INTRA_OP, total // 32))
     return _BLOCK_BYTES
+
+
+def gradient_rows(x: Array, ax: int, *, xp: Namespace) -> int | None:
+    """Rows per block of a blocked gradient (or other block-by-block rule) over ``x`` with the
+    classes on axis ``ax`` (None: not blocked: 1-D arrays, classes on axis 0, traced arrays,
+    ``xce.config(enabled=False)``); ``xce.config(block_rows=)`` when set. Rows are the
+    positions of ``(R, C)`` when the classes are the last axis, else slices along axis 0."""
+    opts = options()
+    if x.ndim < 2 or ax == 0 or opts.get("enabled") is False or is_traced(x):
+        return None
+    rows = opts.get("block_rows")
+    if rows is not None:
+        return int(rows)
+    per_row = x.shape[-1] if ax == x.ndim - 1 else math.prod(x.shape[1:])
+    itemsize = xp.finfo(default_compute_dtype(x.dtype, xp=xp)).bits // 8
+    return max(1, block_bytes(x, "gradient") // (itemsize * max(per_row, 1)))
 
 
 # --- the math of one block ----------------------------------------------------------------

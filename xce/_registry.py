@@ -26,6 +26,7 @@ from ._namespace import Array, library_name
 __all__ = [
     "Adapter",
     "adapter_for",
+    "adapter_hook",
     "fast_paths",
     "gradient_of",
     "register_adapter",
@@ -95,6 +96,13 @@ def fast_paths(loss: str) -> dict[type, Callable[..., Any]]:
     """The fast paths of ``loss`` by exact array type: the loss module keeps this dict and
     looks its input's type up in it; adapters fill it when they are imported."""
     return _FAST_PATHS.setdefault(loss, {})
+
+
+def adapter_hook(x: Array, name: str) -> Any:
+    """The function ``name`` of ``x``'s adapter, or None (no adapter, or one without it): for
+    the hooks not every adapter has (the fused linear distillation loss, the distillation
+    losses' autograd Function, ``stop_gradient``)."""
+    return getattr(adapter_for(x), name, None)
 
 
 # --- gradients --------------------------------------------------------------------------------

@@ -38,7 +38,7 @@ from typing import Any, NamedTuple
 
 from . import _engine
 from ._namespace import Array, Namespace, as_dtype, compute_dtype, device_of, is_lazy, is_traced, namespace
-from ._registry import adapter_for
+from ._registry import adapter_hook
 from ._signatures import derivative_of
 from ._validate import check_choice, check_floating, check_fraction, check_integer, check_same_device
 from .losses.distillation import (
@@ -187,9 +187,9 @@ def linear_distillation_loss(
                                                         block_rows), xp)
     if is_lazy(student_hidden) or is_traced(student_hidden):  # JAX, Dask, torch.compile / torch.func
         return divergence(*_logits(heads, xp=xp), checked.args, checked.beta, xp=xp)
-    wants = _hook(student_hidden, "wants_linear_distillation")
+    wants = adapter_hook(student_hidden, "wants_linear_distillation")
     if wants is not None and wants(student_hidden, student_weight, student_bias):
-        return _hook(student_hidden, "linear_distillation_loss")(heads, checked, block_rows)
+        return adapter_hook(student_hidden, "linear_distillation_loss")(heads, checked, block_rows)
     return fused(heads, checked, cotangent=None, wants=None, block_rows=block_rows, xp=xp).loss
 
 
@@ -313,14 +313,9 @@ def _check_pair(heads: Heads) -> None:
 # --- the unfused formula (JAX, Dask, traced PyTorch) -------------------------------------------
 
 
-def _hook(x: Array, name: str) -> Any:
-    """The function ``name`` of ``x``'s adapter (:mod:`xce.adapters`), or None."""
-    return getattr(adapter_for(x), name, None)
-
-
 def _constant_teacher(heads: Heads) -> Heads:
     """The teacher's arrays cut from autodiff where the library has one (``stop_gradient``)."""
-    stop = _hook(heads.teacher_hidden, "stop_gradient")
+    stop = adapter_hook(heads.teacher_hidden, "stop_gradient")
     if stop is None:
         return heads
     tb = heads.teacher_bias

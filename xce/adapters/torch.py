@@ -9,6 +9,11 @@ gradient rule (:func:`xce.losses.cross_entropy.gradient`), evaluated in blocks o
 in place into the gradient, so no softmax-sized intermediates live between forward and
 backward and the backward's extra memory is the gradient plus one block.
 
+``kl_div_with_logits`` / ``generalized_jsd`` (:func:`distillation`) follow the same plan: the
+forward in blocks of rows under ``no_grad`` saves the two logits and their per-position
+log-normalisers; the backward is :func:`xce.losses.distillation.gradients` in blocks, for the
+student and the teacher (whichever requires grad).
+
 Gradients flow to ``input`` (and ``hidden``/``weight``/``bias`` for the linear loss). When
 a class ``weight`` or a probability ``target`` requires grad, :func:`wants_cross_entropy`
 says no and plain autograd through the definition serves the call. Double backward
@@ -37,6 +42,7 @@ from .._namespace import Namespace, is_traced, namespace, torch_tracing
 from .._registry import fast_paths
 from ..labels import uniform_equivalent
 from ..losses import cross_entropy as ce
+from ..losses import distillation as _distillation
 from ..parallel import (
     ShardStatistics,
     mask_positions,
@@ -49,6 +55,7 @@ from ..parallel import (
 __all__ = [
     "cross_entropy",
     "dispatch_cross_entropy",
+    "distillation",
     "fast_cross_entropy",
     "linear_cross_entropy",
     "linear_distillation_loss",
@@ -56,6 +63,7 @@ __all__ = [
     "stop_gradient",
     "vocab_parallel_loss",
     "wants_cross_entropy",
+    "wants_distillation",
     "wants_linear_cross_entropy",
     "wants_linear_distillation",
 ]
@@ -452,6 +460,58 @@ def linear_distillation_loss(heads: Any, checked: Any, block_rows: int | None) -
     wants = tuple(needs_autograd(t) for t in heads[:3])
     loss, *_ = _LinearDistillation.apply(*heads, checked, wants, block_rows)
     return loss
+
+
+# --- the distillation losses on logits ---------------------------------------------------------
+
+
+def wants_distillation(student: torch.Tensor, teacher: torch.Tensor) -> bool:
+    """Whether :func:`distillation`'s autograd Function serves a call of
+    :func:`xce.kl_div_with_logits` / :func:`xce.generalized_jsd`: a logit requires grad, the
+    tensors are eager and large enough for the blocked engine (``torch.compile`` /
+    ``torch.func`` and ``xce.config(enabled=False)`` take the definition's autograd)."""
+    return needs_autograd(student, teacher) and not is_traced(student) and _engine.supports(student)
+
+
+class _Distillation(torch.autograd.Function):
+    """Inputs: the student's and teacher's logits, the checked arguments, ``beta`` (a float:
+    hyper-parameters given as eager tensors were read by the checks)."""
+
+    @staticmethod
+    def forward(student, teacher, args, beta):
+        with torch.no_grad():  # blocks of rows: no (N, C) temporary outlives its block
+            loss, norms = _distillation.divergence_and_norms(student, teacher, args, beta, xp=txp, blocked=True)
+        return loss, *norms
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: tuple[Any, ...]) -> None:
+        student, teacher, args, beta = inputs
+        ctx.mark_non_differentiable(*output[1:])
+        # The inputs and the two log-normalisers (O(N)): nothing (N, C) of the forward's.
+        ctx.save_for_backward(student, teacher, *output[1:])
+        ctx.config = (args, beta)
+
+    @staticmethod
+    def backward(ctx: Any, grad_loss, *_grad_norms):
+        student, teacher, *norms = ctx.saved_tensors
+        args, beta = ctx.config
+        # Under create_graph the rule runs on whole tensors and recomputes the normalisers (in-place
+        # block writes and the saved constants would cut the second derivative), and autograd then
+        # differentiates it.
+        first_order = not torch.is_grad_enabled()
+        g_s, g_t = _distillation.gradients(student, teacher, args, beta, grad_loss, xp=txp,
+                                           wants=tuple(ctx.needs_input_grad[:2]), blocked=first_order,
+                                           norms=(norms[0], norms[1]) if first_order else None)
+        return g_s, g_t, None, None
+
+
+def distillation(student: torch.Tensor, teacher: torch.Tensor, args: Any, beta: Any) -> torch.Tensor:
+    """:func:`xce.kl_div_with_logits` / :func:`xce.generalized_jsd` of checked arguments
+    (``beta`` 0: forward KL, 1: reverse KL) whose backward is the loss module's gradient rule
+    (:func:`xce.losses.distillation.gradients`, for the student and, when it requires grad, the
+    teacher): autograd keeps the two logits, not the forward's temporaries, and both passes go a
+    block of rows at a time."""
+    return _Distillation.apply(student, teacher, args, beta)[0]
 
 
 fast_paths("cross_entropy")[torch.Tensor] = fast_cross_entropy

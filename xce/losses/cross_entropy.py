@@ -37,7 +37,6 @@ from .._namespace import (
     compute_dtype,
     device_of,
     is_lazy,
-    is_traced,
     known_size,
     namespace,
     take_along_class_axis,
@@ -657,7 +656,7 @@ def gradient(
     # A symbolic shape is neither viewed nor blocked: the rule applies to the array as it is.
     n_rows = known_size(tuple(like.shape))
     last = ax == input.ndim - 1 and n_rows is not None
-    rows = _block_rows(input, ax, xp=xp) if blocked and not args.lazy and n_rows is not None else None
+    rows = _engine.gradient_rows(input, ax, xp=xp) if blocked and not args.lazy and n_rows is not None else None
     x = xp.reshape(input, (n_rows, args.n_classes)) if last else input
     cax = 1 if last else ax
 
@@ -827,21 +826,6 @@ def _zero_rows(g: Array, drop: Array | None, rule: _Rule, *, xp: Namespace) -> A
     if bool(xp.any(drop)):
         g[drop if rule.cax == g.ndim - 1 else xp.broadcast_to(mask, tuple(g.shape))] = 0.0
     return g
-
-
-def _block_rows(input: Array, ax: int, *, xp: Namespace) -> int | None:
-    """Rows per block of the blocked gradient (None: not blocked, as under
-    ``xce.config(enabled=False)``); ``xce.config(block_rows=)`` when set. Rows are the
-    positions of ``(R, C)`` when the classes are the last axis, else slices along axis 0."""
-    opts = _engine.options()
-    if input.ndim < 2 or ax == 0 or opts.get("enabled") is False or is_traced(input):
-        return None
-    rows = opts.get("block_rows")
-    if rows is not None:
-        return rows
-    per_row = input.shape[-1] if ax == input.ndim - 1 else math.prod(input.shape[1:])
-    itemsize = xp.finfo(compute_dtype(input.dtype, xp=xp)).bits // 8
-    return max(1, _engine.block_bytes(input, "gradient") // (itemsize * max(per_row, 1)))
 
 
 def _contract(g: Array, d: Array, args: CrossEntropyArgs, *, xp: Namespace) -> Array:

@@ -31,12 +31,14 @@ from __future__ import annotations
 import math
 from typing import Any, NamedTuple
 
+from .. import _engine
 from .._arrays import axis_length, expand_at, like_input, positions_like
 from .._docs import fill_doc
-from .._namespace import Array, Namespace, as_dtype, compute_dtype, is_lazy, namespace
+from .._namespace import Array, Namespace, as_dtype, compute_dtype, device_of, is_lazy, namespace
 from .._reduce import per_count, reduce_loss, reduction_scale
+from .._registry import adapter_hook
 from .._signatures import derivative_of
-from .._softmax import finite_or_zero, shifted_logsumexp
+from .._softmax import finite_max, finite_or_zero
 from .._targets import IndexTarget, mask_loss, mean_weights
 from .._validate import (
     check_choice,
@@ -58,11 +60,13 @@ __all__ = [
     "generalized_jsd",
     "generalized_jsd_grad",
     "gradient",
+    "gradients",
     "ignore_mask",
     "kl_div_with_logits",
     "kl_div_with_logits_grad",
     "log_mixture",
     "log_probs",
+    "log_probs_and_norm",
     "logits_gradient",
     "pointwise",
     "position_scale",
@@ -209,8 +213,27 @@ def _scalar(v: Any, dtype: Any, *, xp: Namespace) -> Any:
     return v if isinstance(v, float) else as_dtype(v, dtype, xp=xp)
 
 
-def log_probs(x: Array, args: DistillationArgs, dtype: Any, *, xp: Namespace) -> Array:
-    """``log_softmax(cap(x) / T)`` along the class axis, in ``dtype``."""
+def log_probs(x: Array, args: DistillationArgs, dtype: Any, *, xp: Namespace, norm: Array | None = None) -> Array:
+    """``log_softmax(cap(x) / T)`` along the class axis, in ``dtype``. ``norm``: its per-position
+    log-normaliser (the class axis kept) from :func:`log_probs_and_norm`, saved by a forward
+    pass: then no reduction over the classes is made."""
+    if norm is None:
+        return log_probs_and_norm(x, args, dtype, xp=xp)[0]
+    return _capped_scaled(x, args, dtype, xp=xp) - norm
+
+
+def log_probs_and_norm(x: Array, args: DistillationArgs, dtype: Any, *, xp: Namespace) -> tuple[Array, Array]:
+    """``(log_softmax(z), logsumexp(z))`` with ``z = cap(x) / T``, along the class axis (kept
+    in the second: O(positions), what a backward pass needs to skip the reductions)."""
+    z = _capped_scaled(x, args, dtype, xp=xp)
+    m = finite_max(z, args.ax, xp=xp)
+    shifted = z - m
+    lse = xp.log(xp.sum(xp.exp(shifted), axis=args.ax, keepdims=True))
+    return shifted - lse, m + lse
+
+
+def _capped_scaled(x: Array, args: DistillationArgs, dtype: Any, *, xp: Namespace) -> Array:
+    """``cap(x) / T`` in ``dtype``."""
     z = as_dtype(x, dtype, xp=xp)
     if args.softcap is not None:
         c = _scalar(args.softcap, dtype, xp=xp)
@@ -218,8 +241,7 @@ def log_probs(x: Array, args: DistillationArgs, dtype: Any, *, xp: Namespace) ->
     t = args.temperature
     if not (isinstance(t, float) and t == 1.0):
         z = z / _scalar(t, dtype, xp=xp)
-    shifted, lse = shifted_logsumexp(z, args.ax, xp=xp)
-    return shifted - lse
+    return z
 
 
 def _xlog_ratio(w: Array, log_w: Array, log_other: Array, *, xp: Namespace) -> Array:
@@ -268,14 +290,97 @@ def pointwise(log_p: Array, log_q: Array, beta: Any, *, xp: Namespace, log_m: Ar
     return beta * _xlog_ratio(p, log_p, log_m, xp=xp) + (1.0 - beta) * _xlog_ratio(q, log_q, log_m, xp=xp)
 
 
-def divergence(student: Array, teacher: Array, args: DistillationArgs, beta: Any, *, xp: Namespace) -> Array:
-    """The reduced loss, in ``student``'s dtype."""
+def divergence(student: Array, teacher: Array, args: DistillationArgs, beta: Any, *, xp: Namespace,
+               blocked: bool = False) -> Array:
+    """The reduced loss, in ``student``'s dtype. ``blocked``: on eager arrays, the per-position
+    divergences are formed a block of rows at a time (temporaries O(block), not O(input))."""
+    return divergence_and_norms(student, teacher, args, beta, xp=xp, blocked=blocked)[0]
+
+
+def divergence_and_norms(student: Array, teacher: Array, args: DistillationArgs, beta: Any, *, xp: Namespace,
+                         blocked: bool = False) -> tuple[Array, tuple[Array, Array]]:
+    """The reduced loss and the per-position log-normalisers of the student's and the teacher's
+    log-softmaxes (:func:`log_probs_and_norm`; the class axis kept, size 1), for
+    :func:`gradients`. ``blocked`` as in :func:`divergence`."""
     dtype = compute_dtype(student.dtype, xp=xp)
-    log_q = log_probs(student, args, dtype, xp=xp)
-    log_p = log_probs(teacher, args, dtype, xp=xp)
     beta = _scalar(beta, dtype, xp=xp)
-    loss = xp.sum(pointwise(log_p, log_q, beta, xp=xp), axis=args.ax)
-    return reduce_divergence(loss, args, axis_length(student, 0, xp=xp), student.dtype, xp=xp)
+    view = _Rows.of(student, teacher, args, blocked, xp=xp)
+    if view is None:
+        loss, norm_q, norm_p = _position_divergence(student, teacher, args, beta, dtype, xp=xp)
+    else:
+        loss, norm_q, norm_p = _blocked_divergence(view, beta, dtype, xp=xp)
+        kept = (*student.shape[: args.ax], 1, *student.shape[args.ax + 1:])
+        loss = xp.reshape(loss, kept[: args.ax] + kept[args.ax + 1:])
+        norm_q, norm_p = xp.reshape(norm_q, kept), xp.reshape(norm_p, kept)
+    out = reduce_divergence(loss, args, axis_length(student, 0, xp=xp), student.dtype, xp=xp)
+    return out, (norm_q, norm_p)
+
+
+def _blocked_divergence(view: _Rows, beta: Any, dtype: Any, *, xp: Namespace) -> tuple[Array, Array, Array]:
+    """:func:`_position_divergence` a block of rows at a time, into buffers in the view's shape."""
+    ax, shape = view.args.ax, tuple(view.student.shape)
+    dev = device_of(view.student)
+    out = [xp.empty((*shape[:ax], *kept, *shape[ax + 1:]), dtype=dtype, device=dev) for kept in ((), (1,), (1,))]
+    for i0, i1 in view.blocks():
+        block = _position_divergence(view.student[i0:i1, ...], view.teacher[i0:i1, ...], view.args, beta, dtype, xp=xp)
+        for buffer, part in zip(out, block):
+            buffer[i0:i1, ...] = part
+    return out[0], out[1], out[2]
+
+
+def _position_divergence(student: Array, teacher: Array, args: DistillationArgs, beta: Any, dtype: Any, *,
+                         xp: Namespace) -> tuple[Array, Array, Array]:
+    """Per-position divergences (the class axis summed), unmasked, in ``dtype``, and the two
+    log-normalisers."""
+    log_q, norm_q = log_probs_and_norm(student, args, dtype, xp=xp)
+    log_p, norm_p = log_probs_and_norm(teacher, args, dtype, xp=xp)
+    return xp.sum(pointwise(log_p, log_q, beta, xp=xp), axis=args.ax), norm_q, norm_p
+
+
+class _Rows(NamedTuple):
+    """Both logits viewed as blocks of rows for the blocked rules: ``(R, C)`` when the classes
+    are the last axis of a 3-d or higher array (a row is a position), else the arrays as given,
+    sliced along axis 0 (the classes are elsewhere). Per-position arrays come in the view's
+    positions shape: ``ignored``, ``scale`` (or a scalar) and ``norms`` (the class axis kept)."""
+
+    student: Array
+    teacher: Array
+    args: DistillationArgs  #: the view's class axis; ``ignore`` left to the caller
+    rows: int  #: rows per block
+    ignored: Array | None
+    scale: Any
+    norms: tuple[Array, Array] | None
+
+    @staticmethod
+    def of(student: Array, teacher: Array, args: DistillationArgs, blocked: bool, *, xp: Namespace,
+           scale: Any = None, norms: tuple[Array, Array] | None = None) -> _Rows | None:
+        """The view, or None where the rule takes the whole arrays (not ``blocked``, lazy or
+        traced arrays, classes on axis 0, ``xce.config(enabled=False)``)."""
+        rows = _engine.gradient_rows(student, args.ax, xp=xp) if blocked and not is_lazy(student) else None
+        if rows is None:
+            return None
+        ignored = None if args.ignore is None else args.ignore.ignored
+        if args.ax == student.ndim - 1 and student.ndim > 2:
+            def flat(a: Any, shape: tuple[int, ...] = (-1,)) -> Any:
+                return a if a is None or isinstance(a, float) or a.ndim == 0 else xp.reshape(a, shape)
+
+            student, teacher = flat(student, (-1, student.shape[-1])), flat(teacher, (-1, student.shape[-1]))
+            ignored, scale = flat(ignored), flat(scale)
+            norms = None if norms is None else (flat(norms[0], (-1, 1)), flat(norms[1], (-1, 1)))
+            args = args._replace(ax=1)
+        return _Rows(student, teacher, args._replace(ignore=None), rows, ignored, scale, norms)
+
+    def blocks(self) -> list[tuple[int, int]]:
+        n = self.student.shape[0]
+        return [(i0, min(i0 + self.rows, n)) for i0 in range(0, n, self.rows)]
+
+    def block(self, i0: int, i1: int, *, xp: Namespace) -> tuple[Any, Array | None, tuple[Array, Array] | None]:
+        """Rows ``i0:i1``'s gradient scale (the class axis put back), ignored positions and norms."""
+        s, rows = self.scale, slice(i0, i1)
+        scale = s if isinstance(s, float) or s.ndim == 0 else xp.expand_dims(s[rows, ...], axis=self.args.ax)
+        ignored = None if self.ignored is None else self.ignored[rows, ...]
+        norms = None if self.norms is None else (self.norms[0][rows, ...], self.norms[1][rows, ...])
+        return scale, ignored, norms
 
 
 def reduce_divergence(loss: Array, args: DistillationArgs, batch: Any, dtype: Any, *, xp: Namespace) -> Array:
@@ -339,19 +444,69 @@ def logits_gradient(student: Array, log_p: Array, log_q: Array, args: Distillati
     return g
 
 
+def pair_gradients(student: Array, teacher: Array, args: DistillationArgs, beta: Any, scale: Any,
+                   ignored: Array | None, dtype: Any, wants: tuple[bool, bool], *, xp: Namespace,
+                   norms: tuple[Array, Array] | None = None) -> tuple[Array | None, Array | None]:
+    r"""``(d loss/d student, d loss/d teacher)`` in ``dtype`` from the logits (None for one not
+    in ``wants``; ``scale``, ``ignored`` as in :func:`logits_gradient`; ``norms``: the two
+    log-normalisers of :func:`divergence_and_norms`, or None to compute them).
+
+    The teacher's is the student's rule with the two roles swapped and ``beta`` replaced by
+    ``1 - beta``: the divergence is symmetric under that swap (:math:`\mathrm{JSD}_\beta(P, Q)
+    = \mathrm{JSD}_{1-\beta}(Q, P)`, the same mixture :math:`M`; forward KL(P‖Q) is the swapped
+    reverse KL). So w.r.t. the scaled teacher logits: forward KL :math:`P \odot (r - \sum_k P_k
+    r_k)` with :math:`r = \log P - \log Q`, reverse KL :math:`P - Q`, the JSD
+    :math:`\beta\,P \odot (r - \sum_k P_k r_k)` with :math:`r = \log P - \log M`."""
+    log_q = log_probs(student, args, dtype, xp=xp, norm=None if norms is None else norms[0])
+    log_p = log_probs(teacher, args, dtype, xp=xp, norm=None if norms is None else norms[1])
+    log_m = log_mixture(log_p, log_q, beta, xp=xp)
+    g_s = g_t = None
+    if wants[0]:
+        g_s = logits_gradient(student, log_p, log_q, args, beta, scale, ignored, dtype, xp=xp, log_m=log_m)
+    if wants[1]:
+        g_t = logits_gradient(teacher, log_q, log_p, args, 1.0 - beta, scale, ignored, dtype, xp=xp, log_m=log_m)
+    return g_s, g_t
+
+
+def gradients(student: Array, teacher: Array, args: DistillationArgs, beta: Any, cotangent: Array | None, *,
+              xp: Namespace, wants: tuple[bool, bool] = (True, False), blocked: bool = False,
+              norms: tuple[Array, Array] | None = None) -> tuple[Array | None, Array | None]:
+    """``(d loss/d student, d loss/d teacher)``, vector-Jacobian products with ``cotangent``
+    (default 1); None for one not in ``wants``. ``blocked``: on eager arrays, formed a block of
+    rows at a time into the preallocated results (temporaries O(block), not O(input); not
+    differentiable: off under ``create_graph``). ``norms``: the log-normalisers saved by
+    :func:`divergence_and_norms` (constants: not under ``create_graph`` either)."""
+    dtype = compute_dtype(student.dtype, xp=xp)
+    ax = args.ax
+    like = positions_like(student, ax, dtype, xp=xp)
+    scale = position_scale(cotangent, args, like, axis_length(student, 0, xp=xp), dtype, xp=xp)
+    beta = _scalar(beta, dtype, xp=xp)
+    view = _Rows.of(student, teacher, args, blocked, xp=xp, scale=scale, norms=norms)
+    if view is None:
+        ignored = None if args.ignore is None else args.ignore.ignored
+        g_s, g_t = pair_gradients(student, teacher, args, beta, expand_at(scale, ax, xp=xp), ignored, dtype, wants,
+                                  xp=xp, norms=norms)
+        return (None if g_s is None else like_input(g_s, student, xp=xp),
+                None if g_t is None else like_input(g_t, teacher, xp=xp))
+    out = [xp.empty(tuple(view.student.shape), dtype=student.dtype, device=device_of(student)) if w else None
+           for w in wants]
+    for i0, i1 in view.blocks():
+        scale_i, ignored_i, norms_i = view.block(i0, i1, xp=xp)
+        pair = pair_gradients(view.student[i0:i1, ...], view.teacher[i0:i1, ...], view.args, beta, scale_i,
+                              ignored_i, dtype, wants, xp=xp, norms=norms_i)
+        for g, part in zip(out, pair):
+            if g is not None:
+                g[i0:i1, ...] = as_dtype(part, g.dtype, xp=xp)
+    g_s, g_t = (None if g is None else xp.reshape(g, tuple(student.shape)) for g in out)
+    return g_s, g_t
+
+
 def gradient(student: Array, teacher: Array, args: DistillationArgs, beta: Any, cotangent: Array | None, *,
              xp: Namespace) -> Array:
     """d loss / d ``student`` (a vector-Jacobian product with ``cotangent``; default 1)."""
-    dtype = compute_dtype(student.dtype, xp=xp)
-    ax = args.ax
-    log_q = log_probs(student, args, dtype, xp=xp)
-    log_p = log_probs(teacher, args, dtype, xp=xp)
-    like = positions_like(student, ax, dtype, xp=xp)
-    s = position_scale(cotangent, args, like, axis_length(student, 0, xp=xp), dtype, xp=xp)
-    ignored = None if args.ignore is None else args.ignore.ignored
-    g = logits_gradient(student, log_p, log_q, args, _scalar(beta, dtype, xp=xp), expand_at(s, ax, xp=xp), ignored,
-                        dtype, xp=xp)
-    return like_input(g, student, xp=xp)
+    g, _ = gradients(student, teacher, args, beta, cotangent, xp=xp)
+    assert g is not None
+    return g
 
 
 # --- the losses -----------------------------------------------------------------------------
@@ -418,7 +573,7 @@ def kl_div_with_logits(
     direction = check_choice(direction, "direction", DIRECTIONS)
     args = check_arguments(student_logits, teacher_logits, target, temperature, ignore_index, reduction, axis, softcap,
                            xp=xp)
-    return divergence(student_logits, teacher_logits, args, 0.0 if direction == "forward" else 1.0, xp=xp)
+    return _loss(student_logits, teacher_logits, args, 0.0 if direction == "forward" else 1.0, xp=xp)
 
 
 @fill_doc(DISTILLATION_PARAMETERS)
@@ -491,7 +646,17 @@ def generalized_jsd(
     b = check_fraction(beta, "beta", traced=True)
     args = check_arguments(student_logits, teacher_logits, target, temperature, ignore_index, reduction, axis, softcap,
                            xp=xp)
-    return divergence(student_logits, teacher_logits, args, b, xp=xp)
+    return _loss(student_logits, teacher_logits, args, b, xp=xp)
+
+
+def _loss(student: Array, teacher: Array, args: DistillationArgs, beta: Any, *, xp: Namespace) -> Array:
+    """The loss of checked arguments: through the adapter's autograd registration where autodiff
+    must see the call (large eager PyTorch tensors that require grad: a Function that saves the
+    inputs and calls :func:`gradients` back), else the definition."""
+    wants = adapter_hook(student, "wants_distillation")
+    if wants is not None and wants(student, teacher):
+        return adapter_hook(student, "distillation")(student, teacher, args, beta)
+    return divergence(student, teacher, args, beta, xp=xp)
 
 
 # --- the analytic gradients -----------------------------------------------------------------
