@@ -54,3 +54,19 @@ def test_the_cache_is_bounded():
     for n in range(1, 600):
         xce.cross_entropy(X[:1].repeat(n, 0), Y[:1].repeat(n, 0))
     assert len(ce._STRUCTURES) <= 512
+
+
+def test_torch_compile_traces_past_a_filled_cache():
+    """Under torch.compile the cache is neither read nor written: dynamo cannot compare its
+    keys (fullgraph=True would fail on a module in a key)."""
+    torch = pytest.importorskip("torch")
+    x, y = torch.tensor(X), torch.tensor(Y)
+    n = torch.tensor(9.0, dtype=torch.float64)
+    eager = xce.cross_entropy(x, y, normalizer=n)  # fills the cache with this signature ...
+    for k in range(2, 5):  # ... and others, from several libraries
+        xce.cross_entropy(X[:k], Y[:k])
+        xce.cross_entropy(x[:k], y[:k], label_smoothing=0.1)
+        xce.cross_entropy(x[:k], y[:k], normalizer=n)
+        xce.cross_entropy(x[:k], y[:k], reduction="none")
+    compiled = torch.compile(lambda v: xce.cross_entropy(v, y, normalizer=n), backend="aot_eager", fullgraph=True)
+    assert float(compiled(x)) == pytest.approx(float(eager), rel=1e-12)

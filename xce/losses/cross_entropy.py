@@ -37,6 +37,7 @@ from .._namespace import (
     compute_dtype,
     device_of,
     is_lazy,
+    is_traced,
     known_size,
     namespace,
     take_along_class_axis,
@@ -198,8 +199,10 @@ def _structure(input: Array, target: Array, weight: Array | None, options: Optio
                xp: Namespace) -> tuple[int, int, Any, bool]:
     """``(class axis, number of classes, ε in the uniform convention, probability targets?)``."""
     key = None
-    if type(options.label_smoothing) in _SCALARS and type(options.z) in _SCALARS:  # not traced or arrays
-        key = (xp, tuple(input.shape), input.dtype, tuple(target.shape), target.dtype,
+    # Not for traced or array hyper-parameters, nor under torch.compile / torch.func (which
+    # trace the checks once anyway, and whose tracer cannot compare this dict's keys).
+    if type(options.label_smoothing) in _SCALARS and type(options.z) in _SCALARS and not is_traced(input):
+        key = (id(xp), tuple(input.shape), input.dtype, tuple(target.shape), target.dtype,
                None if weight is None else (tuple(weight.shape), weight.dtype), type(axis), axis, options)
         try:
             return _STRUCTURES[key]
