@@ -54,12 +54,14 @@ __all__ = ["Plan", "SoftmaxSums", "Terms", "block_bytes", "config", "configured"
            "on_accelerator", "options", "plan", "reads_values", "softmax_sums", "supports"]
 
 # Bytes of one compute-dtype block. A few such temporaries live at once per thread (the
-# upcast block, x - m, exp(x - m)): 512 KiB keeps them in a 1 MiB L2 for single-threaded
-# kernels (NumPy on the thread pool). Backends that split every op over their own threads
-# (PyTorch on CPU) need bigger blocks for that split to pay off; GPUs bigger still, so a
-# kernel launch has enough work: PyTorch on CPU takes 4 MiB, growing with the input to
-# 16 MiB (see block_bytes). Measured on a 2-core EPYC (see docs/performance.md).
-_BLOCK_BYTES = 1 << 19
+# upcast block, x - m, exp(x - m)). NumPy on the thread pool: 2 MiB. 512 KiB (sized for a
+# 1 MiB L2 on a 2-core EPYC) measured 1.3-1.6x slower on the 2-core Xeon VM that runs CI
+# (1024x10000: 10.5 vs 7.9 ms; 4096x32000: 129 vs 81 ms): each block's ~10 NumPy calls cost
+# Python and GIL time that a bigger block amortises; 4 MiB was no faster. Backends that
+# split every op over their own threads (PyTorch on CPU) need bigger blocks for that split
+# to pay off; GPUs bigger still, so a kernel launch has enough work: PyTorch on CPU takes
+# 4 MiB, growing with the input to 16 MiB (see block_bytes). See docs/performance.md.
+_BLOCK_BYTES = 1 << 21
 _BLOCK_BYTES_INTRA_OP = 1 << 22
 _BLOCK_BYTES_INTRA_OP_MAX = 1 << 24
 _BLOCK_BYTES_GPU = 1 << 26
@@ -439,14 +441,16 @@ def softmax_sums(x: Array, *, xp: Namespace, terms: Terms | None = None, compute
     if x.ndim not in (2, 3) and (blocked or x.ndim < 2):
         raise ValueError(f"softmax_sums wants a (A, C) or (A, C, B) array; got shape {tuple(x.shape)}.")
     dtype = compute_dtype if compute_dtype is not None else default_compute_dtype(x.dtype, xp=xp)
-    if not blocked:
+    p = plan(x, xp=xp, compute_dtype=dtype) if blocked else None
+    # One block is the fused formula (no work buffer to allocate and fill: measured 0.42 vs
+    # 0.48 ms on NumPy at 256x1000).
+    if p is None or (p.block_rows >= x.shape[0] and p.class_chunk >= x.shape[1]):
         shift, lse, sums, masses, mom = _block(x, slice(None), terms, class_chunk=x.shape[1], dtype=dtype, xp=xp,
                                                moment=moment)
         # Indexing drops the kept axis: cheaper than a wrapped squeeze for dispatch-bound calls.
         return SoftmaxSums(shift[:, 0, ...], lse[:, 0, ...], tuple(t[:, 0, ...] for t in sums),
                            tuple(m if isinstance(m, float) or m.ndim == 0 else m[:, 0, ...] for m in masses),
                            None if mom is None else mom[:, 0, ...])
-    p = plan(x, xp=xp, compute_dtype=dtype)
     reuse = p.class_chunk >= x.shape[1] and writes_into(x)
 
     def run(i0: int, i1: int, work: Array | None) -> _Block:
