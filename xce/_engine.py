@@ -164,8 +164,10 @@ def options() -> dict[str, Any]:
     Under ``torch.compile`` (whose tracer cannot read a ``ContextVar``) the settings of the
     innermost block entered by any thread are used instead.
     """
+    if not _LATEST:  # no block entered anywhere: the defaults (and no tracer to ask about)
+        return {}
     if torch_tracing():
-        return _LATEST[-1] if _LATEST else {}
+        return _LATEST[-1]
     return _CONFIG.get() or {}
 
 

@@ -50,9 +50,17 @@ _KNOWN_LIBRARIES = {"numpy", "torch", "cupy", "jax", "jaxlib", "dask", "array_ap
 _REQUIRED = frozenset({"input", "target", "x"})
 
 
+_LIBRARY_NAMES: dict[type, str] = {}
+
+
 def library_name(x: object) -> str:
     """Top-level package that owns ``x``'s type (``'numpy'``, ``'torch'``, ...)."""
-    return type(x).__module__.partition(".")[0]
+    cls = type(x)
+    try:
+        return _LIBRARY_NAMES[cls]
+    except KeyError:  # (a few array types per process: the dict stays small)
+        name = _LIBRARY_NAMES[cls] = cls.__module__.partition(".")[0]
+        return name
 
 
 def _library(ns: Namespace) -> str:

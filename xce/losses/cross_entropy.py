@@ -379,6 +379,11 @@ def statistics(x: Array, ax: int, *, xp: Namespace, lazy: bool, index: Array | N
     if known_size(tuple(x.shape)) is None:
         return _symbolic_statistics(x, ax, xp=xp, index=index, weight=weight, class_sum=class_sum, probs=probs,
                                     smoothing=smoothing, dtype=dtype)
+    # Eager arrays large enough: the blocked engine; else the fused formula (JAX, Dask, small).
+    blocked = not lazy and _engine.supports(x)
+    if x.ndim == 2 and ax == 1:  # (N, C): the engine's own layout, no view to take or undo
+        return _stats(x, index, xp=xp, weight=weight, class_sum=class_sum, probs=probs, smoothing=smoothing,
+                      dtype=dtype, blocked=blocked, moment=moment)
     n_classes = x.shape[ax]
     outer, inner = math.prod(x.shape[:ax]), math.prod(x.shape[ax + 1 :])
     shape = (outer, n_classes) if inner == 1 else (outer, n_classes, inner)
@@ -387,13 +392,8 @@ def statistics(x: Array, ax: int, *, xp: Namespace, lazy: bool, index: Array | N
     def view(a: Array | None, s: tuple[int, ...]) -> Array | None:
         return a if a is None or tuple(a.shape) == s else xp.reshape(a, s)
 
-    x3, index3, probs3 = view(x, shape), view(index, shape[:1] + shape[2:]), view(probs, shape)
-    if not lazy and _engine.supports(x):
-        st = row_stats(x3, index3, xp=xp, weight=weight, class_sum=class_sum, probs=probs3, smoothing=smoothing,
-                       compute_dtype=dtype, moment=moment)
-    else:  # the fused formula (JAX, Dask, small inputs)
-        st = _stats(x3, index3, xp=xp, weight=weight, class_sum=class_sum, probs=probs3, smoothing=smoothing,
-                    dtype=dtype, blocked=False, moment=moment)
+    st = _stats(view(x, shape), view(index, shape[:1] + shape[2:]), xp=xp, weight=weight, class_sum=class_sum,
+                probs=view(probs, shape), smoothing=smoothing, dtype=dtype, blocked=blocked, moment=moment)
     return RowStats(*(view(f, out_shape) for f in st))
 
 
