@@ -381,9 +381,16 @@ def statistics(x: Array, ax: int, *, xp: Namespace, lazy: bool, index: Array | N
                                     smoothing=smoothing, dtype=dtype)
     # Eager arrays large enough: the blocked engine; else the fused formula (JAX, Dask, small).
     blocked = not lazy and _engine.supports(x)
-    if x.ndim == 2 and ax == 1:  # (N, C): the engine's own layout, no view to take or undo
+
+    def stats(x: Array, index: Array | None, probs: Array | None) -> RowStats:
+        if blocked:
+            return row_stats(x, index, xp=xp, weight=weight, class_sum=class_sum, probs=probs, smoothing=smoothing,
+                             compute_dtype=dtype, moment=moment)
         return _stats(x, index, xp=xp, weight=weight, class_sum=class_sum, probs=probs, smoothing=smoothing,
-                      dtype=dtype, blocked=blocked, moment=moment)
+                      dtype=dtype, blocked=False, moment=moment)
+
+    if x.ndim == 2 and ax == 1:  # (N, C): the engine's own layout, no view to take or undo
+        return stats(x, index, probs)
     n_classes = x.shape[ax]
     outer, inner = math.prod(x.shape[:ax]), math.prod(x.shape[ax + 1 :])
     shape = (outer, n_classes) if inner == 1 else (outer, n_classes, inner)
@@ -392,8 +399,7 @@ def statistics(x: Array, ax: int, *, xp: Namespace, lazy: bool, index: Array | N
     def view(a: Array | None, s: tuple[int, ...]) -> Array | None:
         return a if a is None or tuple(a.shape) == s else xp.reshape(a, s)
 
-    st = _stats(view(x, shape), view(index, shape[:1] + shape[2:]), xp=xp, weight=weight, class_sum=class_sum,
-                probs=view(probs, shape), smoothing=smoothing, dtype=dtype, blocked=blocked, moment=moment)
+    st = stats(view(x, shape), view(index, shape[:1] + shape[2:]), view(probs, shape))
     return RowStats(*(view(f, out_shape) for f in st))
 
 
