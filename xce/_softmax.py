@@ -57,14 +57,16 @@ def softmax_and_lse(x: Array, axis: int, *, lse: Array | None = None, out: Array
     return write_into("divide", out, out, safe, xp=xp), xp.where(some, xp.log(safe) + m, -float("inf"))
 
 
-def shifted_logsumexp(x: Array, axis: int, *, xp: Namespace) -> tuple[Array, Array]:
-    """``(x - m, log(sum(exp(x - m))))`` with ``m`` the finite max over ``axis`` (kept).
+def shifted_logsumexp(x: Array, axis: int, *, xp: Namespace) -> tuple[Array, Array, Array]:
+    """``(x - m, m, log(sum(exp(x - m))))`` with ``m`` the finite max over ``axis`` (kept).
 
     Returning the shifted logits lets callers compute ``log_softmax = shifted - lse``
-    and the target logit without redoing the subtraction.
+    and the target logit without redoing the subtraction; ``m + lse`` is the logsumexp
+    itself (what a backward pass saves to skip the reductions).
     """
-    shifted = x - finite_max(x, axis, xp=xp)
-    return shifted, xp.log(xp.sum(xp.exp(shifted), axis=axis, keepdims=True))
+    m = finite_max(x, axis, xp=xp)
+    shifted = x - m
+    return shifted, m, xp.log(xp.sum(xp.exp(shifted), axis=axis, keepdims=True))
 
 
 def logsumexp(
@@ -106,7 +108,7 @@ def log_softmax(x: Array, /, *, axis: int = -1, xp: Namespace | None = None) -> 
     check_floating(x, "x", xp=xp)
     axis = cast(int, check_axes(x, axis))  # an int in, an int out
     work = as_compute(x, xp=xp)
-    shifted, lse = shifted_logsumexp(work, axis, xp=xp)
+    shifted, _, lse = shifted_logsumexp(work, axis, xp=xp)
     out = shifted - lse
     return xp.astype(out, x.dtype) if out.dtype != x.dtype else out
 
