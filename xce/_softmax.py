@@ -14,8 +14,8 @@ from typing import Any, cast
 from ._namespace import Array, Namespace, as_compute, as_dtype, device_of, namespace, write_into
 from ._validate import check_axes, check_floating
 
-__all__ = ["finite_max", "finite_or_zero", "log_softmax", "logsumexp", "shifted_logsumexp", "softmax",
-           "softmax_and_lse"]
+__all__ = ["finite_max", "finite_or_zero", "log_softmax", "logsumexp", "shift_and_logsumexp", "shifted_logsumexp",
+           "softmax", "softmax_and_lse"]
 
 
 def finite_max(x: Array, axis: int | tuple[int, ...] | None, *, xp: Namespace) -> Array:
@@ -57,13 +57,19 @@ def softmax_and_lse(x: Array, axis: int, *, lse: Array | None = None, out: Array
     return write_into("divide", out, out, safe, xp=xp), xp.where(some, xp.log(safe) + m, -float("inf"))
 
 
-def shifted_logsumexp(x: Array, axis: int, *, xp: Namespace) -> tuple[Array, Array, Array]:
-    """``(x - m, m, log(sum(exp(x - m))))`` with ``m`` the finite max over ``axis`` (kept).
+def shifted_logsumexp(x: Array, axis: int, *, xp: Namespace) -> tuple[Array, Array]:
+    """``(x - m, log(sum(exp(x - m))))`` with ``m`` the finite max over ``axis`` (kept).
 
     Returning the shifted logits lets callers compute ``log_softmax = shifted - lse``
-    and the target logit without redoing the subtraction; ``m + lse`` is the logsumexp
-    itself (what a backward pass saves to skip the reductions).
+    and the target logit without redoing the subtraction.
     """
+    shifted, _, lse = shift_and_logsumexp(x, axis, xp=xp)
+    return shifted, lse
+
+
+def shift_and_logsumexp(x: Array, axis: int, *, xp: Namespace) -> tuple[Array, Array, Array]:
+    """:func:`shifted_logsumexp` with the shift ``m`` too: ``(x - m, m, lse)``; ``m + lse`` is
+    the logsumexp itself (what a backward pass saves to skip the reductions)."""
     m = finite_max(x, axis, xp=xp)
     shifted = x - m
     return shifted, m, xp.log(xp.sum(xp.exp(shifted), axis=axis, keepdims=True))
@@ -108,7 +114,7 @@ def log_softmax(x: Array, /, *, axis: int = -1, xp: Namespace | None = None) -> 
     check_floating(x, "x", xp=xp)
     axis = cast(int, check_axes(x, axis))  # an int in, an int out
     work = as_compute(x, xp=xp)
-    shifted, _, lse = shifted_logsumexp(work, axis, xp=xp)
+    shifted, lse = shifted_logsumexp(work, axis, xp=xp)
     out = shifted - lse
     return xp.astype(out, x.dtype) if out.dtype != x.dtype else out
 

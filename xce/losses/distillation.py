@@ -38,7 +38,7 @@ from .._namespace import Array, Namespace, as_dtype, compute_dtype, device_of, i
 from .._reduce import per_count, reduce_loss, reduction_scale
 from .._registry import adapter_hook
 from .._signatures import derivative_of
-from .._softmax import finite_or_zero, shifted_logsumexp
+from .._softmax import finite_or_zero, shift_and_logsumexp
 from .._targets import IndexTarget, mask_loss, mean_weights
 from .._validate import (
     check_choice,
@@ -225,7 +225,7 @@ def log_probs(x: Array, args: DistillationArgs, dtype: Any, *, xp: Namespace, no
 def log_probs_and_norm(x: Array, args: DistillationArgs, dtype: Any, *, xp: Namespace) -> tuple[Array, Array]:
     """``(log_softmax(z), logsumexp(z))`` with ``z = cap(x) / T``, along the class axis (kept
     in the second: O(positions), what a backward pass needs to skip the reductions)."""
-    shifted, m, lse = shifted_logsumexp(_capped_scaled(x, args, dtype, xp=xp), args.ax, xp=xp)
+    shifted, m, lse = shift_and_logsumexp(_capped_scaled(x, args, dtype, xp=xp), args.ax, xp=xp)
     return shifted - lse, m + lse
 
 
