@@ -119,3 +119,33 @@ def test_the_options_cache_is_bounded():
     for k in range(1100):
         _call(x, y, ignore_index=-k - 1)
     assert len(adapter._FAST_OPTIONS) <= 1024
+
+
+def test_an_invalid_equal_key_does_not_poison_the_cache():
+    """ignore_index=True first (refused: not cached, its key would be 1's), then 1 is served."""
+    from xce.adapters import torch as adapter
+
+    x, y = _data((6, 5), (6,))
+    adapter._FAST_OPTIONS.clear()
+    assert _call(x, y, ignore_index=True) is None
+    assert _call(x, y, ignore_index=1) is not None
+
+
+def test_a_torch_function_mode_sees_f_cross_entropy():
+    """The fast path calls PyTorch's kernel directly only where no override applies: under a
+    TorchFunctionMode (FLOP counters, tracers) the mode sees ``F.cross_entropy`` itself."""
+    from torch.overrides import TorchFunctionMode
+
+    seen = []
+
+    class Record(TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            seen.append(func)
+            return func(*args, **(kwargs or {}))
+
+    x, y = _data((6, 5), (6,))
+    with Record():
+        out = _call(x, y, label_smoothing=0.1, reduction="sum")
+    assert F.cross_entropy in seen
+    np.testing.assert_allclose(out.numpy(), F.cross_entropy(x, y, label_smoothing=0.1, reduction="sum").numpy(),
+                               rtol=1e-14)

@@ -50,8 +50,8 @@ from ._namespace import (
 from ._namespace import compute_dtype as default_compute_dtype
 from ._softmax import finite_max, finite_or_zero
 
-__all__ = ["Plan", "SoftmaxSums", "Terms", "block_bytes", "config", "configured", "gradient_rows", "map_rows",
-           "on_accelerator", "options", "plan", "reads_values", "softmax_sums", "supports"]
+__all__ = ["OPEN_BLOCKS", "Plan", "SoftmaxSums", "Terms", "block_bytes", "config", "configured", "gradient_rows",
+           "map_rows", "on_accelerator", "options", "plan", "reads_values", "softmax_sums", "supports"]
 
 # Bytes of one compute-dtype block. A few such temporaries live at once per thread (the
 # upcast block, x - m, exp(x - m)). NumPy on the thread pool: 2 MiB. 512 KiB (sized for a
@@ -77,6 +77,9 @@ _POOLED = {"numpy"}  # torch parallelises each op with its own intra-op threads;
 
 _CONFIG: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar("xce_engine_config", default=None)
 _LATEST: list[dict[str, Any]] = []  # config blocks in the order entered (read under torch.compile only)
+#: The open :func:`config` blocks of every thread (never rebound): a fast path that takes only
+#: the defaults tests this list's truth, one global read, instead of calling :func:`configured`.
+OPEN_BLOCKS = _LATEST
 _OPTIONS = ("enabled", "block_rows", "class_chunk", "threads", "min_elements", "delegate", "check_values")
 
 
