@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import sys
+import types
 from typing import Any
 
 import array_api_compat
@@ -29,6 +30,7 @@ __all__ = [
     "same_device",
     "take_along_class_axis",
     "torch_tracing",
+    "value_range",
     "write_into",
     "writes_into",
 ]
@@ -98,8 +100,47 @@ def namespace(names: tuple[str, ...], *arrays: Array | None, xp: Namespace | Non
             "all to one library first."
         )
     resolved = array_api_compat.array_namespace(*(a for _, a in present))
+    if all(type(a).__module__ == "numpy" and type(a).__name__ == "ndarray" for _, a in present):
+        resolved = _numpy_namespace(resolved)
     _NAMESPACE_CACHE[key] = resolved
     return resolved
+
+
+_NUMPY_NAMESPACES: dict[int, Namespace] = {}
+
+
+def _numpy_namespace(compat: Namespace) -> Namespace:
+    """array-api-compat's NumPy namespace, its ``sum``/``max``/``min`` called as the ufuncs'
+    ``reduce`` for plain ``ndarray`` arguments.
+
+    Why: ``np.sum`` & co. are Python wrappers (``_wrapreduction``) that cost more than the
+    reduction itself on a small array (1.1 vs 2.5 µs at 8 elements, and an 8x10 loss takes
+    three reductions). For an ``ndarray`` they call exactly these ufunc reductions, so the
+    results are the same bits. Only where the namespace re-exports NumPy's own functions
+    (NumPy 2), so no conversion of array-api-compat's is bypassed.
+    """
+    try:
+        return _NUMPY_NAMESPACES[id(compat)]
+    except KeyError:
+        pass
+    np = sys.modules["numpy"]
+    ns = types.ModuleType(compat.__name__, compat.__doc__)
+    ns.__dict__.update(vars(compat))
+    if compat.sum is np.sum and compat.max is np.max and compat.min is np.min:
+        add, maximum, minimum = np.add.reduce, np.maximum.reduce, np.minimum.reduce
+
+        def sum(x: Array, /, *, axis: Any = None, dtype: Any = None, keepdims: bool = False) -> Array:
+            return add(x, axis=axis, dtype=dtype, keepdims=keepdims)
+
+        def max(x: Array, /, *, axis: Any = None, keepdims: bool = False) -> Array:
+            return maximum(x, axis=axis, keepdims=keepdims)
+
+        def min(x: Array, /, *, axis: Any = None, keepdims: bool = False) -> Array:
+            return minimum(x, axis=axis, keepdims=keepdims)
+
+        ns.__dict__.update(sum=sum, max=max, min=min)
+    _NUMPY_NAMESPACES[id(compat)] = ns
+    return ns
 
 
 def _a(word: str) -> str:
@@ -252,6 +293,19 @@ def take_along_class_axis(x: Array, index: Array, axis: int, *, xp: Namespace) -
         classes = classes.rechunk((chunks[axis],))
     classes = xp.reshape(classes, tuple(shape))
     return xp.sum(xp.where(index == classes, x, 0.0), axis=axis)
+
+
+def value_range(a: Array, *, xp: Namespace) -> tuple[int, int]:
+    """``(min, max)`` of a non-empty eager integer array, read to the host: one fused
+    reduction where the library has one (``torch.aminmax``), NumPy's methods (the
+    ``np.min`` wrappers cost more than the reduction on a small call), else two reductions."""
+    lib = library_name(a)
+    if lib == "numpy":
+        return int(a.min()), int(a.max())
+    if lib == "torch" and not a.dtype.is_floating_point and a.dtype != sys.modules["torch"].bool:
+        lo, hi = sys.modules["torch"].aminmax(a)
+        return int(lo), int(hi)
+    return int(xp.min(a)), int(xp.max(a))
 
 
 def writes_into(x: Array) -> bool:

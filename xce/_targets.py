@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from ._namespace import Array, Namespace, device_of, has_values, index_dtype
+from ._namespace import Array, Namespace, device_of, has_values, index_dtype, value_range
 from ._validate import check_target_range, out_of_range
 
 __all__ = [
@@ -43,7 +43,7 @@ def prepare_index(target: Array, n_classes: int, ignore_index: int, *, xp: Names
     ``target``'s shape, from ``where=``): positions outside it count as ignored."""
     invalid = None
     if not lazy and keep is None and _all_valid(target, n_classes, ignore_index, xp=xp):
-        # The common case, settled by two reductions: no position ignored, none out of range
+        # The common case, settled by one min/max: no position ignored, none out of range
         # (small calls are dispatch-bound; this skips a comparison, two masks and three `where`s).
         ignored = None
     else:
@@ -72,7 +72,7 @@ def _all_valid(target: Array, n_classes: int, ignore_index: int, *, xp: Namespac
     """Eager: every index lies in [0, n_classes) and none equals ``ignore_index``."""
     if not has_values(target) or 0 in tuple(target.shape):
         return False
-    lo, hi = int(xp.min(target)), int(xp.max(target))
+    lo, hi = value_range(target, xp=xp)
     return lo >= 0 and hi < n_classes and not lo <= ignore_index <= hi
 
 
