@@ -40,6 +40,7 @@ from .. import linear as _linear
 from .. import linear_distillation as _lindist
 from .._namespace import Namespace, is_traced, namespace, torch_tracing
 from .._registry import fast_paths
+from .._targets import IndexTarget, gather_weight, mean_weights
 from ..labels import uniform_equivalent
 from ..losses import cross_entropy as ce
 from ..losses import distillation as _distillation
@@ -87,11 +88,12 @@ def wants_cross_entropy(input: torch.Tensor, target: torch.Tensor, weight: torch
 
 # --- delegation to PyTorch's own kernel --------------------------------------------------------
 
-# Up to this many logits a CPU call goes to F.cross_entropy, above it to the blocked engine
-# (and its analytic backward): measured crossover on a 2-core CPU, forward and forward+backward
-# (docs/performance.md, `python -m benchmarks sweep`). The native kernel is dispatch-cheap
-# (~3 µs at 8x10, where xce's own Python path costs ~70 µs); the engine wins on large inputs
-# in time under autograd and always in memory (F.cross_entropy keeps an (N, C) log-softmax).
+# Up to this many logits a CPU call goes to F.cross_entropy in one piece; above it, a forward
+# without autograd goes to F.cross_entropy one block of rows at a time (_blocked_native) and
+# one under autograd to the blocked engine and its analytic backward: measured crossover on a
+# 2-core CPU, forward and forward+backward (docs/performance.md, `python -m benchmarks sweep`).
+# The native kernel is dispatch-cheap (~3 µs at 8x10, where xce's own Python path costs ~70 µs);
+# in one piece it keeps an (N, C) log-softmax, in blocks O(block).
 DELEGATE_MAX_ELEMENTS_CPU = 1 << 21
 # On a GPU the native kernels are fused and the engine's Python loop over blocks is not.
 DELEGATE_MAX_ELEMENTS_GPU = 1 << 28
@@ -106,7 +108,9 @@ def dispatch_cross_entropy(input: Any, target: Any, weight: Any, options: ce.Opt
     Delegated: float32/float64 logits with integer targets, classes on axis 1 (PyTorch's
     layout), no z-loss, smoothing whose uniform equivalent is at most 1 (``"off_target"`` ε
     becomes ε·C/(C-1)), a class ``weight`` that does not require grad (PyTorch's ``nll_loss``
-    is not differentiable in it), up to ``DELEGATE_MAX_ELEMENTS_*`` logits. Not delegated:
+    is not differentiable in it), up to ``DELEGATE_MAX_ELEMENTS_*`` logits in one piece;
+    larger ``(N, C)`` CPU inputs without autograd one block of rows at a time
+    (:func:`_blocked_native`; under autograd the engine's analytic backward serves). Not delegated:
     probability targets (xce gives 0, PyTorch NaN, for zero-mass classes at ``-inf`` logits),
     half precision (xce accumulates in float32). No check reads the arrays first: an invalid
     call makes the native kernel raise, and the definition then raises xce's own error; a NaN
@@ -123,8 +127,11 @@ def dispatch_cross_entropy(input: Any, target: Any, weight: Any, options: ce.Opt
         return None  # another layout, or an invalid axis (the definition names the problem)
     cpu = input.device.type == "cpu"
     opts = _engine.options()
-    if input.numel() > (DELEGATE_MAX_ELEMENTS_CPU if cpu else DELEGATE_MAX_ELEMENTS_GPU) \
-            or not opts.get("delegate", True):
+    if not opts.get("delegate", True):
+        return None
+    # Large CPU inputs: blocks of rows where autograd does not need the engine's backward.
+    blocked = input.numel() > (DELEGATE_MAX_ELEMENTS_CPU if cpu else DELEGATE_MAX_ELEMENTS_GPU)
+    if blocked and not (cpu and ndim == 2 and not needs_autograd(input) and _engine.supports(input)):
         return None
     if weight is not None and (not isinstance(weight, torch.Tensor) or not weight.is_floating_point()
                                or needs_autograd(weight)):
@@ -137,13 +144,54 @@ def dispatch_cross_entropy(input: Any, target: Any, weight: Any, options: ce.Opt
             return None
         w = weight if weight is None or weight.dtype == input.dtype else weight.to(input.dtype)
         t = target if target.dtype == torch.int64 else target.to(torch.int64)
-        out = _F.cross_entropy(input, t, w, ignore_index=options.ignore_index, reduction=options.reduction,
-                               label_smoothing=eps)
+        if blocked:
+            out = _blocked_native(input, t, w, options.ignore_index, options.reduction, eps)
+            if out is None:
+                return None
+        else:
+            out = _F.cross_entropy(input, t, w, ignore_index=options.ignore_index, reduction=options.reduction,
+                                   label_smoothing=eps)
     except (IndexError, RuntimeError, ValueError, TypeError):
         return None  # out-of-range targets, shapes, devices: the definition names the problem
     # (_engine.reads_values, its settings and device already at hand: small calls are dispatch-bound.)
     forced = opts.get("check_values")
     return _unless_nan(out, cpu and not torch_tracing() if forced is None else forced)
+
+
+def _blocked_native(input: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None, ignore_index: int,
+                    reduction: str, eps: float) -> torch.Tensor | None:
+    """``F.cross_entropy`` of an ``(N, C)`` input one block of rows at a time, the blocks
+    sized by the engine's plan (None where it would chunk the classes).
+
+    Why: the kernel's log-softmax of a block stays O(block) and cache-sized (one piece writes
+    an (N, C) one: at 4096x32000 0.25 s, in 16 MiB blocks 0.05 s on a 2-core CPU), and each
+    block is one parallel region of the intra-op threads where the engine's own formula takes
+    four, each of which waits for a thread descheduled by another process (docs/performance.md).
+    Per-block sums add up; ``"mean"`` divides by xce's own denominator (``mean_weights``).
+    """
+    p = _engine.plan(input, xp=txp)
+    n_rows, n_classes = input.shape
+    if p.class_chunk < n_classes:
+        return None  # rows too long for a block: the engine's class chunks serve
+    rows = p.block_rows
+    if reduction == "none":
+        out = input.new_empty((n_rows,))
+        for i0 in range(0, n_rows, rows):
+            out[i0 : i0 + rows] = _F.cross_entropy(input[i0 : i0 + rows], target[i0 : i0 + rows], weight,
+                                                   ignore_index=ignore_index, reduction="none", label_smoothing=eps)
+        return out
+    total = input.new_zeros(())
+    for i0 in range(0, n_rows, rows):
+        total = total + _F.cross_entropy(input[i0 : i0 + rows], target[i0 : i0 + rows], weight,
+                                         ignore_index=ignore_index, reduction="sum", label_smoothing=eps)
+    if reduction == "sum":
+        return total
+    ignored = target == ignore_index
+    index = IndexTarget(torch.where(ignored, 0, target), ignored, None)
+    w_y = None if weight is None else gather_weight(weight, index.safe, xp=txp)
+    denominator = mean_weights(w_y, index, xp=txp)
+    assert denominator is not None  # (``ignored`` is given)
+    return total / denominator.sum(dtype=input.dtype)
 
 
 def _unless_nan(out: torch.Tensor, readable: bool) -> torch.Tensor | None:
@@ -161,8 +209,8 @@ def _unless_nan(out: torch.Tensor, readable: bool) -> torch.Tensor | None:
 
 _NUMBERS = (float, int)
 # Checked hyper-parameters of the fast path's calls: (ignore_index, reduction, ε, mode, z)
-# -> the kernel's (ignore_index, reduction enum, ε), or None for a
-# call it does not serve. Exact types are checked before the kernel runs (True == 1 as a key).
+# -> the kernel's (ignore_index, reduction enum, ε), or None for a call it does not serve.
+# Only keys of exact types (int, and int or float) enter it: True == 1 as a key.
 _FAST_OPTIONS: dict[tuple[Any, ...], tuple[int, int, float] | None] = {}
 _REDUCTION_ENUM = {"none": 0, "mean": 1, "sum": 2}  # torch.nn._reduction.get_enum
 # F.cross_entropy's own kernel: F.cross_entropy is this call behind a __torch_function__
@@ -172,6 +220,8 @@ _has_torch_function = torch._C._has_torch_function_variadic
 _is_compiling = torch.compiler.is_compiling
 _functorch_active = torch._C._are_functorch_transforms_active
 _INT64 = torch.int64
+# (ignore_index, reduction, ε, mode, z, options) of the last call served: compared by identity.
+_LAST_OPTIONS: tuple[Any, ...] = (object(),) * 5 + (None,)
 _OPEN_BLOCKS = _engine.OPEN_BLOCKS  # the open xce.config blocks (the list itself: one read per call)
 
 
@@ -186,12 +236,15 @@ def fast_cross_entropy(input: torch.Tensor, target: Any, weight: Any, ignore_ind
     # (At 8x10 the kernel takes ~4 µs and every line here shows: module globals, no helpers.)
     if weight is not None or axis is not None or type(target) is not torch.Tensor or _OPEN_BLOCKS:
         return None
-    try:
-        options = _FAST_OPTIONS[ignore_index, reduction, label_smoothing, mode, z_loss]
-    except (KeyError, TypeError):  # TypeError: an unhashable argument (the general path names it)
-        options = _fast_options(ignore_index, reduction, label_smoothing, mode, z_loss)
-    if options is None or target.dtype is not _INT64 or input.dtype not in _NATIVE_DTYPES \
-            or type(ignore_index) is not int or type(label_smoothing) not in _NUMBERS or type(z_loss) not in _NUMBERS:
+    last = _LAST_OPTIONS
+    if ignore_index is last[0] and reduction is last[1] and label_smoothing is last[2] and mode is last[3] \
+            and z_loss is last[4]:
+        # The very objects of the last served call (a call site passes the same constants every
+        # time): checked then, and identity cannot mistake True for 1. No key to build or hash.
+        options = last[5]
+    else:
+        options = _checked_options(ignore_index, reduction, label_smoothing, mode, z_loss)
+    if options is None or target.dtype is not _INT64 or input.dtype not in _NATIVE_DTYPES:
         return None
     cpu = input.is_cpu
     if input.numel() > (DELEGATE_MAX_ELEMENTS_CPU if cpu else DELEGATE_MAX_ELEMENTS_GPU):
@@ -212,8 +265,26 @@ def fast_cross_entropy(input: torch.Tensor, target: Any, weight: Any, ignore_ind
     return None if math.isnan((out if options[1] else out.sum()).item()) else out
 
 
-def _fast_options(ignore_index: Any, reduction: Any, label_smoothing: Any, mode: Any,
-                  z_loss: Any) -> tuple[int, int, float] | None:
+def _checked_options(ignore_index: Any, reduction: Any, label_smoothing: Any, mode: Any,
+                     z_loss: Any) -> tuple[int, int, float] | None:
+    """The fast path's options for these hyper-parameters (None: not served), from the cache;
+    remembered as the last call's when their exact types make them servable."""
+    global _LAST_OPTIONS
+    if type(ignore_index) is not int or type(label_smoothing) not in _NUMBERS or type(z_loss) not in _NUMBERS:
+        return None  # (True == 1 as a key: the exact types come first; the general path names errors)
+    try:
+        options = _FAST_OPTIONS[ignore_index, reduction, label_smoothing, mode, z_loss]
+    except KeyError:
+        options = _fast_options(ignore_index, reduction, label_smoothing, mode, z_loss)
+    except TypeError:  # an unhashable argument (the general path names it)
+        return None
+    if options is not None:
+        _LAST_OPTIONS = (ignore_index, reduction, label_smoothing, mode, z_loss, options)  # one rebinding
+    return options
+
+
+def _fast_options(ignore_index: int, reduction: Any, label_smoothing: float, mode: Any,
+                  z_loss: float) -> tuple[int, int, float] | None:
     try:
         options = ce.check_options(ignore_index, reduction, label_smoothing, mode, z_loss)
     except (TypeError, ValueError):
@@ -221,8 +292,6 @@ def _fast_options(ignore_index: Any, reduction: Any, label_smoothing: Any, mode:
     served = options.z == 0.0 and options.mode == "uniform"
     fast = (options.ignore_index, _REDUCTION_ENUM[options.reduction], float(options.label_smoothing)) if served \
         else None
-    if type(ignore_index) is not int or type(label_smoothing) not in _NUMBERS or type(z_loss) not in _NUMBERS:
-        return fast  # not cached: the key of True would also be the key of 1
     if len(_FAST_OPTIONS) >= 1024:
         _FAST_OPTIONS.clear()
     _FAST_OPTIONS[ignore_index, reduction, label_smoothing, mode, z_loss] = fast

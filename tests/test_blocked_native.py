@@ -1,0 +1,137 @@
+"""PyTorch's blocked native forward (``xce.adapters.torch._blocked_native``): a large CPU
+forward without autograd is ``F.cross_entropy`` one block of rows at a time, the per-block
+sums added and ``"mean"`` divided by xce's own denominator. It must give the definition's
+result (float64 references), serve exactly those calls, and leave every other one (autograd,
+non-finite results, invalid targets) to the paths that already handle it."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+import xce
+
+torch = pytest.importorskip("torch")
+adapter = pytest.importorskip("xce.adapters.torch")
+F = torch.nn.functional
+
+RNG = np.random.default_rng(41)
+N, C = 11, 7  # 11 rows in blocks of 3: a short last block
+
+
+@pytest.fixture
+def served(monkeypatch):
+    """Blocks of 3 rows from the first element on; returns the list of calls served."""
+    calls = []
+    real = adapter._blocked_native
+
+    def spy(*args, **kwargs):
+        out = real(*args, **kwargs)
+        calls.append(out is not None)
+        return out
+
+    monkeypatch.setattr(adapter, "DELEGATE_MAX_ELEMENTS_CPU", 0)
+    monkeypatch.setattr(adapter, "_blocked_native", spy)
+    return calls
+
+
+def _data(dtype=torch.float32, ignored=True):
+    x = torch.tensor(RNG.normal(scale=3.0, size=(N, C)), dtype=dtype)
+    y = torch.tensor(RNG.integers(0, C, size=N), dtype=torch.int64)
+    if ignored:
+        y[[1, 7]] = -100
+    return x, y
+
+
+def _reference(x, y, **kwargs):
+    """float64 F.cross_entropy (what xce's definition gives for finite logits)."""
+    w = kwargs.pop("weight", None)
+    return F.cross_entropy(x.double(), y, None if w is None else w.double(), **kwargs)
+
+
+TOL = {torch.float32: dict(rtol=2e-6, atol=1e-6), torch.float64: dict(rtol=1e-12, atol=1e-13)}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("eps", [0.0, 0.3])
+@pytest.mark.parametrize("weighted", [False, True])
+def test_blocks_give_the_definitions_result(served, dtype, reduction, eps, weighted):
+    x, y = _data(dtype)
+    w = torch.tensor(RNG.uniform(0.2, 2.0, size=C), dtype=dtype) if weighted else None
+    with xce.config(enabled=True, block_rows=3):
+        out = xce.cross_entropy(x, y, w, reduction=reduction, label_smoothing=eps)
+    assert served == [True]
+    assert out.dtype == dtype and out.shape == ((N,) if reduction == "none" else ())
+    want = _reference(x, y, weight=w, reduction=reduction, label_smoothing=eps)
+    np.testing.assert_allclose(out.double().numpy(), want.numpy(), **TOL[dtype])
+    with xce.config(delegate=False):
+        definition = xce.cross_entropy(x, y, w, reduction=reduction, label_smoothing=eps)
+    np.testing.assert_allclose(out.numpy(), definition.numpy(), **TOL[dtype])
+
+
+def test_off_target_smoothing_maps_to_uniform(served):
+    x, y = _data()
+    with xce.config(enabled=True, block_rows=3):
+        out = xce.cross_entropy(x, y, label_smoothing=0.2, label_smoothing_mode="off_target")
+    assert served == [True]
+    want = _reference(x, y, label_smoothing=0.2 * C / (C - 1))
+    np.testing.assert_allclose(out.double().numpy(), want.numpy(), **TOL[torch.float32])
+
+
+def test_every_position_ignored(served):
+    x, y = _data()
+    y[:] = -100
+    with xce.config(enabled=True, block_rows=3):
+        mean = xce.cross_entropy(x, y)
+        total = xce.cross_entropy(x, y, reduction="sum")
+    assert math.isnan(float(mean)) and float(total) == 0.0
+
+
+def test_plus_inf_logits_give_the_limit(served):
+    """A NaN from the kernel (+inf on another class) sends the call to the definition: +inf."""
+    x, y = _data(ignored=False)
+    y[4] = 0
+    x[4, 3] = math.inf
+    with xce.config(enabled=True, block_rows=3):
+        out = xce.cross_entropy(x, y, reduction="none")
+    assert served == [True]  # served, then refused by the NaN check
+    assert math.isinf(float(out[4])) and not torch.isnan(out).any()
+
+
+def test_invalid_targets_raise_xces_error(served):
+    x, y = _data()
+    y[5] = C
+    with xce.config(enabled=True, block_rows=3), pytest.raises(IndexError, match="outside"):
+        xce.cross_entropy(x, y)
+
+
+def test_autograd_takes_the_engines_backward(served):
+    x, y = _data()
+    x.requires_grad_(True)
+    with xce.config(enabled=True, block_rows=3):
+        out = xce.cross_entropy(x, y)
+    assert served == []
+    out.backward()
+    xd = x.detach().double().requires_grad_(True)
+    _reference(xd, y).backward()
+    np.testing.assert_allclose(x.grad.double().numpy(), xd.grad.numpy(), **TOL[torch.float32])
+    with torch.no_grad(), xce.config(enabled=True, block_rows=3):
+        xce.cross_entropy(x, y)  # the same tensor without autograd recording: served
+    assert served == [True]
+
+
+def test_a_large_input_is_served_by_default(monkeypatch):
+    """Above DELEGATE_MAX_ELEMENTS_CPU with the default plan (no config block)."""
+    calls = []
+    real = adapter._blocked_native
+    monkeypatch.setattr(adapter, "_blocked_native", lambda *a: calls.append(1) or real(*a))
+    n, c = 300, adapter.DELEGATE_MAX_ELEMENTS_CPU // 300 + 7
+    x = torch.tensor(RNG.normal(size=(n, c)), dtype=torch.float32)
+    y = torch.tensor(RNG.integers(0, c, size=n), dtype=torch.int64)
+    y[::10] = -100
+    out = xce.cross_entropy(x, y, label_smoothing=0.1)
+    assert calls == [1]
+    np.testing.assert_allclose(float(out), float(_reference(x, y, label_smoothing=0.1)), rtol=2e-6)
