@@ -203,6 +203,20 @@ def _logits_row_weights(rng, n, c):
     return _logits(rng, n, c), rng.uniform(0.5, 1.5, size=n)
 
 
+def _xce_zloss(x, t, r):
+    return xce.cross_entropy(x, t, reduction=r, z_loss=0.01)
+
+
+def _ref_zloss(x, t, r):
+    """PaLM's z-loss on top of PyTorch's loss: 0.01·logsumexp² at kept positions, its mean over
+    their number (what xce delegates as F.cross_entropy plus the z part)."""
+    kept = t != -100
+    z = torch.where(kept, 0.01 * torch.logsumexp(x, -1) ** 2, 0.0)
+    return {"none": F.cross_entropy(x, t, reduction="none") + z,
+            "sum": F.cross_entropy(x, t, reduction="sum") + z.sum(),
+            "mean": F.cross_entropy(x, t) + z.sum() / kept.sum()}[r]
+
+
 def _logits_weights(rng, n, c):
     return _logits(rng, n, c), rng.uniform(0.5, 1.5, size=(n, c))
 
@@ -219,6 +233,7 @@ CROSS_ENTROPY = [
     Case("cross_entropy-index", _xce_ce, _ref_ce, _index),
     Case("cross_entropy-probs", _xce_ce, _ref_ce, _probs),
     Case("cross_entropy-ignore", _xce_ce, _ref_ce, _index_ignored),
+    Case("cross_entropy-zloss", _xce_zloss, _ref_zloss, _index_ignored),
 ]
 LOSSES = [
     *CROSS_ENTROPY,

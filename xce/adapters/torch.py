@@ -106,7 +106,8 @@ def dispatch_cross_entropy(input: Any, target: Any, weight: Any, options: ce.Opt
     and measures faster; None where it does not (the caller then runs the definition).
 
     Delegated: float32/float64 logits with integer targets, classes on axis 1 (PyTorch's
-    layout), no z-loss, smoothing whose uniform equivalent is at most 1 (``"off_target"`` ε
+    layout), z-loss as the native loss plus :func:`~xce.losses.cross_entropy.z_loss_part` over
+    ``torch.logsumexp`` (in one piece only), smoothing whose uniform equivalent is at most 1 (``"off_target"`` ε
     becomes ε·C/(C-1)), a class ``weight`` that does not require grad (PyTorch's ``nll_loss``
     is not differentiable in it), up to ``DELEGATE_MAX_ELEMENTS_*`` logits in one piece;
     larger ``(N, C)`` CPU inputs without autograd one block of rows at a time
@@ -116,8 +117,7 @@ def dispatch_cross_entropy(input: Any, target: Any, weight: Any, options: ce.Opt
     call makes the native kernel raise, and the definition then raises xce's own error; a NaN
     result (non-finite logits) is recomputed by the definition where values may be read.
     """
-    if not isinstance(input, torch.Tensor) or input.dtype not in _NATIVE_DTYPES or options.z != 0.0 \
-            or where is not None:
+    if not isinstance(input, torch.Tensor) or input.dtype not in _NATIVE_DTYPES or where is not None:
         return None
     if not isinstance(target, torch.Tensor) or target.is_floating_point() or target.dtype == torch.bool \
             or target.is_complex():
@@ -131,7 +131,8 @@ def dispatch_cross_entropy(input: Any, target: Any, weight: Any, options: ce.Opt
         return None
     # Large CPU inputs: blocks of rows where autograd does not need the engine's backward.
     blocked = input.numel() > (DELEGATE_MAX_ELEMENTS_CPU if cpu else DELEGATE_MAX_ELEMENTS_GPU)
-    if blocked and not (cpu and ndim == 2 and not needs_autograd(input) and _engine.supports(input)):
+    if blocked and (options.z != 0.0 or not (cpu and ndim == 2 and not needs_autograd(input)
+                                             and _engine.supports(input))):
         return None
     if weight is not None and (not isinstance(weight, torch.Tensor) or not weight.is_floating_point()
                                or needs_autograd(weight)):
@@ -151,6 +152,11 @@ def dispatch_cross_entropy(input: Any, target: Any, weight: Any, options: ce.Opt
         else:
             out = _F.cross_entropy(input, t, w, ignore_index=options.ignore_index, reduction=options.reduction,
                                    label_smoothing=eps)
+            if options.z != 0.0:
+                # z-loss: the native loss plus the loss module's own z part over torch's logsumexp.
+                log_z = torch.logsumexp(input, dim=1 if ndim > 1 else 0)
+                index = IndexTarget(t, t == options.ignore_index, None)
+                out = out + ce.z_loss_part(log_z, options.z, index, options.reduction, xp=txp)
     except (IndexError, RuntimeError, ValueError, TypeError):
         return None  # out-of-range targets, shapes, devices: the definition names the problem
     # (_engine.reads_values, its settings and device already at hand: small calls are dispatch-bound.)

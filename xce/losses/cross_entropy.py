@@ -99,6 +99,7 @@ __all__ = [
     "softcap_logits",
     "weighted_denominators",
     "weighted_scale",
+    "z_loss_part",
 ]
 
 _NAMES = ("input", "target", "weight")
@@ -608,10 +609,18 @@ def cross_entropy_with_stats(
         loss = mask_loss(index_loss(st.lse, st.target, st.class_sum, w_y, w_sum, eps, n_classes), index, xp=xp)
         out = reduce_loss(loss, args.reduction, denominator=mean_weights(w_y, index, xp=xp), xp=xp)
         if maybe_nonzero(z):
-            # Unweighted: averaged over the non-ignored positions whatever the class weights.
-            z_term = mask_loss(z * (st.lse + st.shift) ** 2, index, xp=xp)
-            out = out + reduce_loss(z_term, args.reduction, denominator=mean_weights(None, index, xp=xp), xp=xp)
+            out = out + z_loss_part(st.lse + st.shift, z, index, args.reduction, xp=xp)
     return (out if out.dtype == input.dtype else xp.astype(out, input.dtype)), st
+
+
+def z_loss_part(log_z: Array, z: float, index: IndexTarget, reduction: str, *, xp: Namespace) -> Array:
+    r"""The z-loss part of the index-target loss, reduced: :math:`z\,(\log Z_i)^2` at every
+    kept position (0 at ignored ones, NaN at lazily invalid ones), ``"mean"`` over the
+    **number** of kept positions: unweighted, so ``z`` means the same with or without class
+    weights. ``log_z``: the per-position logsumexp (any source: the statistics, or a library's
+    own ``logsumexp`` where the adapters delegate the cross-entropy part)."""
+    z_term = mask_loss(z * log_z**2, index, xp=xp)
+    return reduce_loss(z_term, reduction, denominator=mean_weights(None, index, xp=xp), xp=xp)
 
 
 # --- the gradient rule ----------------------------------------------------------------------
