@@ -135,3 +135,99 @@ def test_a_large_input_is_served_by_default(monkeypatch):
     out = xce.cross_entropy(x, y, label_smoothing=0.1)
     assert calls == [1]
     np.testing.assert_allclose(float(out), float(_reference(x, y, label_smoothing=0.1)), rtol=2e-6)
+
+
+# --- the autograd Function's forward (adapters/torch.py _native_loss_and_lse) -----------------
+
+
+@pytest.fixture
+def native_forward(monkeypatch):
+    """Records whether each Function forward was served by the kernel's blocks (every size
+    above the one-piece delegation, so that autograd takes the Function)."""
+    monkeypatch.setattr(adapter, "DELEGATE_MAX_ELEMENTS_CPU", 0)
+    calls = []
+    real = adapter._native_loss_and_lse
+
+    def spy(*args, **kwargs):
+        out = real(*args, **kwargs)
+        calls.append(out is not None)
+        return out
+
+    monkeypatch.setattr(adapter, "_native_loss_and_lse", spy)
+    return calls
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_the_functions_forward_gives_the_definitions_loss_and_gradient(native_forward, dtype, reduction):
+    x, y = _data(dtype)
+    x[2] *= 4.0  # a row of wider logits (far larger ones: the test below, against the engine)
+    xg = x.clone().requires_grad_(True)
+    with xce.config(enabled=True, block_rows=3):
+        out = xce.cross_entropy(xg, y, reduction=reduction)
+    assert native_forward == [True]
+    xd = x.double().requires_grad_(True)
+    want = _reference(xd, y, reduction=reduction)
+    np.testing.assert_allclose(out.detach().double().numpy(), want.detach().numpy(), **TOL[dtype])
+    cotangent = torch.linspace(0.5, 1.5, N, dtype=dtype) if reduction == "none" else torch.tensor(0.7, dtype=dtype)
+    out.backward(cotangent)
+    want.backward(cotangent.double())
+    np.testing.assert_allclose(xg.grad.double().numpy(), xd.grad.numpy(), **TOL[dtype])
+    assert torch.all(xg.grad[[1, 7]] == 0)  # ignored rows
+
+
+def test_the_functions_saved_logsumexp_is_the_engines(native_forward, monkeypatch):
+    """lse = max - log_softmax[argmax]: the engine's max-shifted value, so the backward is as
+    precise with either forward (large logits, float32)."""
+    x, y = _data()
+    x *= 100.0
+    grads = []
+    for use_native in (True, False):
+        if not use_native:
+            monkeypatch.setattr(adapter, "_native_loss_and_lse", lambda *args: None)
+        xg = x.clone().requires_grad_(True)
+        with xce.config(enabled=True, block_rows=3):
+            xce.cross_entropy(xg, y, reduction="sum").backward()
+        grads.append(xg.grad)
+    assert native_forward == [True]
+    np.testing.assert_allclose(grads[0].numpy(), grads[1].numpy(), rtol=1e-6, atol=1e-7)
+
+
+def test_the_functions_forward_with_every_row_ignored(native_forward):
+    x, y = _data()
+    y[:] = -100
+    xg = x.clone().requires_grad_(True)
+    with xce.config(enabled=True, block_rows=3):
+        out = xce.cross_entropy(xg, y)
+    assert native_forward == [True] and math.isnan(float(out.detach()))
+
+
+@pytest.mark.parametrize("change", [{"label_smoothing": 0.1}, {"weight": True}, {"z_loss": 1e-3}, {"delegate": False}])
+def test_the_functions_forward_serves_the_plain_call_only(native_forward, change):
+    x, y = _data()
+    xg = x.clone().requires_grad_(True)
+    delegate = change.pop("delegate", True)
+    if change.pop("weight", False):
+        change["weight"] = torch.linspace(0.5, 2.0, C)
+    with xce.config(enabled=True, block_rows=3, delegate=delegate):
+        out = xce.cross_entropy(xg, y, **change)
+    assert native_forward in ([], [False])
+    out.backward()
+    assert torch.isfinite(xg.grad).all()
+
+
+@pytest.mark.parametrize("value", [math.inf, -math.inf, math.nan])
+def test_the_functions_forward_leaves_non_finite_rows_to_the_definition(native_forward, value):
+    x, y = _data(ignored=False)
+    y[4] = 0
+    x[4, 3] = value
+    if value == -math.inf:
+        x[4] = -math.inf  # a row of -inf: log_softmax is NaN there, the definition's limit is +inf
+    xg = x.clone().requires_grad_(True)
+    with xce.config(enabled=True, block_rows=3):
+        out = xce.cross_entropy(xg, y, reduction="none")
+    assert native_forward == [False]
+    with xce.config(delegate=False):
+        want = xce.cross_entropy(x, y, reduction="none")
+    np.testing.assert_array_equal(torch.isnan(out.detach()).numpy(), torch.isnan(want).numpy())
+    np.testing.assert_allclose(out.detach().numpy(), want.numpy(), rtol=2e-6)
