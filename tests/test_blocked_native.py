@@ -202,18 +202,34 @@ def test_the_functions_forward_with_every_row_ignored(native_forward):
     assert native_forward == [True] and math.isnan(float(out.detach()))
 
 
-@pytest.mark.parametrize("change", [{"label_smoothing": 0.1}, {"weight": True}, {"z_loss": 1e-3}, {"delegate": False}])
-def test_the_functions_forward_serves_the_plain_call_only(native_forward, change):
-    x, y = _data()
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+@pytest.mark.parametrize("options", [{"label_smoothing": 0.1}, {"weight": True}, {"z_loss": 1e-2},
+                                     {"weight": True, "label_smoothing": 0.2, "z_loss": 1e-2},
+                                     {"label_smoothing": 0.15, "label_smoothing_mode": "off_target"}])
+def test_the_functions_forward_with_weights_smoothing_and_z_loss(native_forward, options, reduction):
+    """The blocks' statistics go through the loss module's own rule (index_loss_from_stats)."""
+    x, y = _data(torch.float64)
+    options = dict(options)  # (the parameter is shared between the parametrized cases)
+    if options.pop("weight", False):
+        options["weight"] = torch.linspace(0.5, 2.0, C, dtype=torch.float64)
     xg = x.clone().requires_grad_(True)
-    delegate = change.pop("delegate", True)
-    if change.pop("weight", False):
-        change["weight"] = torch.linspace(0.5, 2.0, C)
-    with xce.config(enabled=True, block_rows=3, delegate=delegate):
-        out = xce.cross_entropy(xg, y, **change)
+    with xce.config(enabled=True, block_rows=3):
+        out = xce.cross_entropy(xg, y, reduction=reduction, **options)
+    assert native_forward == [True]
+    xd = x.clone().requires_grad_(True)
+    with xce.config(delegate=False):
+        want = xce.cross_entropy(xd, y, reduction=reduction, **options)
+    np.testing.assert_allclose(out.detach().numpy(), want.detach().numpy(), **TOL[torch.float64])
+    out.sum().backward()
+    want.sum().backward()
+    np.testing.assert_allclose(xg.grad.numpy(), xd.grad.numpy(), **TOL[torch.float64])
+
+
+def test_the_functions_forward_is_not_used_under_delegate_false(native_forward):
+    x, y = _data()
+    with xce.config(enabled=True, block_rows=3, delegate=False):
+        xce.cross_entropy(x.clone().requires_grad_(True), y).backward()
     assert native_forward in ([], [False])
-    out.backward()
-    assert torch.isfinite(xg.grad).all()
 
 
 @pytest.mark.parametrize("value", [math.inf, -math.inf, math.nan])

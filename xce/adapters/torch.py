@@ -39,9 +39,8 @@ from .. import _engine
 from .. import linear as _linear
 from .. import linear_distillation as _lindist
 from .._namespace import Namespace, is_traced, namespace, torch_tracing
-from .._reduce import reduce_loss
 from .._registry import fast_paths
-from .._targets import IndexTarget, gather_weight, mask_loss, mean_weights
+from .._targets import IndexTarget, gather_weight, mean_weights
 from ..labels import uniform_equivalent
 from ..losses import cross_entropy as ce
 from ..losses import distillation as _distillation
@@ -204,25 +203,30 @@ def _blocked_native(input: torch.Tensor, target: torch.Tensor, weight: torch.Ten
 def _native_loss_and_lse(input: torch.Tensor, weight: torch.Tensor | None,
                          args: ce.CrossEntropyArgs) -> tuple[torch.Tensor, torch.Tensor] | None:
     """The autograd Function's forward, ``(loss, per-row logsumexp)``, from PyTorch's
-    log-softmax kernel one block of rows at a time, into one reused block buffer: CPU
-    ``(N, C)`` float32/64, index targets, no class weight, no smoothing, no z-loss, no
-    ``where`` (the commonest training call); None otherwise, and where a row is not finite
-    (the definition then gives its limits).
+    log-softmax kernel one block of rows at a time into one reused block buffer: CPU
+    ``(N, C)`` float32/64 logits with index targets and no ``where``; None otherwise, and
+    where a row is not finite (the definition then gives its limits).
 
-    ``loss = -ℓ[y]`` (PyTorch's own ``nll_loss(log_softmax)``); ``lse = max - ℓ[argmax]``, so
-    the saved logsumexp is as precise as the engine's max-shifted one (``x[y] - ℓ[y]`` would
+    The blocks give the statistics against the shift ``lse`` itself: ``target = ℓ[y]`` and,
+    with smoothing, ``class_sum = Σ_c w_c ℓ_c``; the loss module turns them into the loss
+    (:func:`~xce.losses.cross_entropy.index_loss_from_stats`: weights, smoothing, mask, mean,
+    z part). ``lse = max - ℓ[argmax]`` is the engine's max-shifted value (``x[y] - ℓ[y]`` would
     inherit the ulp of the target's distance from the max). Why: two parallel regions per block
-    (log-softmax, max) instead of the engine's four (see :func:`_blocked_native`)."""
-    if weight is not None or args.index is None or args.eps != 0.0 or args.z != 0.0 or args.keep is not None \
-            or input.ndim != 2 or args.ax != 1 or input.dtype not in _NATIVE_DTYPES or not input.is_cpu \
-            or not args.reads or not _engine.options().get("delegate", True):
+    (log-softmax, max; a third for smoothing) instead of the engine's four, and the kernel's
+    vectorised log-softmax (see :func:`_blocked_native`)."""
+    if args.index is None or args.keep is not None or input.ndim != 2 or args.ax != 1 \
+            or input.dtype not in _NATIVE_DTYPES or not input.is_cpu or not args.reads \
+            or not _engine.options().get("delegate", True):
         return None
     p = _engine.plan(input, xp=txp)
     n_rows, n_classes = input.shape
     if p.class_chunk < n_classes:
         return None
+    w = None if weight is None else weight.to(input.dtype)
+    smoothing = args.eps != 0.0
     safe = args.index.safe
-    per_row, lse = input.new_empty((n_rows,)), input.new_empty((n_rows,))
+    target, lse = input.new_empty((n_rows,)), input.new_empty((n_rows,))
+    class_sum = input.new_empty((n_rows,)) if smoothing else None
     work = input.new_empty((min(p.block_rows, n_rows), n_classes))
     for i0 in range(0, n_rows, p.block_rows):
         rows = slice(i0, i0 + p.block_rows)
@@ -231,13 +235,16 @@ def _native_loss_and_lse(input: torch.Tensor, weight: torch.Tensor | None,
         torch.log_softmax(block, 1, out=log_p)
         top, at = torch.max(block, 1)
         torch.sub(top, log_p.gather(1, at.unsqueeze(1)).squeeze(1), out=lse[rows])
-        torch.neg(log_p.gather(1, safe[rows].unsqueeze(1)).squeeze(1), out=per_row[rows])
-    if bool(torch.isnan(lse).any() | torch.isnan(per_row).any()):  # non-finite rows (eager CPU: may read)
+        target[rows] = log_p.gather(1, safe[rows].unsqueeze(1)).squeeze(1)
+        if class_sum is not None:
+            if w is None:
+                torch.sum(log_p, 1, out=class_sum[rows])
+            else:
+                torch.mv(log_p, w, out=class_sum[rows])
+    if bool(torch.isnan(lse).any()):  # non-finite rows (eager CPU: values may be read)
         return None
-    index = args.index
-    loss = reduce_loss(mask_loss(per_row, index, xp=txp), args.reduction, denominator=mean_weights(None, index, xp=txp),
-                       xp=txp)
-    return loss, lse
+    st = ce.RowStats(lse, torch.zeros_like(lse), target, class_sum)
+    return ce.index_loss_from_stats(st, w, args, xp=txp), lse
 
 
 def _unless_nan(out: torch.Tensor, readable: bool) -> torch.Tensor | None:

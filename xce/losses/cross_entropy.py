@@ -91,6 +91,7 @@ __all__ = [
     "gradient",
     "gradient_coefficients",
     "index_loss",
+    "index_loss_from_stats",
     "jvp",
     "probability_target_gradient",
     "reduce_weighted",
@@ -591,7 +592,7 @@ def cross_entropy_with_stats(
     analytic backward needs; ``moment``: also ``st.moment``, for the entropy)."""
     dtype = compute_dtype(input.dtype, xp=xp)
     w = None if weight is None else xp.astype(weight, dtype)
-    index, eps, z, n_classes = args.index, args.eps, args.z, args.n_classes
+    index, eps, z = args.index, args.eps, args.z
     if index is None:  # probability targets
         st = statistics(input, args.ax, xp=xp, lazy=args.lazy, weight=w, probs=target, smoothing=eps, dtype=dtype,
                         moment=moment)
@@ -604,13 +605,25 @@ def cross_entropy_with_stats(
     else:
         st = statistics(input, args.ax, xp=xp, lazy=args.lazy, index=index.safe, weight=w, class_sum=maybe_nonzero(eps),
                         dtype=dtype, moment=moment)
-        w_y = None if w is None else gather_weight(w, index.safe, xp=xp)
-        w_sum = n_classes if w is None else xp.sum(w)
-        loss = mask_loss(index_loss(st.lse, st.target, st.class_sum, w_y, w_sum, eps, n_classes), index, xp=xp)
-        out = reduce_loss(loss, args.reduction, denominator=mean_weights(w_y, index, xp=xp), xp=xp)
-        if maybe_nonzero(z):
-            out = out + z_loss_part(st.lse + st.shift, z, index, args.reduction, xp=xp)
+        out = index_loss_from_stats(st, w, args, xp=xp)
     return (out if out.dtype == input.dtype else xp.astype(out, input.dtype)), st
+
+
+def index_loss_from_stats(st: RowStats, w: Array | None, args: CrossEntropyArgs, *, xp: Namespace) -> Array:
+    """The reduced index-target loss from per-position statistics (``st.target`` and, with
+    smoothing, ``st.class_sum``, against any common shift), ``w`` the class weights in the
+    compute dtype: masked, reduced over ``mean_weights``, plus the z part. The statistics may
+    come from the engine or from a library's own kernel (the torch adapter's log-softmax
+    blocks, whose shift is the logsumexp itself)."""
+    index = args.index
+    assert index is not None  # (index targets)
+    w_y = None if w is None else gather_weight(w, index.safe, xp=xp)
+    w_sum = args.n_classes if w is None else xp.sum(w)
+    loss = mask_loss(index_loss(st.lse, st.target, st.class_sum, w_y, w_sum, args.eps, args.n_classes), index, xp=xp)
+    out = reduce_loss(loss, args.reduction, denominator=mean_weights(w_y, index, xp=xp), xp=xp)
+    if maybe_nonzero(args.z):
+        out = out + z_loss_part(st.lse + st.shift, args.z, index, args.reduction, xp=xp)
+    return out
 
 
 def z_loss_part(log_z: Array, z: float, index: IndexTarget, reduction: str, *, xp: Namespace) -> Array:
