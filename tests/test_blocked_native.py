@@ -21,11 +21,11 @@ RNG = np.random.default_rng(41)
 N, C = 11, 7  # 11 rows in blocks of 3: a short last block
 
 
-@pytest.fixture
-def served(monkeypatch):
-    """Blocks of 3 rows from the first element on; returns the list of calls served."""
-    calls = []
-    real = adapter._blocked_native
+def _spy(monkeypatch, name: str) -> list[bool]:
+    """Every size above the one-piece delegation; ``adapter.<name>`` records, per call,
+    whether it served (returned a result) or handed the call on (None)."""
+    calls: list[bool] = []
+    real = getattr(adapter, name)
 
     def spy(*args, **kwargs):
         out = real(*args, **kwargs)
@@ -33,8 +33,14 @@ def served(monkeypatch):
         return out
 
     monkeypatch.setattr(adapter, "DELEGATE_MAX_ELEMENTS_CPU", 0)
-    monkeypatch.setattr(adapter, "_blocked_native", spy)
+    monkeypatch.setattr(adapter, name, spy)
     return calls
+
+
+@pytest.fixture
+def served(monkeypatch):
+    """The forward without autograd in blocks (of 3 rows, under the tests' config)."""
+    return _spy(monkeypatch, "_blocked_native")
 
 
 def _data(dtype=torch.float32, ignored=True):
@@ -142,19 +148,9 @@ def test_a_large_input_is_served_by_default(monkeypatch):
 
 @pytest.fixture
 def native_forward(monkeypatch):
-    """Records whether each Function forward was served by the kernel's blocks (every size
-    above the one-piece delegation, so that autograd takes the Function)."""
-    monkeypatch.setattr(adapter, "DELEGATE_MAX_ELEMENTS_CPU", 0)
-    calls = []
-    real = adapter._native_loss_and_lse
-
-    def spy(*args, **kwargs):
-        out = real(*args, **kwargs)
-        calls.append(out is not None)
-        return out
-
-    monkeypatch.setattr(adapter, "_native_loss_and_lse", spy)
-    return calls
+    """The autograd Function's forward from the kernel's blocks (autograd takes the Function
+    at every size once the one-piece delegation is off)."""
+    return _spy(monkeypatch, "_native_loss_and_lse")
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
