@@ -38,7 +38,7 @@ import torch.nn.functional as _F
 from .. import _engine
 from .. import linear as _linear
 from .. import linear_distillation as _lindist
-from .._namespace import Namespace, is_traced, namespace, torch_tracing
+from .._namespace import Namespace, is_traced, namespace
 from .._registry import fast_paths
 from .._targets import IndexTarget, gather_weight, mean_weights
 from ..labels import uniform_equivalent
@@ -119,14 +119,13 @@ def dispatch_cross_entropy(input: Any, target: Any, weight: Any, options: ce.Opt
     """
     if not isinstance(input, torch.Tensor) or input.dtype not in _NATIVE_DTYPES or where is not None:
         return None
-    if not isinstance(target, torch.Tensor) or target.is_floating_point() or target.dtype == torch.bool \
-            or target.is_complex():
+    if not isinstance(target, torch.Tensor) or not _index_dtype(target.dtype):
         return None
     ndim = input.ndim
     if axis is not None and (type(axis) is not int or not -ndim <= axis < ndim or axis % ndim != (ndim > 1)):
         return None  # another layout, or an invalid axis (the definition names the problem)
-    cpu = input.device.type == "cpu"
-    opts = _engine.options()
+    cpu = input.is_cpu
+    opts = _engine.options() if _OPEN_BLOCKS else _NO_SETTINGS
     if not opts.get("delegate", True):
         return None
     # Large CPU inputs: blocks of rows where autograd does not need the engine's backward.
@@ -150,8 +149,7 @@ def dispatch_cross_entropy(input: Any, target: Any, weight: Any, options: ce.Opt
             if out is None:
                 return None
         else:
-            out = _F.cross_entropy(input, t, w, ignore_index=options.ignore_index, reduction=options.reduction,
-                                   label_smoothing=eps)
+            out = _native_cross_entropy(input, t, w, options.ignore_index, options.reduction, eps)
             if options.z != 0.0:
                 # z-loss: the native loss plus the loss module's own z part over torch's logsumexp.
                 log_z = torch.logsumexp(input, dim=1 if ndim > 1 else 0)
@@ -161,7 +159,32 @@ def dispatch_cross_entropy(input: Any, target: Any, weight: Any, options: ce.Opt
         return None  # out-of-range targets, shapes, devices: the definition names the problem
     # (_engine.reads_values, its settings and device already at hand: small calls are dispatch-bound.)
     forced = opts.get("check_values")
-    return _unless_nan(out, cpu and not torch_tracing() if forced is None else forced)
+    return _unless_nan(out, cpu and not (_functorch_active() or _is_compiling()) if forced is None else forced)
+
+
+def _native_cross_entropy(input: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None, ignore_index: int,
+                          reduction: str, eps: float) -> torch.Tensor:
+    """``F.cross_entropy``; its kernel directly where no ``__torch_function__`` override can
+    apply (a ``TorchFunctionMode`` or a subclass sees ``F.cross_entropy`` itself)."""
+    if _has_torch_function((input, target, weight)):
+        return _F.cross_entropy(input, target, weight, ignore_index=ignore_index, reduction=reduction,
+                                label_smoothing=eps)
+    # (The stub says str; the binding takes get_enum's int, as F.cross_entropy passes it.)
+    return _KERNEL(input, target, weight, _REDUCTION_ENUM[reduction], ignore_index, eps)  # type: ignore[arg-type]
+
+
+def _index_dtype(dtype: torch.dtype) -> bool:
+    """Whether targets of ``dtype`` are class indices (integer: not floating, complex or bool),
+    cached per dtype (three attribute calls per call otherwise)."""
+    try:
+        return _INDEX_DTYPES[dtype]
+    except KeyError:
+        ok = _INDEX_DTYPES[dtype] = not (dtype.is_floating_point or dtype.is_complex or dtype == torch.bool)
+        return ok
+
+
+_INDEX_DTYPES: dict[torch.dtype, bool] = {}
+_NO_SETTINGS: dict[str, Any] = {}  # (never written: options() returns a fresh dict where blocks are open)
 
 
 def _blocked_native(input: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None, ignore_index: int,
