@@ -112,6 +112,22 @@ def test_plus_inf_logits_give_the_limit_not_pytorchs_nan(reduction):
     assert torch.isinf(out).any() and not torch.isnan(out).any()
 
 
+@pytest.mark.parametrize("n", [4, 32, 33, 200])  # "none": a Python sum of few values, a kernel's of many
+@pytest.mark.parametrize("weighted", [False, True])  # the fast path, the general dispatch
+def test_a_single_plus_inf_position_is_seen_among_many(n, weighted):
+    x, y = _data((n, 3), (n,))
+    y[:] = 0
+    x[n - 1, 2] = math.inf  # the last position only
+    weight = torch.ones(3, dtype=x.dtype) if weighted else None
+    if not weighted:
+        assert _call(x, y, reduction="none") is None
+    out = xce.cross_entropy(x, y, weight, reduction="none")
+    assert math.isinf(out[n - 1]) and not torch.isnan(out).any()
+    with xce.config(delegate=False):
+        expected = xce.cross_entropy(x, y, weight, reduction="none")
+    torch.testing.assert_close(out, expected, rtol=0, atol=0)
+
+
 def test_the_options_cache_is_bounded():
     from xce.adapters import torch as adapter
 
