@@ -83,13 +83,39 @@ def make_inputs(n: int, c: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     return x, rng.integers(0, c, n)
 
 
-def case_available(case: str, *, native: bool) -> str | None:
-    """None when ``case`` can run here, else why not."""
+# Peak memory of a case, in copies of the logits beyond the NumPy inputs, for its hungrier side
+# (the native one: F.cross_entropy keeps an (N, C) log-softmax, its backward a gradient and a
+# temporary, 3.00x measured, beside the case's own clone of x; plain NumPy two temporaries;
+# XLA a device copy, the exponentials and the gradient), with a copy to spare.
+PEAK_COPIES = {"torch fwd": 2, "torch fwd+bwd": 5, "numpy fwd": 3, "jit fwd": 3, "jit grad": 5}
+
+
+def available_bytes() -> int | None:
+    """``MemAvailable`` from ``/proc/meminfo`` (None where there is no such file)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def case_available(case: str, *, native: bool, n: int = 0, c: int = 0, free: int | None = None) -> str | None:
+    """None when ``case`` can run here at ``n x c``, else why not (a library missing, or
+    memory: the case's estimated peak above 90% of ``free`` bytes, so that a huge size is
+    skipped rather than swapped or killed)."""
     need = ["torch"] if case.startswith("torch") else ["jax"] if case.startswith("jit") else []
     if native and case.startswith("jit"):
         need.append("optax")
     missing = [m for m in need if not have(m)]
-    return f"{', '.join(missing)} not installed" if missing else None
+    if missing:
+        return f"{', '.join(missing)} not installed"
+    peak = PEAK_COPIES.get(case, 4) * n * c * 4
+    if free is not None and peak > 0.9 * free:
+        return f"needs ~{peak / 2**30:.0f} GiB, {free / 2**30:.0f} GiB available"
+    return None
 
 
 def native_loss(case: str) -> tuple[str, LossFn]:
@@ -619,13 +645,32 @@ def parse_sizes(text: str) -> list[tuple[int, int]]:
     return sizes
 
 
+def parse_cases(text: str) -> tuple[str, ...]:
+    """``"torch fwd,numpy fwd"`` -> the cases, each one of :data:`CASES`."""
+    cases = tuple(part.strip() for part in text.split(",") if part.strip())
+    unknown = [case for case in cases if case not in CASES]
+    if unknown or not cases:
+        raise argparse.ArgumentTypeError(f"unknown case(s) {unknown or text!r}: choose from {', '.join(CASES)}")
+    return cases
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m benchmarks sweep", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     sizes = ",".join(f"{n}x{c}" for n, c in SIZES)
     p.add_argument("--sizes", type=parse_sizes, default=None, help=f"comma-separated NxC (default {sizes})")
-    p.add_argument("--huge", action="store_true", help="also 8192x131072 (4 GiB of logits; needs ~24 GiB RAM)")
+    p.add_argument(
+        "--huge",
+        action="store_true",
+        help="also 8192x131072 (4 GiB of logits; a case whose estimated peak exceeds the available memory is skipped)",
+    )
+    p.add_argument(
+        "--cases",
+        type=parse_cases,
+        default=None,
+        help=f"comma-separated subset of the cases (default all: {', '.join(CASES)})",
+    )
     p.add_argument("--repeats", type=int, default=7, help="timed samples per implementation (default 7)")
     p.add_argument("--target-ms", type=float, default=20.0, help="each sample lasts at least this (default 20)")
     p.add_argument("--busy", action="store_true", help="time under a competing CPU-bound process")
@@ -684,6 +729,10 @@ def main(argv: list[str] | None = None) -> int:
         if meta["isolation"]["same_dir"]:
             print(f"warning: {args.compare} holds the very xce being compared", file=sys.stderr)
     cases = COMPARE_CASES if compare else CASES
+    if args.cases is not None:
+        cases = tuple(case for case in cases if case in args.cases)
+        if not cases:
+            raise SystemExit(f"--cases: none of {', '.join(args.cases)} runs in this mode (cases: {', '.join(cases)})")
     if have("torch"):
         import torch
 
@@ -700,7 +749,7 @@ def main(argv: list[str] | None = None) -> int:
             x_np, y_np = make_inputs(n, c)
             for case in cases:
                 bar.set_description(f"{n}x{c} {case}")
-                why = case_available(case, native=not compare)
+                why = case_available(case, native=not compare, n=n, c=c, free=available_bytes())
                 if why is not None:
                     results.append(CaseResult(n, c, case, "", "", skipped=why))
                     bar.update(1)
@@ -746,6 +795,8 @@ def main(argv: list[str] | None = None) -> int:
         )
         for n, c in big:
             for case in MEMORY_CASES:
+                if case not in cases or case_available(case, native=True, n=n, c=c, free=available_bytes()):
+                    continue  # (not run, or too big for this machine's memory)
                 row: dict[str, Any] = {"n": n, "c": c, "case": case, "logits_bytes": n * c * 4}
                 for impl in ("xce", "F.cross_entropy"):
                     row[impl] = measure_memory(n, c, case, impl)
