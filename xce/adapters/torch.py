@@ -126,7 +126,7 @@ def dispatch_cross_entropy(input: Any, target: Any, weight: Any, options: ce.Opt
         return None  # another layout, or an invalid axis (the definition names the problem)
     cpu = input.is_cpu
     opts = _engine.options() if _OPEN_BLOCKS else _NO_SETTINGS
-    if not opts.get("delegate", True):
+    if opts and not opts.get("delegate", True):
         return None
     # Large CPU inputs: blocks of rows where autograd does not need the engine's backward.
     blocked = input.numel() > (DELEGATE_MAX_ELEMENTS_CPU if cpu else DELEGATE_MAX_ELEMENTS_GPU)
@@ -134,7 +134,7 @@ def dispatch_cross_entropy(input: Any, target: Any, weight: Any, options: ce.Opt
                                              and _engine.supports(input))):
         return None
     if weight is not None and (not isinstance(weight, torch.Tensor) or not weight.is_floating_point()
-                               or needs_autograd(weight)):
+                               or (weight.requires_grad and torch.is_grad_enabled())):  # (needs_autograd, inline)
         return None
     eps = options.label_smoothing
     try:
@@ -158,7 +158,7 @@ def dispatch_cross_entropy(input: Any, target: Any, weight: Any, options: ce.Opt
     except (IndexError, RuntimeError, ValueError, TypeError):
         return None  # out-of-range targets, shapes, devices: the definition names the problem
     # (_engine.reads_values, its settings and device already at hand: small calls are dispatch-bound.)
-    forced = opts.get("check_values")
+    forced = opts.get("check_values") if opts else None
     return _unless_nan(out, cpu and not (_functorch_active() or _is_compiling()) if forced is None else forced)
 
 
