@@ -4,6 +4,10 @@ if sys.argv[1:2] == ["sweep"]:  # python -m benchmarks sweep [...]: the size swe
     from .sweep import main as sweep_main
 
     raise SystemExit(sweep_main(sys.argv[2:]))
+if sys.argv[1:2] == ["crossover"]:  # python -m benchmarks crossover [...]: benchmarks/crossover.py
+    from .crossover import main as crossover_main
+
+    raise SystemExit(crossover_main(sys.argv[2:]))
 if sys.argv[1:2] == ["linear_distill"]:  # python -m benchmarks linear_distill [...]: benchmarks/linear_distill.py
     from .linear_distill import main as linear_distill_main
 

@@ -143,6 +143,67 @@ def test_a_large_input_is_served_by_default(monkeypatch):
     np.testing.assert_allclose(float(out), float(_reference(x, y, label_smoothing=0.1)), rtol=2e-6)
 
 
+# The one-piece limits (DELEGATE_MAX_ELEMENTS_CPU: 32 MiB of logits for a forward; under
+# autograd DELEGATE_MAX_ELEMENTS_CPU_AUTOGRAD), at their defaults.
+_BETWEEN = (512, (1 << 21) // 512 + 8)  # above the autograd limit, below the forward's (float32)
+
+
+def _routes(monkeypatch) -> list[str]:
+    """Which route served each call: "blocks" (the forward), "function" (autograd's) or
+    neither (nothing recorded: F.cross_entropy in one piece)."""
+    routes: list[str] = []
+    for name, label in (("_blocked_native", "blocks"), ("_native_loss_and_lse", "function")):
+        real = getattr(adapter, name)
+        monkeypatch.setattr(adapter, name, lambda *a, real=real, label=label: routes.append(label) or real(*a))
+    return routes
+
+
+def test_a_forward_below_32_mib_of_logits_is_one_piece(monkeypatch):
+    """float32 above the autograd limit but under 32 MiB: F.cross_entropy in one piece, which
+    beats its blocks there; float64 of as many logits (over 32 MiB): the blocks."""
+    routes = _routes(monkeypatch)
+    n, c = _BETWEEN
+    y = torch.tensor(RNG.integers(0, c, size=n), dtype=torch.int64)
+    x32 = torch.tensor(RNG.normal(size=(n, c)), dtype=torch.float32)
+    out = xce.cross_entropy(x32, y)
+    assert routes == []
+    np.testing.assert_allclose(float(out), float(_reference(x32, y)), rtol=2e-6)
+    x64 = torch.tensor(RNG.normal(size=(n, (1 << 22) // n + 8)), dtype=torch.float64)
+    y64 = torch.tensor(RNG.integers(0, x64.shape[1], size=n), dtype=torch.int64)
+    out = xce.cross_entropy(x64, y64)
+    assert routes == ["blocks"]
+    np.testing.assert_allclose(float(out), float(_reference(x64, y64)), rtol=1e-12)
+
+
+def test_under_autograd_the_function_serves_from_the_smaller_limit(monkeypatch):
+    routes = _routes(monkeypatch)
+    n, c = _BETWEEN
+    x = torch.tensor(RNG.normal(size=(n, c)), dtype=torch.float32, requires_grad=True)
+    y = torch.tensor(RNG.integers(0, c, size=n), dtype=torch.int64)
+    xce.cross_entropy(x, y).backward()
+    assert routes == ["function"]
+    xd = x.detach().double().requires_grad_(True)
+    _reference(xd, y).backward()
+    np.testing.assert_allclose(x.grad.double().numpy(), xd.grad.numpy(), rtol=1e-4, atol=1e-10)
+
+
+def test_z_loss_keeps_the_smaller_limit_without_autograd(monkeypatch):
+    """torch.logsumexp keeps an (N, C) array of its own: above the smaller limit the z-loss
+    forward is not F.cross_entropy in one piece (the definition's blocked engine serves)."""
+    one_piece = []
+    real = adapter._native_cross_entropy
+    monkeypatch.setattr(adapter, "_native_cross_entropy", lambda *a: one_piece.append(1) or real(*a))
+    n, c = _BETWEEN
+    x = torch.tensor(RNG.normal(size=(n, c)), dtype=torch.float32)
+    y = torch.tensor(RNG.integers(0, c, size=n), dtype=torch.int64)
+    out = xce.cross_entropy(x, y, z_loss=1e-3)
+    assert one_piece == []
+    xce.cross_entropy(x, y)
+    assert one_piece == [1]  # (the same input without z-loss: one piece)
+    lse = torch.logsumexp(x.double(), 1)
+    np.testing.assert_allclose(float(out), float(_reference(x, y) + 1e-3 * (lse**2).mean()), rtol=2e-6)
+
+
 # --- the autograd Function's forward (adapters/torch.py _native_loss_and_lse) -----------------
 
 

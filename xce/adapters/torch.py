@@ -88,13 +88,19 @@ def wants_cross_entropy(input: torch.Tensor, target: torch.Tensor, weight: torch
 
 # --- delegation to PyTorch's own kernel --------------------------------------------------------
 
-# Up to this many logits a CPU call goes to F.cross_entropy in one piece; above it, a forward
-# without autograd goes to F.cross_entropy one block of rows at a time (_blocked_native) and
-# one under autograd to the blocked engine and its analytic backward: measured crossover on a
-# 2-core CPU, forward and forward+backward (docs/performance.md, `python -m benchmarks sweep`).
-# The native kernel is dispatch-cheap (~3 µs at 8x10, where xce's own Python path costs ~70 µs);
-# in one piece it keeps an (N, C) log-softmax, in blocks O(block).
-DELEGATE_MAX_ELEMENTS_CPU = 1 << 21
+# Up to this many float32 logits (as many bytes, 32 MiB, at other widths) a CPU forward without
+# autograd goes to F.cross_entropy in one piece; above it, one block of rows at a time
+# (_blocked_native). Why there: the kernel's (N, C) log-softmax then leaves glibc's largest mmap
+# threshold (32 MiB), every call maps fresh pages and its time jumps ~4x (1024x4000 float64:
+# 2.6 ms, 1024x4200: 13.9 ms); below it the blocks are 1.02-1.2x slower than one piece
+# (`python -m benchmarks crossover`, docs/performance.md). The native kernel is dispatch-cheap
+# (~3 µs at 8x10, where xce's own Python path costs ~70 µs).
+DELEGATE_MAX_ELEMENTS_CPU = 1 << 23
+# Under autograd, above this many logits (or DELEGATE_MAX_ELEMENTS_CPU, the smaller) the blocked
+# engine's analytic backward serves: autograd through F.cross_entropy keeps three (N, C) arrays,
+# and between 2^21 and 2^23 logits its time swings 1-4x with the allocator's state (1024x4096:
+# 3.4 ms in one run, 12.3 ms in the next), where the Function's is steady and keeps one.
+DELEGATE_MAX_ELEMENTS_CPU_AUTOGRAD = 1 << 21
 # On a GPU the native kernels are fused and the engine's Python loop over blocks is not.
 DELEGATE_MAX_ELEMENTS_GPU = 1 << 28
 _NATIVE_DTYPES = (torch.float32, torch.float64)
@@ -109,7 +115,8 @@ def dispatch_cross_entropy(input: Any, target: Any, weight: Any, options: ce.Opt
     layout), z-loss as the native loss plus :func:`~xce.losses.cross_entropy.z_loss_part` over
     ``torch.logsumexp`` (in one piece only), smoothing whose uniform equivalent is at most 1 (``"off_target"`` ε
     becomes ε·C/(C-1)), a class ``weight`` that does not require grad (PyTorch's ``nll_loss``
-    is not differentiable in it), up to ``DELEGATE_MAX_ELEMENTS_*`` logits in one piece;
+    is not differentiable in it), up to ``DELEGATE_MAX_ELEMENTS_*`` logits in one piece
+    (:func:`_one_piece_max_cpu` on the CPU);
     larger ``(N, C)`` CPU inputs without autograd one block of rows at a time
     (:func:`_blocked_native`; under autograd the engine's analytic backward serves). Not delegated:
     probability targets (xce gives 0, PyTorch NaN, for zero-mass classes at ``-inf`` logits),
@@ -129,7 +136,7 @@ def dispatch_cross_entropy(input: Any, target: Any, weight: Any, options: ce.Opt
     if opts and not opts.get("delegate", True):
         return None
     # Large CPU inputs: blocks of rows where autograd does not need the engine's backward.
-    blocked = input.numel() > (DELEGATE_MAX_ELEMENTS_CPU if cpu else DELEGATE_MAX_ELEMENTS_GPU)
+    blocked = input.numel() > (_one_piece_max_cpu(input, options.z) if cpu else DELEGATE_MAX_ELEMENTS_GPU)
     if blocked and (options.z != 0.0 or not (cpu and ndim == 2 and not needs_autograd(input)
                                              and _engine.supports(input))):
         return None
@@ -160,6 +167,15 @@ def dispatch_cross_entropy(input: Any, target: Any, weight: Any, options: ce.Opt
     # (_engine.reads_values, its settings and device already at hand: small calls are dispatch-bound.)
     forced = opts.get("check_values") if opts else None
     return _unless_nan(out, cpu and not (_functorch_active() or _is_compiling()) if forced is None else forced)
+
+
+def _one_piece_max_cpu(input: torch.Tensor, z: float) -> int:
+    """The most logits of ``input`` that a CPU call hands to ``F.cross_entropy`` in one piece
+    (see ``DELEGATE_MAX_ELEMENTS_CPU``): 32 MiB of them for a forward, fewer under autograd or
+    with z-loss (``torch.logsumexp`` keeps an (N, C) array of its own)."""
+    if z != 0.0 or needs_autograd(input):
+        return min(DELEGATE_MAX_ELEMENTS_CPU, DELEGATE_MAX_ELEMENTS_CPU_AUTOGRAD)
+    return DELEGATE_MAX_ELEMENTS_CPU * 4 // input.element_size()
 
 
 def _native_cross_entropy(input: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None, ignore_index: int,
@@ -338,8 +354,10 @@ def fast_cross_entropy(input: torch.Tensor, target: Any, weight: Any, ignore_ind
     if options is None or target.dtype is not _INT64 or input.dtype not in _NATIVE_DTYPES:
         return None
     cpu = input.is_cpu
-    if input.numel() > (DELEGATE_MAX_ELEMENTS_CPU if cpu else DELEGATE_MAX_ELEMENTS_GPU):
-        return None
+    n_logits = input.numel()
+    if n_logits > (DELEGATE_MAX_ELEMENTS_CPU_AUTOGRAD if cpu else DELEGATE_MAX_ELEMENTS_GPU) \
+            or n_logits > DELEGATE_MAX_ELEMENTS_CPU:
+        return None  # (larger: the general dispatch weighs autograd and the dtype's width)
     try:
         if _has_torch_function((input, target)):  # a TorchFunctionMode sees F.cross_entropy itself
             out = _F.cross_entropy(input, target, None, None, options[0], None,
