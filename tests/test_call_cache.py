@@ -94,3 +94,21 @@ def test_numpys_namespace_reduces_with_the_same_ufuncs():
         xp.max(np.zeros((0,)))
     masked = np.ma.masked_array(X, mask=X > 0)
     assert namespace(("input",), masked).sum is np.sum
+
+
+@pytest.mark.parametrize("library", ["numpy", "torch", "array_api_strict"])
+def test_the_seams_scatter_puts_values_at_the_targets_or_declines(library):
+    """``put_along_class_axis``: the in-place gradient's target update. Where the library has a
+    scatter it writes exactly ``x[i, t[i]] = v[i]`` and nothing else; elsewhere it returns False
+    and leaves ``x`` as it was (the rule then assigns another way)."""
+    from xce._namespace import put_along_class_axis
+
+    lib = pytest.importorskip(library)
+    base = np.arange(12.0).reshape(3, 4)
+    t_np, v_np = np.asarray([3, 0, 2]), np.asarray([-1.0, -2.0, -3.0])
+    x, t, v = (lib.asarray(a) for a in (base.copy(), t_np, v_np))
+    done = put_along_class_axis(x, t, v, 1)
+    want = base.copy()
+    want[np.arange(3), t_np] = v_np
+    assert done == (library != "array_api_strict")
+    np.testing.assert_array_equal(np.asarray(x), want if done else base)

@@ -27,6 +27,7 @@ __all__ = [
     "known_size",
     "library_name",
     "namespace",
+    "put_along_class_axis",
     "same_device",
     "take_along_class_axis",
     "torch_tracing",
@@ -298,6 +299,23 @@ def take_along_class_axis(x: Array, index: Array, axis: int, *, xp: Namespace) -
         classes = classes.rechunk((chunks[axis],))
     classes = xp.reshape(classes, tuple(shape))
     return xp.sum(xp.where(index == classes, x, 0.0), axis=axis)
+
+
+def put_along_class_axis(x: Array, index: Array, values: Array, axis: int) -> bool:
+    """Write ``values`` into ``x`` in place at ``index`` along ``axis`` (``x[i, index[i]] =
+    values[i]`` with the classes last) where the library has a scatter: True when done, False
+    where it has none (the caller then assigns another way). ``index`` has ``x``'s shape without
+    ``axis`` and holds valid, non-negative indices; ``values`` has its shape and ``x``'s dtype.
+    Why: the standard has no scatter, and the other ways cost a pass over ``x`` (a mask) or a
+    few µs of indexing per row."""
+    lib = library_name(x)
+    if lib == "torch":
+        x.scatter_(axis, index.unsqueeze(axis), values.unsqueeze(axis))
+        return True
+    if lib in ("numpy", "cupy") and x.ndim == 2 and axis == 1:
+        x[sys.modules[lib].arange(x.shape[0]), index] = values  # (the rows are distinct)
+        return True
+    return False
 
 
 def value_range(a: Array, *, xp: Namespace) -> tuple[int, int]:
