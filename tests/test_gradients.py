@@ -166,6 +166,34 @@ def test_blocked_backward_matches_torch_autograd(shape, axis, weighted, ignore, 
 
 
 @pytest.mark.parametrize(("shape", "axis"), BLOCKED_LAYOUTS)
+@pytest.mark.parametrize(("weighted", "ignore", "eps", "reduction"),
+                         [(False, False, 0.0, "mean"), (True, True, 0.1, "none")])
+@pytest.mark.parametrize("check_values", [True, False])
+def test_blocked_backward_target_update_is_the_scatter(monkeypatch, shape, axis, weighted, ignore, eps, reduction,
+                                                       check_values):
+    """In place with the classes last, the target update is the library's scatter, values read
+    or not (check_values=False is what an accelerator gets: nothing read on the host); the
+    gradients are autograd's through F.cross_entropy either way."""
+    torch = pytest.importorskip("torch")
+    import xce.losses.cross_entropy as ce
+
+    F = torch.nn.functional
+    scattered = []
+    real = ce.put_along_class_axis
+    monkeypatch.setattr(ce, "put_along_class_axis", lambda *a: scattered.append(1) or real(*a))
+    x, target, weight = _torch_case(torch, shape, axis, weighted, ignore, False)
+    kw = {"weight": weight, "reduction": reduction, "label_smoothing": eps}
+    a, b = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+    g = torch.randn(target.shape if reduction == "none" else (), generator=torch.Generator().manual_seed(3),
+                    dtype=torch.float64)
+    with xce.config(enabled=True, block_rows=4, delegate=False, check_values=check_values):
+        xce.cross_entropy(a, target, axis=axis, **kw).backward(g)
+    F.cross_entropy(b if axis == 1 else torch.movedim(b, -1, 1), target, **kw).backward(g)
+    np.testing.assert_allclose(a.grad.numpy(), b.grad.numpy(), rtol=1e-10, atol=1e-13)
+    assert bool(scattered) == (axis % len(shape) == len(shape) - 1)
+
+
+@pytest.mark.parametrize(("shape", "axis"), BLOCKED_LAYOUTS)
 @pytest.mark.parametrize("probabilities", [False, True])
 def test_blocked_backward_equals_unblocked_with_z_loss(shape, axis, probabilities):
     torch = pytest.importorskip("torch")

@@ -821,23 +821,28 @@ def _scaled_softmax(g: Array | None, x: Array, lse: Array | None, a: Array | flo
 def _subtract_at(g: Array, t: Array, c: Array | float, rule: _Rule, *, xp: Namespace) -> Array:
     """``g - c·onehot(t)`` along the class axis, changing only the target positions.
 
-    The standard has no scatter. Not in place: a comparison with the class ids. In place with
-    the classes last, the targets are gathered, shifted and put back by the library's scatter
-    where the namespace seam has one (:func:`put_along_class_axis`: PyTorch, NumPy, CuPy);
-    else, ``rule.classes`` None (classes last, many of them): the targets are gathered, shifted and
+    The standard has no scatter. In place with the classes last, the targets are gathered,
+    shifted and put back by the library's scatter where the namespace seam has one
+    (:func:`put_along_class_axis`: PyTorch, NumPy, CuPy), values read or not. Otherwise, not in
+    place or where values are not read: a comparison with the class ids. In place,
+    ``rule.classes`` None (classes last, many of them): the targets are gathered, shifted and
     assigned back one row at a time, a few µs per row against two passes over the row's C
     elements; else a boolean mask (1 byte per element) selects them: boolean assignment takes
     values in row-major order, which is the order of the gathered targets when the classes
     are the last axis; else ``c`` is put in that order by indexing its broadcast with the mask.
     """
     cax = rule.cax
+    last = cax == g.ndim - 1
+    # In place (``rule.reads`` implies it), classes last: the targets gathered and shifted.
+    picked = take_along_class_axis(g, t, cax, xp=xp) - c if rule.inplace and last else None
+    if picked is not None and put_along_class_axis(g, t, picked, cax):
+        # The library's scatter: no pass over the block, and no value read on the host (so
+        # also where ``rule.reads`` is False: an accelerator).
+        return g
     if not rule.reads:
         hit = xp.expand_dims(t, axis=cax) == rule.classes
         return xp.where(hit, g - expand_at(c, cax, xp=xp), g)
-    if cax == g.ndim - 1:
-        picked = take_along_class_axis(g, t, cax, xp=xp) - c
-        if put_along_class_axis(g, t, picked, cax):  # the library's scatter, where it has one
-            return g
+    if picked is not None:
         if rule.classes is None:
             for k in range(g.shape[0]):
                 g[k, int(t[k])] = picked[k]
