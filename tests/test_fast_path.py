@@ -165,3 +165,24 @@ def test_a_torch_function_mode_sees_f_cross_entropy():
     assert F.cross_entropy in seen
     np.testing.assert_allclose(out.numpy(), F.cross_entropy(x, y, label_smoothing=0.1, reduction="sum").numpy(),
                                rtol=1e-14)
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+def test_a_target_tensor_subclass_sees_f_cross_entropy(weighted):
+    """A Tensor subclass with ``__torch_function__`` is an override: a delegated call with such
+    a target (the fast path leaves it, by type, to the general dispatch) is ``F.cross_entropy``
+    itself, which the subclass sees, not the kernel behind it. (An ``input`` of a subclass
+    defined outside torch has no adapter: the definition serves it.)"""
+    seen = []
+
+    class Recorded(torch.Tensor):
+        @classmethod
+        def __torch_function__(cls, func, types, args=(), kwargs=None):
+            seen.append(func)
+            return super().__torch_function__(func, types, args, kwargs or {})
+
+    x, y = _data((6, 5), (6,))
+    weight = torch.linspace(0.5, 1.5, 5, dtype=x.dtype) if weighted else None
+    out = xce.cross_entropy(x, y.as_subclass(Recorded), weight)
+    assert F.cross_entropy in seen
+    np.testing.assert_allclose(torch.as_tensor(out).numpy(), F.cross_entropy(x, y, weight).numpy(), rtol=1e-14)

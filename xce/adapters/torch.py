@@ -182,7 +182,7 @@ def _native_cross_entropy(input: torch.Tensor, target: torch.Tensor, weight: tor
                           reduction: str, eps: float) -> torch.Tensor:
     """``F.cross_entropy``; its kernel directly where no ``__torch_function__`` override can
     apply (a ``TorchFunctionMode`` or a subclass sees ``F.cross_entropy`` itself)."""
-    if _has_torch_function((input, target, weight)):
+    if _has_torch_function(input, target, weight):
         return _F.cross_entropy(input, target, weight, ignore_index=ignore_index, reduction=reduction,
                                 label_smoothing=eps)
     # (The stub says str; the binding takes get_enum's int, as F.cross_entropy passes it.)
@@ -359,7 +359,7 @@ def fast_cross_entropy(input: torch.Tensor, target: Any, weight: Any, ignore_ind
             or n_logits > DELEGATE_MAX_ELEMENTS_CPU:
         return None  # (larger: the general dispatch weighs autograd and the dtype's width)
     try:
-        if _has_torch_function((input, target)):  # a TorchFunctionMode sees F.cross_entropy itself
+        if _has_torch_function(input, target):  # a TorchFunctionMode sees F.cross_entropy itself
             out = _F.cross_entropy(input, target, None, None, options[0], None,
                                    ("none", "mean", "sum")[options[1]], options[2])
         else:
