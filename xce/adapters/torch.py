@@ -353,6 +353,7 @@ def fast_cross_entropy(input: torch.Tensor, target: Any, weight: Any, ignore_ind
         options = _checked_options(ignore_index, reduction, label_smoothing, mode, z_loss)
     if options is None or target.dtype is not _INT64 or input.dtype not in _NATIVE_DTYPES:
         return None
+    ignore, enum, eps = options
     cpu = input.is_cpu
     n_logits = input.numel()
     if n_logits > (DELEGATE_MAX_ELEMENTS_CPU_AUTOGRAD if cpu else DELEGATE_MAX_ELEMENTS_GPU) \
@@ -360,16 +361,15 @@ def fast_cross_entropy(input: torch.Tensor, target: Any, weight: Any, ignore_ind
         return None  # (larger: the general dispatch weighs autograd and the dtype's width)
     try:
         if _has_torch_function(input, target):  # a TorchFunctionMode sees F.cross_entropy itself
-            out = _F.cross_entropy(input, target, None, None, options[0], None,
-                                   ("none", "mean", "sum")[options[1]], options[2])
+            out = _F.cross_entropy(input, target, None, None, ignore, None, ("none", "mean", "sum")[enum], eps)
         else:
             # (The stub says str; the binding takes get_enum's int, as F.cross_entropy passes it.)
-            out = _KERNEL(input, target, None, options[1], options[0], options[2])  # type: ignore[arg-type]
+            out = _KERNEL(input, target, None, enum, ignore, eps)  # type: ignore[arg-type]
     except (IndexError, RuntimeError, ValueError):
         return None  # out-of-range targets, shapes, devices: the definition names the problem
     if not cpu or _functorch_active() or _is_compiling():
         return out  # values are not read (no sync, no graph break)
-    if options[1]:
+    if enum:
         return None if _isnan(out.item()) else out
     # _unless_nan, cheaper: every position's loss is >= 0 or +inf here (no class weight), so the
     # sum is NaN exactly when a position is (one read, not isnan + any).
