@@ -143,6 +143,34 @@ def test_a_large_input_is_served_by_default(monkeypatch):
     np.testing.assert_allclose(float(out), float(_reference(x, y, label_smoothing=0.1)), rtol=2e-6)
 
 
+def test_the_blocks_above_the_limit_are_at_most_5_percent_of_the_logits(monkeypatch):
+    """The blocked forward's extra memory is one block's log-softmax: with the default plan,
+    just above 32 MiB of logits (where a 4 MiB block was 10% of them) and far above it
+    (16 MiB blocks), every block F.cross_entropy gets holds at most 1/20 of the logits."""
+    blocks: list[tuple[int, ...]] = []
+    real = F.cross_entropy
+
+    class _Spy:
+        def __getattr__(self, name):
+            return getattr(F, name)
+
+        @staticmethod
+        def cross_entropy(input, *args, **kwargs):
+            blocks.append(tuple(input.shape))
+            return real(input, *args, **kwargs)
+
+    monkeypatch.setattr(adapter, "_F", _Spy())
+    for n, c in [(1024, adapter.DELEGATE_MAX_ELEMENTS_CPU // 1024 + 8), (4096, 32000)]:
+        blocks.clear()
+        x = torch.empty((1, c)).normal_().expand(n, c)  # one row of memory: the sizes are what counts
+        y = torch.tensor(RNG.integers(0, c, size=n), dtype=torch.int64)
+        with torch.no_grad():
+            out = xce.cross_entropy(x, y)
+        assert len(blocks) >= 20 and sum(b[0] for b in blocks) == n
+        assert max(b[0] for b in blocks) * c <= n * c / 20
+        np.testing.assert_allclose(float(out), float(_reference(x, y)), rtol=2e-6)
+
+
 # The one-piece limits (DELEGATE_MAX_ELEMENTS_CPU: 32 MiB of logits for a forward; under
 # autograd DELEGATE_MAX_ELEMENTS_CPU_AUTOGRAD), at their defaults.
 _BETWEEN = (512, (1 << 21) // 512 + 8)  # above the autograd limit, below the forward's (float32)

@@ -64,6 +64,7 @@ __all__ = ["OPEN_BLOCKS", "Plan", "SoftmaxSums", "Terms", "block_bytes", "config
 _BLOCK_BYTES = 1 << 21
 _BLOCK_BYTES_INTRA_OP = 1 << 22
 _BLOCK_BYTES_INTRA_OP_MAX = 1 << 24
+_BLOCK_BYTES_KERNEL = 1 << 20  # the floor of a PyTorch kernel's block (block_bytes "kernel")
 _BLOCK_BYTES_GPU = 1 << 26
 _BLOCK_BYTES_GRADIENT = 1 << 24
 _BLOCK_BYTES_MATMUL = 1 << 26
@@ -206,8 +207,9 @@ def _cpus() -> int:
         return os.cpu_count() or 1
 
 
-def plan(x: Array, *, xp: Namespace, compute_dtype: Any = None) -> Plan:
-    """Block rows, class chunk and threads for ``x`` (``(A, C)`` or ``(A, C, B)``)."""
+def plan(x: Array, *, xp: Namespace, compute_dtype: Any = None, use: str = "stats") -> Plan:
+    """Block rows, class chunk and threads for ``x`` (``(A, C)`` or ``(A, C, B)``); ``use``
+    as in :func:`block_bytes` sizes the rows (the class chunk is always the statistics')."""
     opts = options()
     rows, n_classes = x.shape[0], x.shape[1]
     inner = math.prod(x.shape[2:])
@@ -219,7 +221,7 @@ def plan(x: Array, *, xp: Namespace, compute_dtype: Any = None) -> Plan:
     class_chunk = min(class_chunk, n_classes)
     block_rows = opts.get("block_rows")
     if block_rows is None:
-        block_rows = max(1, block_bytes(x) // (itemsize * class_chunk * inner))
+        block_rows = max(1, block_bytes(x, use) // (itemsize * class_chunk * inner))
     block_rows = max(1, min(block_rows, rows))
     threads = 1
     if library_name(x) in _POOLED and not getattr(_IN_WORKER, "flag", False):
@@ -254,14 +256,17 @@ def block_bytes(x: Array, use: str = "stats") -> int:
     """The default block size in bytes for ``x``: the one block-size policy of xce.
 
     ``use`` says what the block is for. ``"stats"``: the forward statistics (see the
-    constants above). ``"gradient"``: a block of the analytic backward, formed in the
+    constants above). ``"kernel"``: a block of rows handed whole to a library's own loss
+    kernel (PyTorch's log-softmax: one parallel region per block, not the formula's four),
+    whose temporary of the block's size is the blocked path's extra memory; so 1/32 of the
+    input from 1 MiB up. ``"gradient"``: a block of the analytic backward, formed in the
     result itself, so its size costs no memory; 16 MiB fits a typical L3, so the in-place
     passes after the first re-read it from cache. ``"matmul"``: the logits of a block of
     rows of ``linear_cross_entropy`` (64 MiB: few, tall blocks keep ``dW``'s rank-``rows``
     updates efficient, each of which reads and writes all of ``dW``). GPUs take at least
     the GPU block. ``xce.config(block_rows=)`` overrides the rows of every use.
     """
-    if use != "stats":
+    if use not in ("stats", "kernel"):
         size = _BLOCK_BYTES_GRADIENT if use == "gradient" else _BLOCK_BYTES_MATMUL
         return max(size, _BLOCK_BYTES_GPU) if use == "gradient" and on_accelerator(x) else size
     if on_accelerator(x):
@@ -271,8 +276,11 @@ def block_bytes(x: Array, use: str = "stats") -> int:
         # process holds a core, every region waits for a descheduled thread (measured: a
         # 4096x32000 forward went from 0.2 s to 4 s in 4 MiB blocks, 0.5 s in 64 MiB ones).
         # Fewer, larger blocks as the input grows, still a small fraction of it.
+        # A kernel's block needs less work to pay for its region: the 4 MiB floor would be
+        # 10% of a 40 MiB input, its blocks of 1/32 were as fast, quiet and with a core busy.
         total = math.prod(x.shape) * max(4, x.dtype.itemsize)  # in the compute dtype
-        return min(_BLOCK_BYTES_INTRA_OP_MAX, max(_BLOCK_BYTES_INTRA_OP, total // 32))
+        floor = _BLOCK_BYTES_KERNEL if use == "kernel" else _BLOCK_BYTES_INTRA_OP
+        return min(_BLOCK_BYTES_INTRA_OP_MAX, max(floor, total // 32))
     return _BLOCK_BYTES
 
 

@@ -214,7 +214,7 @@ def _blocked_native(input: torch.Tensor, target: torch.Tensor, weight: torch.Ten
     four, each of which waits for a thread descheduled by another process (docs/performance.md).
     Per-block sums add up; ``"mean"`` divides by xce's own denominator (``mean_weights``).
     """
-    p = _engine.plan(input, xp=txp)
+    p = _engine.plan(input, xp=txp, use="kernel")
     n_rows, n_classes = input.shape
     if p.class_chunk < n_classes:
         return None  # rows too long for a block: the engine's class chunks serve
@@ -258,7 +258,7 @@ def _native_loss_and_lse(input: torch.Tensor, weight: torch.Tensor | None,
             or input.dtype not in _NATIVE_DTYPES or not input.is_cpu or not args.reads \
             or not _engine.options().get("delegate", True):
         return None
-    p = _engine.plan(input, xp=txp)
+    p = _engine.plan(input, xp=txp, use="kernel")
     n_rows, n_classes = input.shape
     if p.class_chunk < n_classes:
         return None
