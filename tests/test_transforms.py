@@ -213,6 +213,34 @@ def test_jax_forward_mode_and_second_order():
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.parametrize(("n", "c"), [(8, 10), (64, 100), (256, 1000), (1024, 10000)])
+def test_jax_jit_grad_memory_is_no_more_than_optaxs(n, c):
+    """Issue 13: ``jit(grad)`` of xce.cross_entropy needs no more scratch memory than optax's
+    ``softmax_cross_entropy_with_integer_labels(x, y).mean()`` (XLA's own accounting of the
+    compiled programs, no data), and its program is the analytic rule: no scatter (autodiff
+    of the target gather would add one; optax's has it). The forward may add O(N) bytes:
+    ``"mean"`` counts the kept positions (PyTorch's ``ignore_index``), which optax does not."""
+    jax = pytest.importorskip("jax")
+    optax = pytest.importorskip("optax")
+    x = jax.ShapeDtypeStruct((n, c), jax.numpy.float32)
+    y = jax.ShapeDtypeStruct((n,), jax.numpy.int32)
+
+    def compiled(f):
+        return jax.jit(f).lower(x, y).compile()
+
+    def theirs(x, y):
+        return optax.softmax_cross_entropy_with_integer_labels(x, y).mean()
+
+    for ours, native, slack in [(jax.grad(xce.cross_entropy), jax.grad(theirs), 0),
+                                (xce.cross_entropy, theirs, 4 * n)]:
+        a, b = compiled(ours).memory_analysis(), compiled(native).memory_analysis()
+        if a is None or b is None:
+            pytest.skip("this jaxlib reports no memory analysis")
+        assert a.temp_size_in_bytes <= b.temp_size_in_bytes + slack
+    grad_program = compiled(jax.grad(xce.cross_entropy)).as_text()
+    assert "scatter" not in grad_program and "scatter" in compiled(jax.grad(theirs)).as_text()
+
+
 def test_config_rejects_non_bool_switches():
     with pytest.raises(TypeError, match="delegate must be a bool"), xce.config(delegate=1):
         pass
