@@ -273,10 +273,31 @@ def torch_cases(n: int, c: int, dev: Device, bw: float | None, repeats: int, tar
     del grads
     res.peak_extra_bytes = {k: peak_bytes(f, dev, f.reset) for k, f in steps.items()}
     res.syncs = {k: count_syncs(f, dev) for k, f in steps.items()}
+    res.syncs["xce.linear_cross_entropy, 1/4 ignored"] = count_syncs(_linear_step(n, c, dev, gen), dev)
     for f in steps.values():
         f.reset()
     out.append(_finish(res, time_device(dict(steps), dev, repeats, target_s), bw, 2 * logits))
     return out
+
+
+def _linear_step(n: int, c: int, dev: Device, gen: Any, d: int = 256) -> Callable[[], Any]:
+    """Forward and backward of ``xce.linear_cross_entropy`` (hidden size ``d``, vocabulary ``c``,
+    every fourth target ``ignore_index``: where values are read those rows would be dropped)."""
+    import torch
+
+    import xce
+
+    h = torch.randn(n, d, device=dev.where, generator=gen).requires_grad_(True)
+    w = (torch.randn(c, d, device=dev.where, generator=gen) / d**0.5).requires_grad_(True)
+    t = torch.randint(0, c, (n,), device=dev.where, generator=gen)
+    t[::4] = -100
+
+    def step() -> Any:
+        h.grad = w.grad = None
+        xce.linear_cross_entropy(h, w, t).backward()
+        return h.grad
+
+    return step
 
 
 def cupy_by_hand(x: Any, y: Any, xp: Any) -> Any:

@@ -396,6 +396,63 @@ def test_everything_on_the_meta_device_is_not_an_error():
         xce.cross_entropy(x, t[:3])
 
 
+def _meta_calls(torch):
+    """Every loss, forward and backward, with the options that take other code paths (ignored
+    targets, class and sample weights, smoothing, z-loss, soft cap, statistics, shift)."""
+    n, c, d = 6, 5, 4
+
+    def z(*shape, grad=False, dtype=None):
+        return torch.zeros(*shape, device="meta", dtype=dtype, requires_grad=grad)
+
+    x, h, w_lin = z(n, c, grad=True), z(n, d, grad=True), z(c, d, grad=True)
+    t, q, p = z(n, dtype=torch.int64), torch.full((n, c), 1 / c, device="meta"), torch.full((n, c), 0.5, device="meta")
+    cw, sw = torch.ones(c, device="meta"), torch.ones(n, device="meta")
+    teacher = z(n, c)
+    for r in ("mean", "sum", "none"):
+        batch = "batchmean" if r == "mean" else r
+        yield f"cross_entropy {r}", lambda r=r: xce.cross_entropy(x, t, cw, reduction=r, label_smoothing=0.1,
+                                                                  z_loss=1e-4)
+        yield f"cross_entropy probs {r}", lambda r=r: xce.cross_entropy(x, q, reduction=r)
+        yield f"cross_entropy extras {r}", lambda r=r: xce.cross_entropy(x, t, reduction=r, softcap=30.0,
+                                                                         sample_weight=sw, return_stats=True)[0]
+        yield f"nll_loss {r}", lambda r=r: xce.nll_loss(torch.log_softmax(x, 1), t, reduction=r)
+        yield f"softmax_focal_loss {r}", lambda r=r: xce.softmax_focal_loss(x, t, reduction=r)
+        yield f"poly1_cross_entropy {r}", lambda r=r: xce.poly1_cross_entropy(x, t, reduction=r)
+        yield f"binary_cross_entropy {r}", lambda r=r: xce.binary_cross_entropy(torch.sigmoid(x), p, reduction=r)
+        yield f"binary_cross_entropy_with_logits {r}", lambda r=r: xce.binary_cross_entropy_with_logits(
+            x, p, reduction=r)
+        yield f"multilabel_soft_margin_loss {r}", lambda r=r: xce.multilabel_soft_margin_loss(x, p, reduction=r)
+        yield f"sigmoid_focal_loss {r}", lambda r=r: xce.sigmoid_focal_loss(x, p, reduction=r)
+        yield f"kl_div {batch}", lambda b=batch: xce.kl_div(torch.log_softmax(x, 1), q, reduction=b)
+        yield f"kl_div_with_logits {batch}", lambda b=batch: xce.kl_div_with_logits(x, teacher, reduction=b)
+        yield f"generalized_jsd {batch}", lambda b=batch: xce.generalized_jsd(x, teacher, reduction=b)
+        yield f"linear_cross_entropy {r}", lambda r=r: xce.linear_cross_entropy(
+            h, w_lin, t, reduction=r, weight=cw, sample_weight=sw, label_smoothing=0.1, z_loss=1e-4)
+        yield f"linear_cross_entropy softcap stats {r}", lambda r=r: xce.linear_cross_entropy(
+            h, w_lin, t, reduction=r, softcap=20.0, return_stats=True)[0]
+        yield f"linear_cross_entropy shift {r}", lambda r=r: xce.linear_cross_entropy(
+            z(2, 3, d, grad=True), w_lin, z(2, 3, dtype=torch.int64), reduction=r, shift=True)
+        yield f"linear_distillation_loss {batch}", lambda b=batch: xce.linear_distillation_loss(
+            h, w_lin, h.detach(), w_lin.detach(), t, reduction=b)
+
+
+def test_no_loss_reads_a_value_on_the_meta_device():
+    """The rule for accelerators (docs/semantics.md): no value is read on the host, so no
+    device-to-host sync. Meta tensors hold no values and raise on any read (``.item()``,
+    ``bool``, ``nonzero``): every loss, forward and backward, runs on them. (On a GPU machine
+    ``benchmarks/gpu.py`` counts the syncs with ``torch.cuda.set_sync_debug_mode``.)"""
+    torch = pytest.importorskip("torch")
+    failed = []
+    for name, call in _meta_calls(torch):
+        try:
+            out = call()
+            assert out.device.type == "meta"
+            (out.sum() if out.ndim else out).backward()
+        except Exception as error:  # (collected: one report names every loss that reads)
+            failed.append(f"{name}: {type(error).__name__}: {str(error).splitlines()[0]}")
+    assert not failed, "\n".join(failed)
+
+
 @pytest.mark.parametrize("which", ["input", "target", "weight"])
 def test_python_list_instead_of_array(eager, loss, which):
     x, t = _xt(eager)

@@ -13,7 +13,7 @@ import pytest
 import xce
 import xce.linear as linear_module
 
-from conftest import assert_close_to
+from conftest import assert_close_to, to_numpy
 
 torch = pytest.importorskip("torch")
 F = torch.nn.functional
@@ -204,6 +204,77 @@ def test_ignored_rows_are_dropped_before_the_matmul(monkeypatch):
     np.testing.assert_allclose(dh[kept], dh_k, rtol=1e-12, atol=1e-15)
     assert not dh[~kept].any()
     np.testing.assert_allclose(dw, dw_k, rtol=1e-12, atol=1e-15)
+
+
+# What a GPU runs: values are not read (a host sync each), so no row can be dropped (finding the
+# kept rows is a read); every row is swept and the ignored ones masked. check_values=False gives
+# the CPU the same path. CASES and SHIFT_CASES have ignored rows.
+NO_READ_CASES = [*CASES, ("shift+sample_weight+z", {"sample_weight": SW3, "weight": CW, "z_loss": 0.1, "shift": True},
+                          True), ("shift-none+softcap", {"reduction": "none", "softcap": 2.0, "shift": True}, False)]
+
+
+@pytest.mark.parametrize(("name", "kwargs", "bias"), NO_READ_CASES, ids=[c[0] for c in NO_READ_CASES])
+def test_without_value_reads_every_row_is_swept_and_masked(backend, name, kwargs, bias, monkeypatch):
+    """Values and gradients of the sweep that reads no value (an accelerator's) equal the
+    reference, on every eager backend: NumPy and PyTorch by their scatter-add, array-api-strict
+    (none) by visiting every vocabulary chunk."""
+    if backend.name in ("jax", "jax-jit", "dask"):
+        pytest.skip("lazy arrays never take the sweep (the unfused formula; see test_gradients)")
+    h, t = (H3, T3) if kwargs.get("shift") else (H, T)
+    swept = []
+    block = linear_module._block
+
+    def spy(sw, i0, i1, w_t, *, xp):
+        swept.append(i1 - i0)
+        return block(sw, i0, i1, w_t, xp=xp)
+
+    monkeypatch.setattr(linear_module, "_block", spy)
+    cot = None
+    if kwargs.get("reduction") == "none":
+        cot = RNG.normal(size=(2, 5)) if kwargs.get("shift") else COT
+    want = reference(h, t, bias=B if bias else None, cot=cot, **kwargs)
+    with xce.config(check_values=False):
+        got = _gradients(backend, h, t, kwargs, bias, cot)
+    n_rows = h.size // D  # every sweep (one forward, one backward) takes every row, the ignored ones too
+    assert swept and sum(swept) % n_rows == 0
+    for g, r in zip(got, want):
+        if r is None:
+            assert g is None
+        else:
+            assert_close_to(g, r, dtype=backend.xp.float64, backend=backend)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+def test_without_value_reads_an_out_of_range_target_is_nan(backend, reduction):
+    """The lazy contract where values are not read: an index outside [0, V) gives NaN at its
+    position (so "mean" is NaN) instead of an IndexError, and the other positions are exact."""
+    if backend.name in ("jax", "jax-jit", "dask"):
+        pytest.skip("lazy arrays: the unfused formula's own lazy contract")
+    bad = T.copy()
+    bad[4] = V + 3
+    with xce.config(check_values=False):
+        out = to_numpy(xce.linear_cross_entropy(backend.asarray(H), backend.asarray(W), backend.asarray(bad),
+                                                        reduction=reduction, block_rows=4))
+    if reduction == "mean":
+        assert np.isnan(out)
+        return
+    want = reference(H, np.where(bad == V + 3, -100, bad), reduction="none")[0]
+    assert np.isnan(out[4]) and not np.isnan(np.delete(out, 4)).any()
+    np.testing.assert_allclose(np.delete(out, 4), np.delete(want, 4), rtol=1e-12, atol=1e-15)
+
+
+def test_without_value_reads_the_statistics_skip_the_ignored_rows():
+    """return_stats: per-position log Z and entropy 0 at ignored rows and the accuracy over the
+    kept ones, as when they are dropped."""
+    kw = {"weight": CW, "z_loss": 0.05, "return_stats": True, "block_rows": 4}
+    for reduction in ("mean", "none"):
+        read = xce.linear_cross_entropy(H, W, T, reduction=reduction, **kw)
+        with xce.config(check_values=False):
+            unread = xce.linear_cross_entropy(H, W, T, reduction=reduction, **kw)
+        np.testing.assert_allclose(unread[0], read[0], rtol=1e-12, atol=1e-15)
+        for a, b in zip(unread[1], read[1]):
+            np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-15)
+    assert read[1].lse[2] == 0.0 and 0.0 < read[1].accuracy < 1.0
 
 
 OVERLAP = [{}, {"weight": CW}, {"weight": CW, "label_smoothing": 0.1, "reduction": "sum"},

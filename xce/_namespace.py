@@ -7,6 +7,7 @@ fallbacks for functions a namespace lacks. Loss modules only ever see ``xp``.
 
 from __future__ import annotations
 
+import importlib
 import math
 import sys
 import types
@@ -15,6 +16,7 @@ from typing import Any
 import array_api_compat
 
 __all__ = [
+    "add_at_rows",
     "as_compute",
     "as_dtype",
     "compute_dtype",
@@ -314,6 +316,25 @@ def put_along_class_axis(x: Array, index: Array, values: Array, axis: int) -> bo
         return True
     if lib in ("numpy", "cupy") and x.ndim == 2 and axis == 1:
         x[sys.modules[lib].arange(x.shape[0]), index] = values  # (the rows are distinct)
+        return True
+    return False
+
+
+def add_at_rows(out: Array, index: Array, values: Array) -> bool:
+    """``out[index[i], ...] += values[i, ...]`` in place, rows of a repeated index accumulated,
+    where the library has a scatter-add (PyTorch ``index_add_``, CuPy ``cupyx.scatter_add``,
+    NumPy ``add.at``): True when done, False where it has none. ``index`` is 1-D, valid and
+    non-negative; ``values`` has ``out``'s dtype. Why: the standard has no scatter-add; its
+    sorted-runs substitute reads the sorted indices' range on the host, a sync per block on a GPU."""
+    lib = library_name(out)
+    if lib == "torch":
+        out.index_add_(0, index, values)
+        return True
+    if lib == "cupy":
+        importlib.import_module("cupyx").scatter_add(out, index, values)
+        return True
+    if lib == "numpy":
+        sys.modules["numpy"].add.at(out, index, values)
         return True
     return False
 

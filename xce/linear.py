@@ -39,9 +39,11 @@ from . import _engine
 from ._namespace import (
     Array,
     Namespace,
+    add_at_rows,
     as_dtype,
     compute_dtype,
     device_of,
+    has_values,
     is_lazy,
     is_traced,
     namespace,
@@ -51,7 +53,7 @@ from ._namespace import (
 from ._registry import adapter_for, register_value_and_grad
 from ._signatures import derivative_of
 from ._softmax import finite_max
-from ._targets import prepare_index
+from ._targets import IndexTarget, mask_loss, prepare_index
 from ._validate import (
     check_floating,
     check_fraction,
@@ -264,7 +266,10 @@ def linear_cross_entropy(
     Eager arrays (NumPy, PyTorch, CuPy, array-api-strict) with class-index targets take the
     blocked sweep: rows in blocks of ``block_rows`` (default about 16M logits per block), so the
     extra memory is O(block_rows · V), not O(N · V); rows whose target is ``ignore_index`` are
-    dropped before the matrix product (padding and prompt tokens cost no FLOPs). On PyTorch
+    dropped before the matrix product (padding and prompt tokens cost no FLOPs) where values
+    may be read; on a GPU (and under ``xce.config(check_values=False)``) finding them would be
+    a device-to-host sync, so every row is swept and the ignored ones are masked (their
+    FLOPs are spent; ``check_values=True`` drops them for one host read per call). On PyTorch
     tensors that require grad, ``.backward()`` goes through
     :func:`xce.adapters.torch.linear_cross_entropy` (blocked as well);
     ``xce.value_and_grad(xce.linear_cross_entropy)`` gives ``(d_input, d_linear_weight,
@@ -567,7 +572,9 @@ def unfused_value_and_grad(h: Array, lw: Array, t: Array, lb: Array | None, cw: 
 class _Sweep:
     """One blocked sweep of :func:`fused`: sizes, per-row coefficients, reused buffers and the
     gradients being accumulated (all in the compute dtype unless noted). "Swept rows" are the
-    rows whose target is not ignored, in order; ``rows_of`` maps them to the rows of ``h2``."""
+    rows whose target is not ignored, in order; ``rows_of`` maps them to the rows of ``h2``.
+    Where values are not read (an accelerator, ``check_values=False``: finding the kept rows
+    would be a device-to-host sync) every row is swept and ``masked`` zeroes the dropped ones."""
 
     h2: Array  # input as (N, D)
     weight: Array
@@ -575,6 +582,7 @@ class _Sweep:
     y: Array  # the swept rows' targets (K,)
     rows_of: Any  # (K,) indices into h2, None when no row is dropped
     pos: Any  # (N,) each row's place among the swept rows (K where dropped); None with rows_of
+    masked: IndexTarget | None  # no host read: every row is swept, these (ignored, invalid) masked
     args: LinearArgs
     dtype: Any
     rows: int
@@ -668,16 +676,20 @@ def _start(hidden: Array, weight: Array, target: Array, bias: Array | None, clas
     n_features, vocab = hidden.shape[-1], weight.shape[0]
     h2 = xp.reshape(hidden, (-1, n_features))
     dtype, dev = compute_dtype(hidden.dtype, xp=xp), device_of(hidden)
-    index = prepare_index(xp.reshape(target, (-1,)), vocab, args.ignore_index, xp=xp, lazy=False)
+    # Values read (eager CPU): targets checked, ignored rows dropped before any product (their
+    # number is read on the host). Not read (accelerators): the lazy contract, every row swept.
+    reads = _engine.reads_values(target)
+    index = prepare_index(xp.reshape(target, (-1,)), vocab, args.ignore_index, xp=xp, lazy=not reads)
     y, rows_of, pos = index.safe, None, None
-    if index.ignored is not None:  # ignored rows leave before any product
+    masked = None if reads or index.dropped is None else index
+    if reads and index.ignored is not None:  # ignored rows leave before any product
         keep = ~index.ignored
         rows_of = xp.nonzero(keep)[0]
         y = xp.take(y, rows_of)
         pos = xp.where(keep, xp.cumulative_sum(xp.astype(keep, y.dtype)) - 1, y.shape[0])
     k = y.shape[0]
     rows = _block_size(hidden, k, vocab, dtype, args.block_rows, xp=xp)
-    sw = _Sweep(h2, weight, bias, y, rows_of, pos, args, dtype, rows,
+    sw = _Sweep(h2, weight, bias, y, rows_of, pos, masked, args, dtype, rows,
                 max(1, min(vocab, _VOCAB_CHUNK_ELEMENTS // max(n_features, 1))), _slices_alias(xp, dev),
                 dtype == hidden.dtype and args.softcap is None, want_loss, want_grad)
     _start_weights(sw, class_weight, sample_weight, xp=xp)
@@ -701,7 +713,8 @@ def _start_weights(sw: _Sweep, class_weight: Array | None, sample_weight: Array 
     sw.w_sum = float(vocab) if sw.cw is None else xp.sum(sw.cw)
     if sample_weight is not None:
         sw.sw = _take_rows(as_dtype(xp.reshape(sample_weight, (-1,)), dtype, xp=xp), sw.rows_of, xp=xp)
-    sw.den, sw.den_z = _denominators(sw.sw, sw.w_y, None, sw.y.shape[0], args, dtype, dev, xp=xp)
+    kept = None if sw.masked is None or sw.masked.ignored is None else xp.astype(~sw.masked.ignored, dtype)
+    sw.den, sw.den_z = _denominators(sw.sw, sw.w_y, kept, sw.y.shape[0], args, dtype, dev, xp=xp)
     if args.softcap is not None or not maybe_nonzero(args.eps):  # (an array ε is never read)
         return
     w = as_dtype(sw.weight, dtype, xp=xp)
@@ -724,6 +737,9 @@ def _start_gradient(sw: _Sweep, hidden: Array, cotangent: Array | None, *, xp: N
         cot = _take_rows(xp.reshape(cot, (-1,)), sw.rows_of, xp=xp)
     sw.s, sw.s_z = _scales(cot, sw.sw, sw.den, sw.den_z, args, dtype, xp=xp)
     zeros = xp.zeros((k,), dtype=dtype, device=dev)
+    if sw.masked is not None:  # dropped rows: no gradient (a where: no 0·inf)
+        drop = sw.masked.dropped
+        sw.s, sw.s_z = xp.where(drop, 0.0, sw.s + zeros), xp.where(drop, 0.0, sw.s_z + zeros)
     _, b, u = gradient_coefficients(sw.s + zeros, sw.s, None, 1.0 if sw.w_y is None else sw.w_y, sw.w_sum, args.eps,
                                     0.0, vocab)
     sw.b = b + zeros
@@ -923,11 +939,11 @@ def _finish(sw: _Sweep, hidden: Array, *, xp: Namespace) -> Fused:
                 sw.d_bias -= xp.sum(sw.u) if sw.cw is None else sw.cw * xp.sum(sw.u)
         if not (isinstance(args.eps, float) and args.eps >= 1.0):  # ε = 1: no one-hot part
             _subtract_targets(sw.d_weight, sw.d_bias, sw.h2, sw.y, sw.b, sw.rows_of, rows=sw.rows,
-                              v_chunk=sw.v_chunk, alias=sw.alias, xp=xp)
+                              v_chunk=sw.v_chunk, alias=sw.alias, reads=sw.masked is None, xp=xp)
     loss_out = stats = None
     if sw.want_loss:
-        z_rows = sw.z_rows if maybe_nonzero(args.z) else None
-        loss = _reduce(sw.ce_rows, z_rows, sw.sw, sw.den, sw.den_z, args, xp=xp)
+        z_rows = _masked(sw.z_rows, sw, xp=xp) if maybe_nonzero(args.z) else None
+        loss = _reduce(_masked(sw.ce_rows, sw, xp=xp), z_rows, sw.sw, sw.den, sw.den_z, args, xp=xp)
         if args.reduction == "none":
             loss = xp.reshape(_spread(loss, sw, xp=xp), tuple(hidden.shape[:-1]))
         loss_out = as_dtype(loss, hidden.dtype, xp=xp)
@@ -948,11 +964,21 @@ def _finish_stats(sw: _Sweep, hidden: Array, *, xp: Namespace) -> LossStats:
     def per_position(v: Array) -> Array:
         return as_dtype(xp.reshape(_spread(v, sw, xp=xp), shape), hidden.dtype, xp=xp)
 
-    z = _reduce(sw.z_rows, None, sw.sw, sw.den_z, sw.den_z, sw.args, xp=xp)
+    z = _reduce(_masked(sw.z_rows, sw, xp=xp), None, sw.sw, sw.den_z, sw.den_z, sw.args, xp=xp)
     z = per_position(z) if sw.args.reduction == "none" else as_dtype(z, hidden.dtype, xp=xp)
-    hits = sw.stat_rows[2, :]
-    return LossStats(per_position(sw.stat_rows[0, :]), z, xp.sum(hits) / float(hits.shape[0]),
-                     per_position(sw.stat_rows[1, :]))
+    hits, lse, entropy = sw.stat_rows[2, :], sw.stat_rows[0, :], sw.stat_rows[1, :]
+    n_swept: Any = float(hits.shape[0])
+    if sw.masked is not None:  # every row was swept: the dropped ones are 0 and leave the count
+        drop: Any = sw.masked.dropped  # (masked: some row is dropped)
+        hits, lse, entropy = (xp.where(drop, 0.0, v) for v in (hits, lse, entropy))
+        n_swept = xp.sum(xp.astype(~drop, hits.dtype))
+    return LossStats(per_position(lse), z, xp.sum(hits) / n_swept, per_position(entropy))
+
+
+def _masked(rows: Array, sw: _Sweep, *, xp: Namespace) -> Array:
+    """Per-row terms with the masked rows' values: 0 where ignored, NaN where out of range
+    (the lazy contract); the rows as they are where the dropped ones were never swept."""
+    return rows if sw.masked is None else mask_loss(rows, sw.masked, xp=xp)
 
 
 def _iadd(x: Array, y: Array) -> Array:
@@ -984,16 +1010,20 @@ def _matmul_into(out: Array, i0: int, i1: int, a: Array, b: Array, *, alias: boo
 
 
 def _subtract_targets(d_weight: Array, d_bias: Array | None, h2: Array, y: Array, c1: Array, rows_of: Any,
-                      *, rows: int, v_chunk: int, alias: bool, xp: Namespace) -> None:
+                      *, rows: int, v_chunk: int, alias: bool, reads: bool = True, xp: Namespace) -> None:
     """``d_weight[y_i] -= c1_i·h_i`` and ``d_bias[y_i] -= c1_i`` for all swept rows, in place.
 
     The standard has no scatter-add, so the rows are sorted by target: each class's rows
     form a run, and its sum is a difference of two cumulative sums. Cumulative sums restart
     every ``rows`` sorted rows (their rounding error grows with the run), and a vocabulary
     chunk at a time is taken from them: O((N + V)·D) work in a few dozen operations, with
-    ``(rows, D)`` and ``(v_chunk, D)`` temporaries.
+    ``(rows, D)`` and ``(v_chunk, D)`` temporaries. Where values are not read (``reads=False``:
+    the runs' class range is a host read per piece) the library's scatter-add serves, a block of
+    rows at a time; without one, every vocabulary chunk is visited.
     """
     vocab, dev = d_weight.shape[0], device_of(d_weight)
+    if not reads and _scatter_add_targets(d_weight, d_bias, h2, y, c1, rows_of, rows=rows, xp=xp):
+        return
     order = xp.argsort(y)
     key = xp.take(y, order)
     # Class v's rows, in sorted order: bounds[v] to bounds[v + 1].
@@ -1009,7 +1039,7 @@ def _subtract_targets(d_weight: Array, d_bias: Array | None, h2: Array, y: Array
         del hc, h_rows
         cb = None if d_bias is None else xp.cumulative_sum(c, include_initial=True)
         # Classes whose runs meet this piece: key[p0] .. key[p1 - 1].
-        k0, k1 = int(key[p0]), int(key[p1 - 1]) + 1
+        k0, k1 = (int(key[p0]), int(key[p1 - 1]) + 1) if reads else (0, vocab)
         for v0 in range(k0, k1, v_chunk):
             v1 = min(v0 + v_chunk, k1)
             local = xp.clip(bounds[v0:v1 + 1], p0, p1) - p0
@@ -1021,10 +1051,26 @@ def _subtract_targets(d_weight: Array, d_bias: Array | None, h2: Array, y: Array
                 _add_into(d_bias, v0, v1, xp.take(cb, hi) - xp.take(cb, lo), alias=alias, subtract=True)
 
 
+def _scatter_add_targets(d_weight: Array, d_bias: Array | None, h2: Array, y: Array, c1: Array, rows_of: Any, *,
+                         rows: int, xp: Namespace) -> bool:
+    """:func:`_subtract_targets` by the library's scatter-add, a block of rows at a time (no
+    value read); False where the library has none."""
+    for p0 in range(0, y.shape[0], rows):
+        p1 = min(p0 + rows, y.shape[0])
+        h_rows = h2[p0:p1, ...] if rows_of is None else xp.take(h2, rows_of[p0:p1], axis=0)
+        c = -c1[p0:p1]
+        if not add_at_rows(d_weight, y[p0:p1], xp.expand_dims(c, axis=1) * as_dtype(h_rows, d_weight.dtype, xp=xp)):
+            return False
+        if d_bias is not None:
+            add_at_rows(d_bias, y[p0:p1], c)
+    return True
+
+
 def _scatters(xp: Namespace, device: Any) -> bool:
     """Whether ``a[index_array, ...] = b`` works (NumPy, PyTorch, CuPy; not in the standard)."""
     key = id(xp)
     if key not in _SCATTERS:
+        device = _probe_device(xp, device)
         probe = xp.zeros((2, 1), device=device)
         try:
             probe[xp.asarray([1], device=device), ...] = xp.ones((1, 1), device=device)
@@ -1039,11 +1085,17 @@ def _slices_alias(xp: Namespace, device: Any) -> bool:
     (NumPy, PyTorch, CuPy); probed once per namespace, not assumed from the library's name."""
     key = id(xp)
     if key not in _ALIASING:
-        probe = xp.zeros((2,), device=device)
+        probe = xp.zeros((2,), device=_probe_device(xp, device))
         part = probe[0:1]
         part += 1.0
         _ALIASING[key] = bool(probe[0] == 1.0)
     return _ALIASING[key]
+
+
+def _probe_device(xp: Namespace, device: Any) -> Any:
+    """``device``, or the library's default where arrays there hold no values (PyTorch's
+    ``meta``): a probe's answer is the library's, whatever the device, and is read once."""
+    return device if has_values(xp.zeros((1,), device=device)) else None
 
 
 register_value_and_grad(linear_cross_entropy, value_and_grad_linear_cross_entropy)

@@ -505,8 +505,9 @@ class _LinearCrossEntropy(torch.autograd.Function):
     def backward(ctx: Any, grad_output, *_grad_stats):
         if ctx.precomputed:
             d_hidden, d_weight, d_bias = ctx.saved_tensors
-            # loss.backward() passes 1: hand the saved gradients over without a copy of dW.
-            one = bool(grad_output == 1)
+            # loss.backward() passes 1: hand the saved gradients over without a copy of dW
+            # (asked only where values may be read: on a GPU the question is a host sync).
+            one = _engine.reads_values(grad_output) and bool(grad_output == 1)
             grads = tuple(d if d is None or one else d * grad_output for d in (d_hidden, d_weight, d_bias))
             return grads[0], grads[1], None, grads[2], None, None, None
         hidden, weight, target, bias, class_weight, sample_weight = ctx.saved_tensors
