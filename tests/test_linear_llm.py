@@ -181,13 +181,9 @@ def test_shift_equals_the_explicitly_shifted_call():
     np.testing.assert_allclose(none, xce.linear_cross_entropy(h, W, T3[:, 1:], reduction="none"), rtol=1e-12)
 
 
-def test_ignored_rows_are_dropped_before_the_matmul(monkeypatch):
-    """Half the rows ignored: the sweep multiplies only the kept rows, and the results equal the
-    call on the kept rows alone (dL/dh 0 at the dropped rows)."""
-    rng = np.random.default_rng(0)
-    h, t = rng.normal(size=(40, D)), rng.integers(0, V, size=40)
-    t[::2] = -100
-    seen = []
+def _count_swept_rows(monkeypatch) -> list[int]:
+    """The sweep's block sizes (rows multiplied by the linear weight), appended as it runs."""
+    seen: list[int] = []
     block = linear_module._block
 
     def spy(sw, i0, i1, w_t, *, xp):
@@ -195,6 +191,16 @@ def test_ignored_rows_are_dropped_before_the_matmul(monkeypatch):
         return block(sw, i0, i1, w_t, xp=xp)
 
     monkeypatch.setattr(linear_module, "_block", spy)
+    return seen
+
+
+def test_ignored_rows_are_dropped_before_the_matmul(monkeypatch):
+    """Half the rows ignored: the sweep multiplies only the kept rows, and the results equal the
+    call on the kept rows alone (dL/dh 0 at the dropped rows)."""
+    rng = np.random.default_rng(0)
+    h, t = rng.normal(size=(40, D)), rng.integers(0, V, size=40)
+    t[::2] = -100
+    seen = _count_swept_rows(monkeypatch)
     kw = {"weight": CW, "label_smoothing": 0.1, "reduction": "sum", "block_rows": 4}
     loss, (dh, dw, _) = xce.value_and_grad(xce.linear_cross_entropy)(h, W, t, **kw)
     assert sum(seen) == 20
@@ -221,14 +227,7 @@ def test_without_value_reads_every_row_is_swept_and_masked(backend, name, kwargs
     if backend.name in ("jax", "jax-jit", "dask"):
         pytest.skip("lazy arrays never take the sweep (the unfused formula; see test_gradients)")
     h, t = (H3, T3) if kwargs.get("shift") else (H, T)
-    swept = []
-    block = linear_module._block
-
-    def spy(sw, i0, i1, w_t, *, xp):
-        swept.append(i1 - i0)
-        return block(sw, i0, i1, w_t, xp=xp)
-
-    monkeypatch.setattr(linear_module, "_block", spy)
+    swept = _count_swept_rows(monkeypatch)
     cot = None
     if kwargs.get("reduction") == "none":
         cot = RNG.normal(size=(2, 5)) if kwargs.get("shift") else COT
