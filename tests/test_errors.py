@@ -453,6 +453,28 @@ def test_no_loss_reads_a_value_on_the_meta_device():
     assert not failed, "\n".join(failed)
 
 
+def test_value_and_grad_reads_no_value_on_the_meta_device():
+    """The analytic gradients (``xce.value_and_grad``: no autograd, the fused linear sweep
+    itself) read no value either."""
+    torch = pytest.importorskip("torch")
+    x, t = torch.zeros(6, 5, device="meta"), torch.zeros(6, dtype=torch.int64, device="meta")
+    h, w = torch.zeros(6, 4, device="meta"), torch.zeros(5, 4, device="meta")
+    t_ignored = torch.full((6,), -100, dtype=torch.int64, device="meta")
+    calls = {
+        "cross_entropy": lambda: xce.value_and_grad(xce.cross_entropy)(x, t, label_smoothing=0.1, z_loss=1e-4),
+        "softmax_focal_loss": lambda: xce.value_and_grad(xce.softmax_focal_loss)(x, t),
+        "linear_cross_entropy": lambda: xce.value_and_grad(xce.linear_cross_entropy)(
+            h, w, t_ignored, weight=torch.ones(5, device="meta"), label_smoothing=0.1, block_rows=2),
+        "linear_cross_entropy none": lambda: xce.value_and_grad(xce.linear_cross_entropy)(
+            h, w, t, reduction="none", softcap=20.0, cotangent=torch.ones(6, device="meta")),
+        "linear_distillation_loss": lambda: xce.value_and_grad(xce.linear_distillation_loss)(h, w, h, w, t),
+    }
+    for name, call in calls.items():
+        loss, grads = call()
+        assert loss.device.type == "meta", name
+        assert all(g is None or g.device.type == "meta" for g in (grads if isinstance(grads, tuple) else (grads,)))
+
+
 @pytest.mark.parametrize("which", ["input", "target", "weight"])
 def test_python_list_instead_of_array(eager, loss, which):
     x, t = _xt(eager)
