@@ -262,6 +262,24 @@ def test_without_value_reads_an_out_of_range_target_is_nan(backend, reduction):
     np.testing.assert_allclose(np.delete(out, 4), np.delete(want, 4), rtol=1e-12, atol=1e-15)
 
 
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")
+def test_without_value_reads_a_non_finite_ignored_row_stays_out(backend):
+    """An ignored row's hidden state may be inf or NaN (padding): where the row is dropped it never
+    reaches the results, and where it is swept and masked it must not either (no 0·inf in dW)."""
+    if backend.name in ("jax", "jax-jit", "dask"):
+        pytest.skip("lazy arrays: the unfused formula")
+    h = H.copy()
+    h[2] = np.inf
+    h[7, 1] = np.nan  # (T[2] and T[7] are ignore_index)
+    kw = {"weight": CW, "label_smoothing": 0.1, "z_loss": 0.05}
+    want = reference(np.where(np.isfinite(h), h, 0.0), T, bias=B, **kw)
+    with xce.config(check_values=False):
+        got = _gradients(backend, h, T, kw, True, None)
+    for g, r in zip(got, want):
+        assert_close_to(g, r, dtype=backend.xp.float64, backend=backend)
+    assert not to_numpy(got[1])[[2, 7]].any()
+
+
 def test_without_value_reads_the_statistics_skip_the_ignored_rows():
     """return_stats: per-position log Z and entropy 0 at ignored rows and the accuracy over the
     kept ones, as when they are dropped."""

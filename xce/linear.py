@@ -682,6 +682,11 @@ def _start(hidden: Array, weight: Array, target: Array, bias: Array | None, clas
     index = prepare_index(xp.reshape(target, (-1,)), vocab, args.ignore_index, xp=xp, lazy=not reads)
     y, rows_of, pos = index.safe, None, None
     masked = None if reads or index.dropped is None else index
+    if masked is not None:
+        # The dropped rows' hidden states as 0 (a where: a non-finite state in a padding row
+        # must not reach dW through 0·inf, as it does not where the row is dropped). One copy
+        # of the hidden states, O(N·D), beside the O(block·V) sweep.
+        h2 = xp.where(xp.expand_dims(masked.dropped, axis=1), 0.0, h2)
     if reads and index.ignored is not None:  # ignored rows leave before any product
         keep = ~index.ignored
         rows_of = xp.nonzero(keep)[0]
