@@ -3,8 +3,12 @@
 * **Adapters.** Framework adapters (:mod:`xce.adapters`) register themselves here by library
   name; the core asks :func:`adapter_for` for the adapter of an array's library and talks to
   it through the :class:`Adapter` protocol. The core never imports :mod:`xce.adapters` (the
-  adapters import the core), and an adapter module is imported only when its library's array
-  first arrives, so ``import xce`` imports neither PyTorch nor JAX.
+  adapters import the core). An adapter module is imported as soon as its library is: at
+  registration when the library is already imported, else right after the library's own
+  import finishes (:class:`_AdapterImporter`, an import hook). So ``import xce`` imports
+  neither PyTorch nor JAX, and no call ever imports anything: the first call of a process may
+  be traced (``torch.compile``, whose tracer refuses ``importlib``) and takes the same path as
+  every later one.
 * **Fast paths.** An adapter may register, per loss and exact array type, a function that
   takes the loss's raw arguments and returns the result by the library's own kernel, or None
   to take the general path. It is looked up first, before any namespace or argument work,
@@ -17,8 +21,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib
-from collections.abc import Callable
+import importlib.abc
+import importlib.machinery
+import sys
+from collections.abc import Callable, Sequence
+from types import ModuleType
 from typing import Any, Protocol, cast
 
 from ._namespace import Array, library_name
@@ -70,9 +79,60 @@ _ADAPTERS: dict[str, Adapter | None] = {}
 
 
 def register_adapter(library: str, module: str) -> None:
-    """Make ``module`` (imported on first use) the adapter for arrays of ``library``."""
+    """Make ``module`` the adapter for arrays of ``library``: imported now when ``library``
+    already is, else right after ``library`` is imported."""
     _ADAPTER_MODULES[library] = module
     _ADAPTERS.pop(library, None)
+    if library in sys.modules:
+        _load(library)
+    elif _IMPORTER not in sys.meta_path:
+        sys.meta_path.insert(0, _IMPORTER)
+
+
+def _load(library: str) -> None:
+    """Import ``library``'s adapter; a failure is left for :func:`adapter_for` to raise
+    where the library is used with xce, never in the user's ``import library``."""
+    try:
+        _ADAPTERS[library] = cast(Adapter, importlib.import_module(_ADAPTER_MODULES[library]))
+    except Exception:
+        _ADAPTERS.pop(library, None)
+
+
+class _AdapterImporter(importlib.abc.MetaPathFinder):
+    """Imports an adapter right after its library's top-level module has executed.
+
+    It finds the library's spec with the other finders and wraps only that spec's loader
+    instance's ``exec_module``: the module keeps its own loader type and spec."""
+
+    def find_spec(self, fullname: str, path: Sequence[str] | None,
+                  target: ModuleType | None = None) -> importlib.machinery.ModuleSpec | None:
+        if fullname not in _ADAPTER_MODULES or fullname in _ADAPTERS:
+            return None
+        for finder in sys.meta_path:
+            if finder is self or not hasattr(finder, "find_spec"):
+                continue
+            spec = finder.find_spec(fullname, path, target)
+            if spec is not None:
+                break
+        else:
+            return None
+        loader = spec.loader
+        if loader is None or not hasattr(loader, "exec_module"):
+            return spec
+        exec_module = loader.exec_module
+
+        def exec_then_load_adapter(module: ModuleType) -> None:
+            exec_module(module)
+            loader.__dict__.pop("exec_module", None)
+            _load(fullname)
+
+        # A loader without an instance __dict__ keeps its method: the adapter is imported lazily.
+        with contextlib.suppress(AttributeError):
+            loader.exec_module = exec_then_load_adapter  # type: ignore[method-assign]
+        return spec
+
+
+_IMPORTER = _AdapterImporter()
 
 
 def adapter_for(x: Array) -> Adapter | None:
@@ -82,6 +142,8 @@ def adapter_for(x: Array) -> Adapter | None:
         return _ADAPTERS[lib]
     except KeyError:
         module = _ADAPTER_MODULES.get(lib)
+        # Reached only when the import hook could not run (or the adapter failed to import):
+        # the import, or its error, happens here.
         adapter = None if module is None else cast(Adapter, importlib.import_module(module))
         _ADAPTERS[lib] = adapter
         return adapter

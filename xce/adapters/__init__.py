@@ -4,8 +4,9 @@ delegation to PyTorch's own kernel, and
 PyTorch's ``torch.distributed`` code.
 
 Adapters depend on the core, never the reverse: this package only tells the core's registry
-(:mod:`xce._registry`) which module serves which library, and that module is imported when an
-array of its library first reaches a loss, so ``import xce`` imports neither framework.
+(:mod:`xce._registry`) which module serves which library, and that module is imported together
+with its library (at once if the library already is, else by an import hook right after it), so
+``import xce`` imports neither framework and no call imports anything.
 """
 
 from __future__ import annotations
@@ -23,5 +24,5 @@ register_adapter("jaxlib", "xce.adapters.jax")
 
 
 def for_array(x: Any) -> ModuleType | None:
-    """The adapter module for ``x``'s library (imported on first use), or None."""
+    """The adapter module for ``x``'s library (imported with its library), or None."""
     return adapter_for(x)  # type: ignore[return-value]
