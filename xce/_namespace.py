@@ -28,6 +28,7 @@ __all__ = [
     "is_traced",
     "known_size",
     "library_name",
+    "mutable_like_numpy",
     "namespace",
     "put_along_class_axis",
     "same_device",
@@ -337,6 +338,18 @@ def add_at_rows(out: Array, index: Array, values: Array) -> bool:
         sys.modules["numpy"].add.at(out, index, values)
         return True
     return False
+
+
+# Libraries whose arrays mutate as NumPy's do: a basic slice is a view that in-place operators
+# write through, and ``a[index_array, ...] = b`` assigns. JAX's arrays are immutable.
+_MUTABLE_LIKE_NUMPY = {"numpy": True, "cupy": True, "torch": True, "jax": False}
+
+
+def mutable_like_numpy(xp: Namespace) -> bool | None:
+    """Whether ``xp``'s arrays mutate as NumPy's (views of basic slices written through in place,
+    assignment at an index array): True or False for the libraries known, None for others, which
+    the caller may probe on the CPU. Named, not probed: a probe's answer is a read, a sync on a GPU."""
+    return _MUTABLE_LIKE_NUMPY.get(_library(xp))
 
 
 def value_range(a: Array, *, xp: Namespace) -> tuple[int, int]:

@@ -46,6 +46,7 @@ from ._namespace import (
     has_values,
     is_lazy,
     is_traced,
+    mutable_like_numpy,
     namespace,
     take_along_class_axis,
     write_into,
@@ -1072,8 +1073,11 @@ def _scatter_add_targets(d_weight: Array, d_bias: Array | None, h2: Array, y: Ar
 
 
 def _scatters(xp: Namespace, device: Any) -> bool:
-    """Whether ``a[index_array, ...] = b`` works (NumPy, PyTorch, CuPy; not in the standard)."""
+    """Whether ``a[index_array, ...] = b`` works (NumPy, PyTorch, CuPy; not in the standard):
+    named for the libraries known, probed once per namespace for the others."""
     key = id(xp)
+    if key not in _SCATTERS and mutable_like_numpy(xp) is not None:
+        _SCATTERS[key] = bool(mutable_like_numpy(xp))
     if key not in _SCATTERS:
         device = _probe_device(xp, device)
         probe = xp.zeros((2, 1), device=device)
@@ -1087,8 +1091,11 @@ def _scatters(xp: Namespace, device: Any) -> bool:
 
 def _slices_alias(xp: Namespace, device: Any) -> bool:
     """Whether a basic slice of an array is a view that in-place operators write through
-    (NumPy, PyTorch, CuPy); probed once per namespace, not assumed from the library's name."""
+    (NumPy, PyTorch, CuPy; not JAX): named for the libraries known (a probe's read is a sync
+    on a GPU), probed once per namespace for the others."""
     key = id(xp)
+    if key not in _ALIASING and mutable_like_numpy(xp) is not None:
+        _ALIASING[key] = bool(mutable_like_numpy(xp))
     if key not in _ALIASING:
         probe = xp.zeros((2,), device=_probe_device(xp, device))
         part = probe[0:1]
