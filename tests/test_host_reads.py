@@ -1,6 +1,7 @@
-"""The rule for accelerators (docs/semantics.md), counted: no loss reads a value to the host on
+"""The rules for accelerators (docs/semantics.md), counted: no loss reads a value to the host on
 CuPy arrays (a device→host sync on a GPU), forward or ``xce.value_and_grad``, on the first call
-of a process as in steady state; ``check_values=True`` reads what its documentation says.
+of a process as in steady state; ``check_values=True`` reads what its documentation says; and
+the results are on the inputs' GPU, whichever is current.
 
 Runs on the CuPy stand-in (``tests/fake_cupy``), which counts every host read and raises on one
 while ``state.refuse`` is set; skipped where the real CuPy is importable (it cannot count).
@@ -44,7 +45,7 @@ def _calls(cp):
     cw, sw = cp.asarray(rng.uniform(0.5, 2, size=c)), cp.asarray(rng.uniform(0.5, 2, size=n))
     teacher = cp.asarray(rng.normal(size=(n, c)))
     h3, t3 = cp.asarray(rng.normal(size=(2, 3, d))), cp.asarray([[0, 1, 2], [3, -100, 4]])
-    log_p = xce.log_softmax(x, axis=1)
+    log_p, ones = xce.log_softmax(x, axis=1), cp.ones(n)
     for r in ("mean", "sum", "none"):
         batch = "batchmean" if r == "mean" else r
         yield f"cross_entropy {r}", lambda r=r: xce.cross_entropy(x, t, cw, reduction=r, label_smoothing=0.1,
@@ -72,13 +73,17 @@ def _calls(cp):
         yield f"linear_distillation_loss {batch}", lambda b=batch: xce.linear_distillation_loss(
             h, w_lin, h, w_lin, t, reduction=b)
     vg = xce.value_and_grad
-    yield "value_and_grad cross_entropy", lambda: vg(xce.cross_entropy)(x, t, label_smoothing=0.1, z_loss=1e-4)[0]
-    yield "value_and_grad softmax_focal_loss", lambda: vg(xce.softmax_focal_loss)(x, t)[0]
+    yield "value_and_grad cross_entropy", lambda: vg(xce.cross_entropy)(x, t, label_smoothing=0.1, z_loss=1e-4)
+    yield "value_and_grad softmax_focal_loss", lambda: vg(xce.softmax_focal_loss)(x, t)
+    yield "value_and_grad binary_cross_entropy_with_logits", lambda: vg(xce.binary_cross_entropy_with_logits)(x, p)
     yield "value_and_grad linear_cross_entropy", lambda: vg(xce.linear_cross_entropy)(
-        h, w_lin, t, weight=cw, label_smoothing=0.1, block_rows=2)[0]
+        h, w_lin, t, weight=cw, label_smoothing=0.1, block_rows=2)
     yield "value_and_grad linear_cross_entropy none", lambda: vg(xce.linear_cross_entropy)(
-        h, w_lin, t, reduction="none", softcap=20.0, cotangent=cp.ones(n))[0]
-    yield "value_and_grad linear_distillation_loss", lambda: vg(xce.linear_distillation_loss)(h, w_lin, h, w_lin, t)[0]
+        h, w_lin, t, reduction="none", softcap=20.0, cotangent=ones)
+    yield "value_and_grad linear_distillation_loss", lambda: vg(xce.linear_distillation_loss)(h, w_lin, h, w_lin, t)
+    yield "softmax", lambda: xce.softmax(x, axis=1)
+    yield "one_hot", lambda: xce.one_hot(t, c)
+    yield "smooth_labels", lambda: xce.smooth_labels(xce.one_hot(t, c, dtype=cp.float64), 0.1)
 
 
 def _reads(cp, calls):
@@ -115,4 +120,27 @@ def test_no_loss_reads_a_value_on_the_first_call(cp, monkeypatch):
             failed += _reads(cp, [(name, call)])
         finally:
             cp.state.refuse = False
+    assert not failed, "\n".join(failed)
+
+
+def _arrays(out):
+    if isinstance(out, (tuple, list)):
+        return [a for part in out for a in _arrays(part)]
+    return [] if out is None else [out]
+
+
+def test_results_are_on_the_inputs_device(cp):
+    """CuPy allocates every result on the *current* device, and array-api-compat ignores
+    ``device=`` for CuPy: xce runs each call under its input's device."""
+    with cp.cuda.Device(1):
+        calls = list(_calls(cp))
+    failed = []
+    for name, call in calls:
+        try:
+            devices = {a.device.id for a in _arrays(call())}
+        except ValueError as error:  # CuPy's refusal of an array of another device
+            failed.append(f"{name}: {error}")
+            continue
+        if devices != {1}:
+            failed.append(f"{name}: results on devices {sorted(devices)}, inputs on 1")
     assert not failed, "\n".join(failed)

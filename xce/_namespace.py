@@ -7,6 +7,7 @@ fallbacks for functions a namespace lacks. Loss modules only ever see ``xp``.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import math
 import sys
@@ -30,6 +31,7 @@ __all__ = [
     "library_name",
     "mutable_like_numpy",
     "namespace",
+    "on_input_device",
     "put_along_class_axis",
     "same_device",
     "take_along_class_axis",
@@ -67,6 +69,24 @@ def library_name(x: object) -> str:
     except KeyError:  # (a few array types per process: the dict stays small)
         name = _LIBRARY_NAMES[cls] = cls.__module__.partition(".")[0]
         return name
+
+
+def on_input_device(fn: Any) -> Any:
+    """``fn`` run under the device of its first argument where the library allocates results on
+    a *current* device rather than the inputs' (CuPy: ``with x.device:``); other libraries call
+    ``fn`` directly. Why: array-api-compat ignores ``device=`` for CuPy and CuPy launches every
+    kernel on the current device, so a call on arrays of another GPU would land its results on
+    the current one (or fail). Wraps the public functions."""
+
+    @functools.wraps(fn)
+    def call(*args: Any, **kwargs: Any) -> Any:
+        x: Any = args[0] if args else next(iter(kwargs.values()), None)
+        if library_name(x) == "cupy":
+            with x.device:
+                return fn(*args, **kwargs)
+        return fn(*args, **kwargs)
+
+    return call
 
 
 def _library(ns: Namespace) -> str:

@@ -48,6 +48,7 @@ from ._namespace import (
     is_traced,
     mutable_like_numpy,
     namespace,
+    on_input_device,
     take_along_class_axis,
     write_into,
 )
@@ -223,6 +224,7 @@ def check_arguments(input: Array, linear_weight: Array, target: Array, linear_bi
 # --- the public functions ---------------------------------------------------------------------
 
 
+@on_input_device
 @_migrate
 def linear_cross_entropy(
     input: Array,
@@ -372,6 +374,7 @@ def linear_cross_entropy(
 @_migrate
 @derivative_of(linear_cross_entropy, before="block_rows", drop=("return_stats",), fused=True,
                returns="tuple[Array, tuple[Array, Array, Array | None]]")
+@on_input_device
 def value_and_grad_linear_cross_entropy(
     input: Array, linear_weight: Array, target: Array, *, linear_bias: Array | None, weight: Array | None,
     reduction: str, ignore_index: int | None, label_smoothing: float, options: Any, z_loss: float,
