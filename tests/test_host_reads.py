@@ -144,3 +144,25 @@ def test_results_are_on_the_inputs_device(cp):
         if devices != {1}:
             failed.append(f"{name}: results on devices {sorted(devices)}, inputs on 1")
     assert not failed, "\n".join(failed)
+
+
+@pytest.mark.parametrize("rows", [6, 96])
+def test_check_values_reads_a_few_values_per_linear_call_whatever_the_size(cp, rows):
+    """``check_values=True`` on a GPU: the target's range is checked and the ignored rows are
+    dropped, for at most five reads per call (documented), the same for the forward and for
+    ``xce.value_and_grad``, however many row blocks and vocabulary chunks the sweep has (the
+    target rows of dW by the library's scatter-add, not by sorted runs whose range is read)."""
+    rng = np.random.default_rng(1)
+    h, w = cp.asarray(rng.normal(size=(rows, 4))), cp.asarray(rng.normal(size=(40, 4)))
+    t = cp.asarray(np.where(np.arange(rows) % 3 == 0, -100, rng.integers(0, 40, size=rows)))
+    counts = {}
+    with xce.config(check_values=True):
+        for name, call in {"forward": lambda: xce.linear_cross_entropy(h, w, t, block_rows=2),
+                           "value_and_grad": lambda: xce.value_and_grad(xce.linear_cross_entropy)(
+                               h, w, t, block_rows=2)}.items():
+            call()
+            cp.state.reads = 0
+            call()
+            counts[name] = cp.state.reads
+    assert counts["forward"] <= 5
+    assert counts["value_and_grad"] == counts["forward"], counts

@@ -272,7 +272,8 @@ def linear_cross_entropy(
     dropped before the matrix product (padding and prompt tokens cost no FLOPs) where values
     may be read; on a GPU (and under ``xce.config(check_values=False)``) finding them would be
     a device-to-host sync, so every row is swept and the ignored ones are masked (their
-    FLOPs are spent; ``check_values=True`` drops them for one host read per call). On PyTorch
+    FLOPs are spent; ``check_values=True`` checks the targets and drops them, for at most five
+    host reads per call, forward or backward, whatever the size). On PyTorch
     tensors that require grad, ``.backward()`` goes through
     :func:`xce.adapters.torch.linear_cross_entropy` (blocked as well);
     ``xce.value_and_grad(xce.linear_cross_entropy)`` gives ``(d_input, d_linear_weight,
@@ -948,7 +949,8 @@ def _finish(sw: _Sweep, hidden: Array, *, xp: Namespace) -> Fused:
                 sw.d_bias -= xp.sum(sw.u) if sw.cw is None else sw.cw * xp.sum(sw.u)
         if not (isinstance(args.eps, float) and args.eps >= 1.0):  # ε = 1: no one-hot part
             _subtract_targets(sw.d_weight, sw.d_bias, sw.h2, sw.y, sw.b, sw.rows_of, rows=sw.rows,
-                              v_chunk=sw.v_chunk, alias=sw.alias, reads=sw.masked is None, xp=xp)
+                              v_chunk=sw.v_chunk, alias=sw.alias,
+                              reads=sw.masked is None and not _engine.on_accelerator(hidden), xp=xp)
     loss_out = stats = None
     if sw.want_loss:
         z_rows = _masked(sw.z_rows, sw, xp=xp) if maybe_nonzero(args.z) else None
@@ -1051,7 +1053,8 @@ def _subtract_targets(d_weight: Array, d_bias: Array | None, h2: Array, y: Array
         k0, k1 = (int(key[p0]), int(key[p1 - 1]) + 1) if reads else (0, vocab)
         for v0 in range(k0, k1, v_chunk):
             v1 = min(v0 + v_chunk, k1)
-            local = xp.clip(bounds[v0:v1 + 1], p0, p1) - p0
+            # (not clip: array-api-compat's takes boolean masks, a host read each on CuPy)
+            local = xp.minimum(xp.maximum(bounds[v0:v1 + 1], p0), p1) - p0
             lo, hi = local[:-1], local[1:]
             run_sums = xp.take(cs, hi, axis=0)
             run_sums -= xp.take(cs, lo, axis=0)
