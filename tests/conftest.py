@@ -13,6 +13,7 @@ import importlib.util
 import inspect
 import os
 import re
+import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,7 +34,7 @@ class Backend:
     name: str
     xp: Any
     device: Any
-    lazy: bool  # values cannot be read inside the call (jax, dask)
+    lazy: bool  # values are not read inside the call (jax, dask, GPUs: docs/semantics.md)
 
     def asarray(self, data: Any, dtype: Any = None) -> Any:
         return self.xp.asarray(np.asarray(data), dtype=dtype, device=self.device)
@@ -43,8 +44,29 @@ def _have(module: str) -> bool:
     return importlib.util.find_spec(module) is not None
 
 
+# Decided before the stand-in can be installed: the stand-in's rows run only without the real CuPy.
+_REAL_CUPY = _have("cupy")
+
+
+def install_cupy_standin() -> Any:
+    """The NumPy-backed CuPy stand-in (tests/fake_cupy) as ``cupy`` / ``cupyx`` in ``sys.modules``
+    (for the rest of the process: array-api-compat keeps the module it imported); skips the
+    calling test where the real CuPy is importable (then the ``cupy`` rows run instead)."""
+    if _REAL_CUPY:
+        pytest.skip("the real CuPy is importable: the cupy backend runs instead of its stand-in")
+    if "cupy" not in sys.modules:
+        path = os.path.join(os.path.dirname(__file__), "fake_cupy")
+        sys.path.insert(0, path)
+        try:
+            importlib.import_module("cupy")
+            importlib.import_module("cupyx")
+        finally:
+            sys.path.remove(path)
+    return sys.modules["cupy"]
+
+
 def _cuda_available() -> bool:
-    if _have("cupy"):
+    if _REAL_CUPY:
         try:
             import cupy
 
@@ -106,13 +128,19 @@ def _make_backend(name: str) -> Backend:
         import array_api_compat.cupy as xp
         import cupy
 
-        return Backend(name, xp, cupy.cuda.Device(0), lazy=False)
+        return Backend(name, xp, cupy.cuda.Device(0), lazy=True)
+    if name == "cupy-standin":
+        cupy = install_cupy_standin()
+        import array_api_compat.cupy as xp
+
+        return Backend(name, xp, cupy.cuda.Device(0), lazy=True)
     raise AssertionError(name)
 
 
 # "torch" runs what users get (PyTorch's own kernel where xce delegates to it);
 # "torch-definitions" the same tests with xce.config(delegate=False): xce's own definitions.
-BACKENDS = ["numpy", "array_api_strict", "torch", "torch-definitions", "jax", "jax-jit", "dask", "cupy", "torch-cuda"]
+BACKENDS = ["numpy", "array_api_strict", "torch", "torch-definitions", "jax", "jax-jit", "dask", "cupy", "torch-cuda",
+            "cupy-standin"]
 # Libraries without autodiff, opt-in with XCE_EXTRA_BACKENDS=ndonnx,marray: ndonnx's eager mode
 # runs every operation through onnxruntime, which would add minutes to the default run.
 # tests/test_symbolic_backends.py covers both (and ONNX export with symbolic shapes) by default.
@@ -149,6 +177,21 @@ def backend(request: pytest.FixtureRequest):
             yield b
     else:
         yield b
+
+
+# Backends on an accelerator: their values are not read unless check_values=True (docs/semantics.md).
+GPU_BACKENDS = frozenset({"cupy", "cupy-standin", "torch-cuda"})
+
+
+@pytest.fixture
+def values_read(backend: Backend):
+    """The eager value checks (out-of-range values raise) on every backend: on a GPU they are
+    what ``xce.config(check_values=True)`` raises, values being left unread by default."""
+    if backend.name in GPU_BACKENDS:
+        with xce.config(check_values=True):
+            yield
+    else:
+        yield
 
 
 @pytest.fixture

@@ -15,17 +15,23 @@ import pytest
 
 import xce
 
-from conftest import _make_backend, assert_close_to
+from conftest import GPU_BACKENDS, _make_backend, assert_close_to
 
 lazy_xp_modules = [xce]
 
-EAGER = ["numpy", "array_api_strict", "torch", "cupy", "torch-cuda"]
+EAGER = ["numpy", "array_api_strict", "torch", "cupy", "torch-cuda", "cupy-standin"]
 LOSSES = {"cross_entropy": xce.cross_entropy, "nll_loss": xce.nll_loss}
 
 
 @pytest.fixture(params=EAGER)
 def eager(request):
-    return _make_backend(request.param)
+    """An eager backend; on a GPU under ``check_values=True`` (its values are otherwise not read)."""
+    b = _make_backend(request.param)
+    if b.name in GPU_BACKENDS:
+        with xce.config(check_values=True):
+            yield b
+    else:
+        yield b
 
 
 @pytest.fixture(params=list(LOSSES))
@@ -329,7 +335,7 @@ def test_inputs_from_two_libraries(eager, loss, which):
     x, t = _xt(eager)
     _, other, convert = _other_library(eager)
     mine = {"numpy": "numpy", "array_api_strict": "array_api_strict", "torch": "torch", "torch-cuda": "torch",
-            "cupy": "cupy"}[eager.name]
+            "cupy": "cupy", "cupy-standin": "cupy"}[eager.name]
     article = "an" if mine[0] in "aeiou" else "a"
     if which == "input":
         x = convert(np.zeros((2, 3)))

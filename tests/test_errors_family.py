@@ -25,9 +25,15 @@ from conftest import assert_close_to, to_numpy
 
 lazy_xp_modules = [xce]
 
-EAGER = ["numpy", "array_api_strict", "torch", "cupy", "torch-cuda"]
+EAGER = ["numpy", "array_api_strict", "torch", "cupy", "torch-cuda", "cupy-standin"]
 LAZY = ["jax", "jax-jit", "dask"]
-on_eager = pytest.mark.parametrize("backend", EAGER, indirect=True)
+
+
+def on_eager(test):
+    """Run ``test`` on the eager backends, the value checks on (check_values=True on a GPU)."""
+    return pytest.mark.usefixtures("values_read")(pytest.mark.parametrize("backend", EAGER, indirect=True)(test))
+
+
 on_lazy = pytest.mark.parametrize("backend", LAZY, indirect=True)
 
 BINARY = ["binary_cross_entropy", "binary_cross_entropy_with_logits", "multilabel_soft_margin_loss",
@@ -58,7 +64,7 @@ def _dtype(b, name):
 
 def _lib(b):
     return {"numpy": "numpy", "array_api_strict": "array_api_strict", "torch": "torch", "torch-cuda": "torch",
-            "cupy": "cupy"}[b.name]
+            "cupy": "cupy", "cupy-standin": "cupy"}[b.name]
 
 
 def _value(v):
@@ -679,7 +685,7 @@ def test_lazy_shape_and_config_errors_raise_at_trace_time(backend, case):
 PROPERTY = settings(max_examples=5, deadline=None, derandomize=True,
                     suppress_health_check=[HealthCheck.function_scoped_fixture])
 on_property_backends = pytest.mark.parametrize(
-    "backend", ["numpy", "array_api_strict", "torch", "jax", "cupy", "torch-cuda"], indirect=True)
+    "backend", ["numpy", "array_api_strict", "torch", "jax", "cupy", "torch-cuda", "cupy-standin"], indirect=True)
 
 
 def _close(a, b, rtol=1e-9, atol=1e-10):

@@ -16,7 +16,7 @@ torch = pytest.importorskip("torch")
 F = torch.nn.functional
 
 lazy_xp_modules = [xce]
-SUPPORTED = {"numpy", "array_api_strict", "torch", "jax", "jax-jit", "dask", "cupy", "torch-cuda"}
+SUPPORTED = {"numpy", "array_api_strict", "torch", "jax", "jax-jit", "dask", "cupy", "torch-cuda", "cupy-standin"}
 
 RNG = np.random.default_rng(3)
 N, D, V = 19, 6, 13

@@ -22,7 +22,7 @@ lazy_xp_modules = [xce]
 # deselect them (-m "not slow"). They run by default.
 pytestmark = pytest.mark.parametrize(
     "backend",
-    ["numpy", "array_api_strict", "torch", "jax", "cupy", "torch-cuda",
+    ["numpy", "array_api_strict", "torch", "jax", "cupy", "torch-cuda", "cupy-standin",
      pytest.param("jax-jit", marks=pytest.mark.slow), pytest.param("dask", marks=pytest.mark.slow)],
     indirect=True,
 )

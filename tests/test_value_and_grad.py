@@ -15,7 +15,7 @@ from conftest import assert_close_to
 torch = pytest.importorskip("torch")
 
 lazy_xp_modules = [xce]
-EAGER = {"numpy", "array_api_strict", "torch", "jax", "cupy", "torch-cuda"}
+EAGER = {"numpy", "array_api_strict", "torch", "jax", "cupy", "torch-cuda", "cupy-standin"}
 
 RNG = np.random.default_rng(5)
 X3 = RNG.normal(scale=2.0, size=(4, 5, 3))

@@ -7,6 +7,7 @@ fallbacks for functions a namespace lacks. Loss modules only ever see ``xp``.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import math
 import sys
@@ -28,7 +29,9 @@ __all__ = [
     "is_traced",
     "known_size",
     "library_name",
+    "mutable_like_numpy",
     "namespace",
+    "on_input_device",
     "put_along_class_axis",
     "same_device",
     "take_along_class_axis",
@@ -66,6 +69,24 @@ def library_name(x: object) -> str:
     except KeyError:  # (a few array types per process: the dict stays small)
         name = _LIBRARY_NAMES[cls] = cls.__module__.partition(".")[0]
         return name
+
+
+def on_input_device(fn: Any) -> Any:
+    """``fn`` run under the device of its first argument where the library allocates results on
+    a *current* device rather than the inputs' (CuPy: ``with x.device:``); other libraries call
+    ``fn`` directly. Why: array-api-compat ignores ``device=`` for CuPy and CuPy launches every
+    kernel on the current device, so a call on arrays of another GPU would land its results on
+    the current one (or fail). Wraps the public functions."""
+
+    @functools.wraps(fn)
+    def call(*args: Any, **kwargs: Any) -> Any:
+        x: Any = args[0] if args else next(iter(kwargs.values()), None)
+        if library_name(x) == "cupy":
+            with x.device:
+                return fn(*args, **kwargs)
+        return fn(*args, **kwargs)
+
+    return call
 
 
 def _library(ns: Namespace) -> str:
@@ -337,6 +358,18 @@ def add_at_rows(out: Array, index: Array, values: Array) -> bool:
         sys.modules["numpy"].add.at(out, index, values)
         return True
     return False
+
+
+# Libraries whose arrays mutate as NumPy's do: a basic slice is a view that in-place operators
+# write through, and ``a[index_array, ...] = b`` assigns. JAX's arrays are immutable.
+_MUTABLE_LIKE_NUMPY = {"numpy": True, "cupy": True, "torch": True, "jax": False}
+
+
+def mutable_like_numpy(xp: Namespace) -> bool | None:
+    """Whether ``xp``'s arrays mutate as NumPy's (views of basic slices written through in place,
+    assignment at an index array): True or False for the libraries known, None for others, which
+    the caller may probe on the CPU. Named, not probed: a probe's answer is a read, a sync on a GPU."""
+    return _MUTABLE_LIKE_NUMPY.get(_library(xp))
 
 
 def value_range(a: Array, *, xp: Namespace) -> tuple[int, int]:

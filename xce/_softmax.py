@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any, cast
 
-from ._namespace import Array, Namespace, as_compute, as_dtype, device_of, namespace, write_into
+from ._namespace import Array, Namespace, as_compute, as_dtype, device_of, namespace, on_input_device, write_into
 from ._validate import check_axes, check_floating
 
 __all__ = ["finite_max", "finite_or_zero", "log_softmax", "logsumexp", "shift_and_logsumexp", "shifted_logsumexp",
@@ -75,6 +75,7 @@ def shift_and_logsumexp(x: Array, axis: int, *, xp: Namespace) -> tuple[Array, A
     return shifted, m, xp.log(xp.sum(xp.exp(shifted), axis=axis, keepdims=True))
 
 
+@on_input_device
 def logsumexp(
     x: Array, /, *, axis: int | tuple[int, ...] | None = None, keepdims: bool = False, xp: Namespace | None = None
 ) -> Array:
@@ -101,6 +102,7 @@ def logsumexp(
     return xp.astype(out, x.dtype) if out.dtype != x.dtype else out
 
 
+@on_input_device
 def log_softmax(x: Array, /, *, axis: int = -1, xp: Namespace | None = None) -> Array:
     r"""Stable :math:`x_i - \log \sum_j \exp x_j` along ``axis``.
 
@@ -119,6 +121,7 @@ def log_softmax(x: Array, /, *, axis: int = -1, xp: Namespace | None = None) -> 
     return xp.astype(out, x.dtype) if out.dtype != x.dtype else out
 
 
+@on_input_device
 def softmax(x: Array, /, *, axis: int = -1, xp: Namespace | None = None) -> Array:
     r"""Stable :math:`\exp x_i / \sum_j \exp x_j` along ``axis``.
 

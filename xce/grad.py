@@ -46,7 +46,7 @@ import inspect
 from collections.abc import Callable
 from typing import Any
 
-from ._namespace import Array
+from ._namespace import Array, on_input_device
 from ._registry import gradient_of, register_gradient, registered_losses
 from .losses.binary import (
     binary_cross_entropy_grad,
@@ -113,6 +113,7 @@ def value_and_grad(loss_fn: Callable[..., Any]) -> Callable[..., tuple[Any, Any]
         return fn
 
     # No named parameters but cotangent: the losses' own (``target`` may be the third one).
+    @on_input_device
     def value_and_grad_fn(*args: Any, cotangent: Array | None = None, **kwargs: Any) -> tuple[Any, Any]:
         return loss_fn(*args, **kwargs), fn(*args, cotangent=cotangent, **kwargs)
 

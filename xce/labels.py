@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from ._engine import reads_values
-from ._namespace import Array, Namespace, compute_dtype, device_of, index_dtype, namespace
+from ._namespace import Array, Namespace, compute_dtype, device_of, index_dtype, namespace, on_input_device
 from ._targets import class_ids
 from ._validate import check_choice, check_floating, check_fraction, check_integer, check_values_in
 
@@ -14,6 +14,7 @@ __all__ = ["one_hot", "smooth_labels"]
 SMOOTHING_MODES = ("uniform", "off_target")
 
 
+@on_input_device
 def one_hot(
     target: Array,
     num_classes: int,
@@ -91,6 +92,7 @@ def one_hot(
     return out
 
 
+@on_input_device
 def smooth_labels(
     labels: Array,
     smoothing: float,

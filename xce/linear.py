@@ -46,7 +46,9 @@ from ._namespace import (
     has_values,
     is_lazy,
     is_traced,
+    mutable_like_numpy,
     namespace,
+    on_input_device,
     take_along_class_axis,
     write_into,
 )
@@ -222,6 +224,7 @@ def check_arguments(input: Array, linear_weight: Array, target: Array, linear_bi
 # --- the public functions ---------------------------------------------------------------------
 
 
+@on_input_device
 @_migrate
 def linear_cross_entropy(
     input: Array,
@@ -269,7 +272,8 @@ def linear_cross_entropy(
     dropped before the matrix product (padding and prompt tokens cost no FLOPs) where values
     may be read; on a GPU (and under ``xce.config(check_values=False)``) finding them would be
     a device-to-host sync, so every row is swept and the ignored ones are masked (their
-    FLOPs are spent; ``check_values=True`` drops them for one host read per call). On PyTorch
+    FLOPs are spent; ``check_values=True`` checks the targets and drops them, for at most five
+    host reads per call, forward or backward, whatever the size). On PyTorch
     tensors that require grad, ``.backward()`` goes through
     :func:`xce.adapters.torch.linear_cross_entropy` (blocked as well);
     ``xce.value_and_grad(xce.linear_cross_entropy)`` gives ``(d_input, d_linear_weight,
@@ -371,6 +375,7 @@ def linear_cross_entropy(
 @_migrate
 @derivative_of(linear_cross_entropy, before="block_rows", drop=("return_stats",), fused=True,
                returns="tuple[Array, tuple[Array, Array, Array | None]]")
+@on_input_device
 def value_and_grad_linear_cross_entropy(
     input: Array, linear_weight: Array, target: Array, *, linear_bias: Array | None, weight: Array | None,
     reduction: str, ignore_index: int | None, label_smoothing: float, options: Any, z_loss: float,
@@ -944,7 +949,8 @@ def _finish(sw: _Sweep, hidden: Array, *, xp: Namespace) -> Fused:
                 sw.d_bias -= xp.sum(sw.u) if sw.cw is None else sw.cw * xp.sum(sw.u)
         if not (isinstance(args.eps, float) and args.eps >= 1.0):  # ε = 1: no one-hot part
             _subtract_targets(sw.d_weight, sw.d_bias, sw.h2, sw.y, sw.b, sw.rows_of, rows=sw.rows,
-                              v_chunk=sw.v_chunk, alias=sw.alias, reads=sw.masked is None, xp=xp)
+                              v_chunk=sw.v_chunk, alias=sw.alias,
+                              reads=sw.masked is None and not _engine.on_accelerator(hidden), xp=xp)
     loss_out = stats = None
     if sw.want_loss:
         z_rows = _masked(sw.z_rows, sw, xp=xp) if maybe_nonzero(args.z) else None
@@ -1047,7 +1053,8 @@ def _subtract_targets(d_weight: Array, d_bias: Array | None, h2: Array, y: Array
         k0, k1 = (int(key[p0]), int(key[p1 - 1]) + 1) if reads else (0, vocab)
         for v0 in range(k0, k1, v_chunk):
             v1 = min(v0 + v_chunk, k1)
-            local = xp.clip(bounds[v0:v1 + 1], p0, p1) - p0
+            # (not clip: array-api-compat's takes boolean masks, a host read each on CuPy)
+            local = xp.minimum(xp.maximum(bounds[v0:v1 + 1], p0), p1) - p0
             lo, hi = local[:-1], local[1:]
             run_sums = xp.take(cs, hi, axis=0)
             run_sums -= xp.take(cs, lo, axis=0)
@@ -1072,8 +1079,11 @@ def _scatter_add_targets(d_weight: Array, d_bias: Array | None, h2: Array, y: Ar
 
 
 def _scatters(xp: Namespace, device: Any) -> bool:
-    """Whether ``a[index_array, ...] = b`` works (NumPy, PyTorch, CuPy; not in the standard)."""
+    """Whether ``a[index_array, ...] = b`` works (NumPy, PyTorch, CuPy; not in the standard):
+    named for the libraries known, probed once per namespace for the others."""
     key = id(xp)
+    if key not in _SCATTERS and mutable_like_numpy(xp) is not None:
+        _SCATTERS[key] = bool(mutable_like_numpy(xp))
     if key not in _SCATTERS:
         device = _probe_device(xp, device)
         probe = xp.zeros((2, 1), device=device)
@@ -1087,8 +1097,11 @@ def _scatters(xp: Namespace, device: Any) -> bool:
 
 def _slices_alias(xp: Namespace, device: Any) -> bool:
     """Whether a basic slice of an array is a view that in-place operators write through
-    (NumPy, PyTorch, CuPy); probed once per namespace, not assumed from the library's name."""
+    (NumPy, PyTorch, CuPy; not JAX): named for the libraries known (a probe's read is a sync
+    on a GPU), probed once per namespace for the others."""
     key = id(xp)
+    if key not in _ALIASING and mutable_like_numpy(xp) is not None:
+        _ALIASING[key] = bool(mutable_like_numpy(xp))
     if key not in _ALIASING:
         probe = xp.zeros((2,), device=_probe_device(xp, device))
         part = probe[0:1]

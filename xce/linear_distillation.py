@@ -37,7 +37,17 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from . import _engine
-from ._namespace import Array, Namespace, as_dtype, compute_dtype, device_of, is_lazy, is_traced, namespace
+from ._namespace import (
+    Array,
+    Namespace,
+    as_dtype,
+    compute_dtype,
+    device_of,
+    is_lazy,
+    is_traced,
+    namespace,
+    on_input_device,
+)
 from ._registry import adapter_hook
 from ._signatures import derivative_of
 from ._validate import check_choice, check_floating, check_fraction, check_integer, check_same_device
@@ -94,6 +104,7 @@ class Result(NamedTuple):
 # --- the functions ---------------------------------------------------------------------------
 
 
+@on_input_device
 def linear_distillation_loss(
     student_hidden: Array,
     student_weight: Array,
@@ -195,6 +206,7 @@ def linear_distillation_loss(
 
 @derivative_of(linear_distillation_loss, before="block_rows", fused=True,
                returns="tuple[Array, tuple[Array, Array, Array | None]]")
+@on_input_device
 def value_and_grad_linear_distillation_loss(
         student_hidden: Array, student_weight: Array, teacher_hidden: Array, teacher_weight: Array,
         target: Array | None, *, loss: str, beta: float, temperature: float, ignore_index: int, reduction: str,

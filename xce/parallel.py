@@ -42,6 +42,7 @@ from ._namespace import (
     index_dtype,
     is_lazy,
     namespace,
+    on_input_device,
     take_along_class_axis,
 )
 from ._reduce import reduce_loss
@@ -77,6 +78,7 @@ class ShardStatistics(NamedTuple):
     n_classes: int  #: number of classes the statistics cover
 
 
+@on_input_device
 def shard_statistics(
     local_logits: Array,
     target: Array,
@@ -286,6 +288,7 @@ def _add(arrays) -> Array:
 # --- torch.distributed (the collectives and the autograd Function live in xce.adapters.torch) --
 
 
+@on_input_device
 def vocab_parallel_cross_entropy(
     local_logits: Any,
     target: Any,

@@ -13,7 +13,7 @@ from typing import Any, NamedTuple
 from .._arrays import expand_at, like_input
 from .._docs import fill_doc
 from .._engine import reads_values
-from .._namespace import Array, Namespace, compute_dtype, is_lazy, namespace
+from .._namespace import Array, Namespace, compute_dtype, is_lazy, namespace, on_input_device
 from .._reduce import reduce_loss, reduction_scale
 from .._signatures import derivative_of
 from .._validate import (
@@ -58,6 +58,7 @@ A mask broadcastable to ``input``'s shape (optax's ``where``): elements where it
 contribute 0, with a zero gradient, and leave the ``"mean"``'s denominator."""
 
 
+@on_input_device
 @fill_doc(traced=_TRACED, where=_WHERE)
 def binary_cross_entropy(
     input: Array,
@@ -134,6 +135,7 @@ def binary_cross_entropy(
     return _finish(loss, weight, args, input, xp=xp)
 
 
+@on_input_device
 @fill_doc(traced=_TRACED, where=_WHERE)
 def binary_cross_entropy_with_logits(
     input: Array,
@@ -203,6 +205,7 @@ def binary_cross_entropy_with_logits(
     return _finish(loss, weight, args, input, xp=xp)
 
 
+@on_input_device
 @fill_doc(traced=_TRACED, where=_WHERE)
 def multilabel_soft_margin_loss(
     input: Array,
@@ -261,6 +264,7 @@ def multilabel_soft_margin_loss(
     return _finish(xp.sum(loss, axis=-1) / n_classes, None, args, input, xp=xp)
 
 
+@on_input_device
 @fill_doc(traced=_TRACED, where=_WHERE)
 def sigmoid_focal_loss(
     input: Array,

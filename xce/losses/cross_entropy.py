@@ -40,6 +40,7 @@ from .._namespace import (
     is_traced,
     known_size,
     namespace,
+    on_input_device,
     put_along_class_axis,
     take_along_class_axis,
     write_into,
@@ -430,6 +431,7 @@ def _symbolic_statistics(x: Array, ax: int, *, xp: Namespace, index: Array | Non
 # --- the loss -------------------------------------------------------------------------------
 
 
+@on_input_device
 @fill_doc(CROSS_ENTROPY_PARAMETERS)
 def cross_entropy(
     input: Array,

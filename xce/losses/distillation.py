@@ -34,7 +34,7 @@ from typing import Any, NamedTuple
 from .. import _engine
 from .._arrays import axis_length, expand_at, like_input, positions_like
 from .._docs import fill_doc
-from .._namespace import Array, Namespace, as_dtype, compute_dtype, device_of, is_lazy, namespace
+from .._namespace import Array, Namespace, as_dtype, compute_dtype, device_of, is_lazy, namespace, on_input_device
 from .._reduce import per_count, reduce_loss, reduction_scale
 from .._registry import adapter_hook
 from .._signatures import derivative_of
@@ -509,6 +509,7 @@ def gradient(student: Array, teacher: Array, args: DistillationArgs, beta: Any, 
 # --- the losses -----------------------------------------------------------------------------
 
 
+@on_input_device
 @fill_doc(DISTILLATION_PARAMETERS)
 def kl_div_with_logits(
     student_logits: Array,
@@ -573,6 +574,7 @@ def kl_div_with_logits(
     return _loss(student_logits, teacher_logits, args, 0.0 if direction == "forward" else 1.0, xp=xp)
 
 
+@on_input_device
 @fill_doc(DISTILLATION_PARAMETERS)
 def generalized_jsd(
     student_logits: Array,

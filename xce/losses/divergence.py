@@ -5,13 +5,14 @@ from __future__ import annotations
 from typing import Any
 
 from .._arrays import axis_length
-from .._namespace import Array, Namespace, compute_dtype, is_lazy, namespace
+from .._namespace import Array, Namespace, compute_dtype, is_lazy, namespace, on_input_device
 from .._reduce import per_count, reduce_loss
 from .._validate import check_floating, check_mask, check_reduction, check_same_device
 
 __all__ = ["kl_div"]
 
 
+@on_input_device
 def kl_div(
     input: Array,
     target: Array,

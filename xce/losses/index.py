@@ -23,6 +23,7 @@ from .._namespace import (
     compute_dtype,
     is_lazy,
     namespace,
+    on_input_device,
     take_along_class_axis,
 )
 from .._reduce import reduce_loss, reduction_scale
@@ -174,6 +175,7 @@ def _zero_dropped(g: Array, c: _Checked, *, xp: Namespace) -> Array:
 # --- nll_loss ---------------------------------------------------------------------------------
 
 
+@on_input_device
 def nll_loss(
     input: Array,
     target: Array,
@@ -255,6 +257,7 @@ def _focal_derivative(log_p: Array, p_y: Array, gamma: Any, *, xp: Namespace) ->
     return d
 
 
+@on_input_device
 @fill_doc(inputs=_INPUTS, options=_OPTIONS)
 def softmax_focal_loss(input: Array, target: Array, gamma: float = 2.0, weight: Array | None = None,
         ignore_index: int = -100, reduction: str = "mean", *, axis: int | None = None,
@@ -325,6 +328,7 @@ def softmax_focal_loss_grad(input: Array, target: Array, gamma: float, weight: A
 # --- poly1_cross_entropy ----------------------------------------------------------------------
 
 
+@on_input_device
 @fill_doc(inputs=_INPUTS, options=_OPTIONS)
 def poly1_cross_entropy(input: Array, target: Array, epsilon: float = 1.0, weight: Array | None = None,
         ignore_index: int = -100, reduction: str = "mean", *, axis: int | None = None,
