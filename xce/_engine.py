@@ -54,10 +54,9 @@ __all__ = ["OPEN_BLOCKS", "Plan", "SoftmaxSums", "Terms", "block_bytes", "config
            "map_rows", "on_accelerator", "options", "plan", "reads_values", "softmax_sums", "supports"]
 
 # Bytes of one compute-dtype block. A few such temporaries live at once per thread (the
-# upcast block, x - m, exp(x - m)). NumPy on the thread pool: 2 MiB. 512 KiB (sized for a
-# 1 MiB L2 on a 2-core EPYC) measured 1.3-1.6x slower on the 2-core Xeon VM that runs CI
-# (1024x10000: 10.5 vs 7.9 ms; 4096x32000: 129 vs 81 ms): each block's ~10 NumPy calls cost
-# Python and GIL time that a bigger block amortises; 4 MiB was no faster. Backends that
+# upcast block, x - m, exp(x - m)). NumPy on the thread pool: 2 MiB, the smallest block whose
+# ~10 NumPy calls' Python and GIL time is amortised (smaller blocks were slower, larger ones
+# no faster: docs/performance.md, "Where the constants come from"). Backends that
 # split every op over their own threads (PyTorch on CPU) need bigger blocks for that split
 # to pay off; GPUs bigger still, so a kernel launch has enough work: PyTorch on CPU takes
 # 4 MiB, growing with the input to 16 MiB (see block_bytes). See docs/performance.md.
@@ -112,7 +111,7 @@ def config(
         ``False`` turns the blocked engine off (the fused formulation is used everywhere);
         ``True`` uses it for every eager call, however small.
     block_rows : int, optional
-        Rows (slices along axis 0) per block. Default: as many as fit in 512 KiB of
+        Rows (slices along axis 0) per block. Default: as many as fit in 2 MiB of
         compute dtype (NumPy, array-api-strict), 4–16 MiB (PyTorch on CPU: 1/32 of the
         input within those bounds) or 64 MiB (GPU).
     class_chunk : int, optional
@@ -273,11 +272,9 @@ def block_bytes(x: Array, use: str = "stats") -> int:
         return _BLOCK_BYTES_GPU
     if library_name(x) == "torch":
         # Each op of a block is one parallel region of torch's intra-op threads; when another
-        # process holds a core, every region waits for a descheduled thread (measured: a
-        # 4096x32000 forward went from 0.2 s to 4 s in 4 MiB blocks, 0.5 s in 64 MiB ones).
-        # Fewer, larger blocks as the input grows, still a small fraction of it.
-        # A kernel's block needs less work to pay for its region: the 4 MiB floor would be
-        # 10% of a 40 MiB input, its blocks of 1/32 were as fast, quiet and with a core busy.
+        # process holds a core, every region waits for a descheduled thread, so: fewer, larger
+        # blocks as the input grows, still a small fraction of it. A kernel's block needs less
+        # work to pay for its region: 1/32 of the input from 1 MiB (docs/performance.md).
         total = math.prod(x.shape) * max(4, x.dtype.itemsize)  # in the compute dtype
         floor = _BLOCK_BYTES_KERNEL if use == "kernel" else _BLOCK_BYTES_INTRA_OP
         return min(_BLOCK_BYTES_INTRA_OP_MAX, max(floor, total // 32))
@@ -455,8 +452,7 @@ def softmax_sums(x: Array, *, xp: Namespace, terms: Terms | None = None, compute
         raise ValueError(f"softmax_sums wants a (A, C) or (A, C, B) array; got shape {tuple(x.shape)}.")
     dtype = compute_dtype if compute_dtype is not None else default_compute_dtype(x.dtype, xp=xp)
     p = plan(x, xp=xp, compute_dtype=dtype) if blocked else None
-    # One block is the fused formula (no work buffer to allocate and fill: measured 0.42 vs
-    # 0.48 ms on NumPy at 256x1000).
+    # One block is the fused formula: no work buffer to allocate and fill.
     if p is None or (p.block_rows >= x.shape[0] and p.class_chunk >= x.shape[1]):
         shift, lse, sums, masses, mom = _block(x, slice(None), terms, class_chunk=x.shape[1], dtype=dtype, xp=xp,
                                                moment=moment)

@@ -12,8 +12,8 @@
 * **Fast paths.** An adapter may register, per loss and exact array type, a function that
   takes the loss's raw arguments and returns the result by the library's own kernel, or None
   to take the general path. It is looked up first, before any namespace or argument work,
-  because at small sizes that work costs as much as the kernel (``F.cross_entropy`` at 8x10
-  takes ~5 µs). It must give exactly the definition's result (or None).
+  because at small sizes that work costs as much as the kernel (docs/performance.md, "Where
+  the constants come from"). It must give exactly the definition's result (or None).
 * **Gradients.** Each loss module registers its analytic gradient (or, for the fused linear
   loss, its value-and-gradient) beside its definition; :func:`xce.value_and_grad` looks them
   up here by the loss function itself.

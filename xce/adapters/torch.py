@@ -91,15 +91,13 @@ def wants_cross_entropy(input: torch.Tensor, target: torch.Tensor, weight: torch
 # Up to this many float32 logits (as many bytes, 32 MiB, at other widths) a CPU forward without
 # autograd goes to F.cross_entropy in one piece; above it, one block of rows at a time
 # (_blocked_native). Why there: the kernel's (N, C) log-softmax then leaves glibc's largest mmap
-# threshold (32 MiB), every call maps fresh pages and its time jumps ~4x (1024x4000 float64:
-# 2.6 ms, 1024x4200: 13.9 ms); below it the blocks are 1.02-1.2x slower than one piece
-# (`python -m benchmarks crossover`, docs/performance.md). The native kernel is dispatch-cheap
-# (~3 µs at 8x10, where xce's own Python path costs ~70 µs).
+# threshold (32 MiB) and every call maps fresh pages; below it one piece is faster than blocks
+# (`python -m benchmarks crossover`; docs/performance.md, "Where the constants come from").
 DELEGATE_MAX_ELEMENTS_CPU = 1 << 23
 # Under autograd, above this many logits (or DELEGATE_MAX_ELEMENTS_CPU, the smaller) the blocked
 # engine's analytic backward serves: autograd through F.cross_entropy keeps three (N, C) arrays,
-# and between 2^21 and 2^23 logits its time swings 1-4x with the allocator's state (1024x4096:
-# 3.4 ms in one run, 12.3 ms in the next), where the Function's is steady and keeps one.
+# and between 2^21 and 2^23 logits its time swings with the allocator's state, where the
+# Function's is steady and keeps one (docs/performance.md).
 DELEGATE_MAX_ELEMENTS_CPU_AUTOGRAD = 1 << 21
 # On a GPU the native kernels are fused and the engine's Python loop over blocks is not.
 DELEGATE_MAX_ELEMENTS_GPU = 1 << 28
@@ -273,8 +271,8 @@ def _native_loss_and_lse(input: torch.Tensor, weight: torch.Tensor | None,
         block = input[rows]
         log_p = work[: block.shape[0]]
         torch.log_softmax(block, 1, out=log_p)
-        # max ℓ is ℓ at the argmax (ℓ = x - lse is monotone in x): two amax, no argmax (whose
-        # kernel took 81 ms at 4096x32000 against 11 ms for amax).
+        # max ℓ is ℓ at the argmax (ℓ = x - lse is monotone in x): two amax, no argmax (a far
+        # slower kernel on the CPU).
         torch.sub(torch.amax(block, 1), torch.amax(log_p, 1), out=lse[rows])
         target[rows] = log_p.gather(1, safe[rows].unsqueeze(1)).squeeze(1)
         if class_sum is not None:
@@ -302,8 +300,8 @@ def _unless_nan(out: torch.Tensor, readable: bool) -> torch.Tensor | None:
 
 
 def _sum_values(out: torch.Tensor) -> float:
-    """``out.sum()`` as a Python float; for a few values summed in Python: a reduction
-    kernel's launch costs ~1.5 µs, ``tolist`` of 8 values 0.3 µs (``_FEW_VALUES``)."""
+    """``out.sum()`` as a Python float; up to ``_FEW_VALUES`` values summed in Python, which
+    costs less than a reduction kernel's launch."""
     if out.ndim == 0:
         return out.item()
     return sum(out.tolist()) if out.ndim == 1 and out.numel() <= _FEW_VALUES else out.sum().item()
@@ -340,7 +338,7 @@ def fast_cross_entropy(input: torch.Tensor, target: Any, weight: Any, ignore_ind
     block anywhere), so that it costs the kernel and a few attribute reads. None for every
     other call, which takes the general path (:func:`dispatch_cross_entropy` or the
     definition), and for every invalid one, so that the general path raises xce's error."""
-    # (At 8x10 the kernel takes ~4 µs and every line here shows: module globals, no helpers.)
+    # (At small sizes every line here shows next to the kernel: module globals, no helpers.)
     if weight is not None or axis is not None or type(target) is not _TENSOR or _OPEN_BLOCKS:
         return None
     last = _LAST_OPTIONS
