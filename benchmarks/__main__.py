@@ -8,6 +8,10 @@ if sys.argv[1:2] == ["crossover"]:  # python -m benchmarks crossover [...]: benc
     from .crossover import main as crossover_main
 
     raise SystemExit(crossover_main(sys.argv[2:]))
+if sys.argv[1:2] == ["policy"]:  # python -m benchmarks policy: the policy table (benchmarks/policy.py)
+    from .policy import main as policy_main
+
+    raise SystemExit(policy_main(sys.argv[2:]))
 if sys.argv[1:2] == ["linear_distill"]:  # python -m benchmarks linear_distill [...]: benchmarks/linear_distill.py
     from .linear_distill import main as linear_distill_main
 

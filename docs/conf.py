@@ -82,6 +82,7 @@ _SECTIONS = {
     "xce.labels": "Label helpers",
     "xce._softmax": "Softmax, log-softmax and logsumexp",
     "xce.objects": "Loss objects",
+    "xce._policy": "Which implementation serves a call",
 }
 API_MARKER = ".. xce-api-reference"
 

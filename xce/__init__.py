@@ -9,6 +9,7 @@ PyTorch's ``torch.nn.functional`` semantics.
 from . import adapters as adapters  # registers the framework adapters (imported lazily, per library)
 from . import objects
 from ._engine import config
+from ._policy import explain
 from ._softmax import log_softmax, logsumexp, softmax
 from .grad import value_and_grad
 from .labels import one_hot, smooth_labels
@@ -36,6 +37,7 @@ __all__ = [
     "binary_cross_entropy_with_logits",
     "config",
     "cross_entropy",
+    "explain",
     "generalized_jsd",
     "kl_div",
     "kl_div_with_logits",

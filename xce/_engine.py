@@ -48,6 +48,7 @@ from ._namespace import (
     writes_into,
 )
 from ._namespace import compute_dtype as default_compute_dtype
+from ._policy import TABLE
 from ._softmax import finite_max, finite_or_zero
 
 __all__ = ["OPEN_BLOCKS", "Plan", "SoftmaxSums", "Terms", "block_bytes", "config", "configured", "gradient_rows",
@@ -59,18 +60,18 @@ __all__ = ["OPEN_BLOCKS", "Plan", "SoftmaxSums", "Terms", "block_bytes", "config
 # no faster: docs/performance.md, "Where the constants come from"). Backends that
 # split every op over their own threads (PyTorch on CPU) need bigger blocks for that split
 # to pay off; GPUs bigger still, so a kernel launch has enough work: PyTorch on CPU takes
-# 4 MiB, growing with the input to 16 MiB (see block_bytes). See docs/performance.md.
-_BLOCK_BYTES = 1 << 21
-_BLOCK_BYTES_INTRA_OP = 1 << 22
-_BLOCK_BYTES_INTRA_OP_MAX = 1 << 24
-_BLOCK_BYTES_KERNEL = 1 << 20  # the floor of a PyTorch kernel's block (block_bytes "kernel")
-_BLOCK_BYTES_GPU = 1 << 26
-_BLOCK_BYTES_GRADIENT = 1 << 24
-_BLOCK_BYTES_MATMUL = 1 << 26
+# 4 MiB, growing with the input to 16 MiB (see block_bytes). The numbers: xce._policy.TABLE.
+_BLOCK_BYTES = TABLE["block_bytes"].value
+_BLOCK_BYTES_INTRA_OP = TABLE["block_bytes_torch_cpu"].value
+_BLOCK_BYTES_INTRA_OP_MAX = TABLE["block_bytes_torch_cpu_max"].value
+_BLOCK_BYTES_KERNEL = TABLE["block_bytes_kernel"].value  # the floor of a kernel's block (block_bytes "kernel")
+_BLOCK_BYTES_GPU = TABLE["block_bytes_gpu"].value
+_BLOCK_BYTES_GRADIENT = TABLE["block_bytes_gradient"].value
+_BLOCK_BYTES_MATMUL = TABLE["block_bytes_matmul"].value
 # Above this many elements per slice x[i] (1 MiB of float32), classes are chunked.
-_CLASS_CHUNK = 1 << 18
+_CLASS_CHUNK = TABLE["class_chunk_min_elements"].value
 # Below this many elements in total the blocked path is not worth its Python overhead.
-_MIN_ELEMENTS = 1 << 16
+_MIN_ELEMENTS = TABLE["definition_blocks_min_elements"].value
 # Libraries whose arrays are eager and whose kernels release the GIL for the thread pool.
 _EAGER = {"numpy", "torch", "cupy", "array_api_strict"}
 _POOLED = {"numpy"}  # torch parallelises each op with its own intra-op threads; cupy is async
@@ -185,18 +186,28 @@ def supports(x: Array) -> bool:
     large enough): NumPy, PyTorch, CuPy, array-api-strict. Never JAX or Dask, nor PyTorch under
     ``torch.compile`` / ``torch.func``, whose tracers want the fused formula, nor an array with a
     symbolic (``None``) dimension, whose blocks cannot be planned."""
-    if library_name(x) not in _EAGER or is_traced(x):
-        return False  # traced (torch.compile, torch.func): one fused formula for the tracer
+    return refusal(x) is None
+
+
+def refusal(x: Array) -> str | None:
+    """Why the blocked engine does not evaluate ``x`` (None: it does): :func:`supports`' one
+    decision, in words for :func:`xce.explain`."""
+    lib = library_name(x)
+    if lib not in _EAGER:
+        return f"{lib} arrays are lazy or traced: one fused formula"
+    if is_traced(x):
+        return "traced (torch.compile, torch.func): one fused formula for the tracer"
     size = known_size(tuple(x.shape))
     if size is None:
-        return False
+        return "a symbolic dimension: blocks cannot be planned"
     opts = options()
     enabled = opts.get("enabled")
     if enabled is False:
-        return False
+        return "xce.config(enabled=False)"
     if enabled is True:
-        return True
-    return size >= opts.get("min_elements", _MIN_ELEMENTS)
+        return None
+    least = opts.get("min_elements", _MIN_ELEMENTS)
+    return None if size >= least else f"{size} elements < min_elements {least}"
 
 
 def _cpus() -> int:

@@ -52,6 +52,7 @@ from ._namespace import (
     take_along_class_axis,
     write_into,
 )
+from ._policy import TABLE
 from ._registry import adapter_for, register_value_and_grad
 from ._signatures import derivative_of
 from ._softmax import finite_max
@@ -73,7 +74,7 @@ __all__ = ["LinearArgs", "check_arguments", "linear_cross_entropy", "value_and_g
 
 _NAMES = ("input", "linear_weight", "target", "linear_bias", "weight", "sample_weight")
 # Elements of one (v_chunk, D) slice of a block's dW product (8 MiB in float32).
-_VOCAB_CHUNK_ELEMENTS = 1 << 21
+_VOCAB_CHUNK_ELEMENTS = TABLE["vocab_chunk_elements"].value
 _ALIASING: dict[int, bool] = {}
 _SCATTERS: dict[int, bool] = {}
 _MAX_BLOCK_FRACTION = 12

@@ -48,6 +48,7 @@ from ._namespace import (
     namespace,
     on_input_device,
 )
+from ._policy import TABLE
 from ._registry import adapter_hook
 from ._signatures import derivative_of
 from ._validate import check_choice, check_floating, check_fraction, check_integer, check_same_device
@@ -71,7 +72,7 @@ __all__ = ["LOSSES", "Checked", "Heads", "fused", "linear_distillation_loss",
 #: ``loss=`` choices and the ``beta`` each stands for (None: the ``beta`` argument).
 LOSSES: dict[str, float | None] = {"jsd": None, "forward_kl": 0.0, "reverse_kl": 1.0}
 # Elements of one (v_chunk, D) slice of a block's dW product (8 MiB in float32).
-_CHUNK_ELEMENTS = 1 << 21
+_CHUNK_ELEMENTS = TABLE["vocab_chunk_elements"].value
 
 
 class Heads(NamedTuple):

@@ -20,7 +20,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from .. import _engine
+from .. import _engine, _policy
 from ..losses import cross_entropy as ce
 
 __all__ = ["cross_entropy", "dispatch_cross_entropy", "wants_cross_entropy"]
@@ -31,6 +31,9 @@ def dispatch_cross_entropy(input: Any, target: Any, weight: Any, options: ce.Opt
     """The custom-JVP cross entropy (None under ``xce.config(delegate=False)``)."""
     if not _engine.options().get("delegate", True):
         return None
+    if _policy.ACTIVE:
+        _policy.note(_policy.ANALYTIC_BACKWARD, "jax.custom_jvp: xce's derivative rule, no softmax-sized "
+                     "intermediates kept for the backward")
     return _ce(input, target, weight, where, options.ignore_index, options.reduction, options.label_smoothing, axis,
                options.mode, options.z)
 

@@ -35,7 +35,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as _F
 
-from .. import _engine
+from .. import _engine, _policy
 from .. import linear as _linear
 from .. import linear_distillation as _lindist
 from .._namespace import Namespace, is_traced, namespace
@@ -93,14 +93,14 @@ def wants_cross_entropy(input: torch.Tensor, target: torch.Tensor, weight: torch
 # (_blocked_native). Why there: the kernel's (N, C) log-softmax then leaves glibc's largest mmap
 # threshold (32 MiB) and every call maps fresh pages; below it one piece is faster than blocks
 # (`python -m benchmarks crossover`; docs/performance.md, "Where the constants come from").
-DELEGATE_MAX_ELEMENTS_CPU = 1 << 23
+DELEGATE_MAX_ELEMENTS_CPU = _policy.TABLE["native_max_logits_cpu"].value
 # Under autograd, above this many logits (or DELEGATE_MAX_ELEMENTS_CPU, the smaller) the blocked
 # engine's analytic backward serves: autograd through F.cross_entropy keeps three (N, C) arrays,
 # and between 2^21 and 2^23 logits its time swings with the allocator's state, where the
 # Function's is steady and keeps one (docs/performance.md).
-DELEGATE_MAX_ELEMENTS_CPU_AUTOGRAD = 1 << 21
+DELEGATE_MAX_ELEMENTS_CPU_AUTOGRAD = _policy.TABLE["native_max_logits_cpu_autograd"].value
 # On a GPU the native kernels are fused and the engine's Python loop over blocks is not.
-DELEGATE_MAX_ELEMENTS_GPU = 1 << 28
+DELEGATE_MAX_ELEMENTS_GPU = _policy.TABLE["native_max_logits_gpu"].value
 _NATIVE_DTYPES = (torch.float32, torch.float64)
 
 
@@ -164,7 +164,22 @@ def dispatch_cross_entropy(input: Any, target: Any, weight: Any, options: ce.Opt
         return None  # out-of-range targets, shapes, devices: the definition names the problem
     # (_engine.reads_values, its settings and device already at hand: small calls are dispatch-bound.)
     forced = opts.get("check_values") if opts else None
-    return _unless_nan(out, cpu and not (_functorch_active() or _is_compiling()) if forced is None else forced)
+    out = _unless_nan(out, cpu and not (_functorch_active() or _is_compiling()) if forced is None else forced)
+    if _policy.ACTIVE:
+        _note_native(input, blocked, out is not None)
+    return out
+
+
+def _note_native(input: torch.Tensor, blocked: bool, used: bool) -> None:
+    n = input.numel()
+    if blocked:
+        why = f"{n} logits above the one-piece limit {_one_piece_max_cpu(input, 0.0)}: a CPU forward without autograd"
+    else:
+        limit = _one_piece_max_cpu(input, 0.0) if input.is_cpu else DELEGATE_MAX_ELEMENTS_GPU
+        why = f"F.cross_entropy computes this function; {n} logits within the one-piece limit {limit}"
+    if not used:
+        why += "; its result has a NaN (non-finite logits, where PyTorch and xce differ): the definition recomputes"
+    _policy.note(_policy.NATIVE_BLOCKS if blocked else _policy.NATIVE, why, used=used)
 
 
 def _one_piece_max_cpu(input: torch.Tensor, z: float) -> int:
@@ -429,6 +444,9 @@ class _CrossEntropy(torch.autograd.Function):
                                       z_loss, where, xp=xp)
             native = _native_loss_and_lse(input, weight, args)
             if native is not None:
+                if _policy.ACTIVE:
+                    _policy.note(_policy.NATIVE_BLOCKS, "the Function's forward: PyTorch's log-softmax one block "
+                                 "of rows at a time gives the loss and the saved logsumexp")
                 loss, lse = native
             else:
                 # One sweep over the logits: the loss and the per-position logsumexp it was built from.
@@ -469,6 +487,9 @@ def cross_entropy(*args: Any, **kwargs: Any) -> torch.Tensor:
         xp = namespace(_CE_NAMES, input, target, weight)
         checked = ce.check_arguments(*values, xp=xp)
         return ce.cross_entropy_with_stats(input, target, weight, checked, xp=xp)[0]
+    if _policy.ACTIVE:
+        _policy.note(_policy.ANALYTIC_BACKWARD, f"input requires grad, {input.numel()} logits: an autograd.Function "
+                     "saving the O(N) logsumexp; the backward is xce's gradient rule in blocks")
     loss, _, _ = _CrossEntropy.apply(*values)
     return loss
 

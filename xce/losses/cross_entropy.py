@@ -27,7 +27,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-from .. import _engine
+from .. import _engine, _policy
 from .._arrays import along_classes, expand_at, like_input, positions_like
 from .._docs import CROSS_ENTROPY_PARAMETERS, fill_doc
 from .._namespace import (
@@ -39,6 +39,7 @@ from .._namespace import (
     is_lazy,
     is_traced,
     known_size,
+    library_name,
     namespace,
     on_input_device,
     put_along_class_axis,
@@ -385,6 +386,8 @@ def statistics(x: Array, ax: int, *, xp: Namespace, lazy: bool, index: Array | N
                                     smoothing=smoothing, dtype=dtype)
     # Eager arrays large enough: the blocked engine; else the fused formula (JAX, Dask, small).
     blocked = not lazy and _engine.supports(x)
+    if _policy.ACTIVE:
+        _note_statistics(x, lazy, blocked)
 
     def stats(x: Array, index: Array | None, probs: Array | None) -> RowStats:
         if blocked:
@@ -405,6 +408,17 @@ def statistics(x: Array, ax: int, *, xp: Namespace, lazy: bool, index: Array | N
 
     st = stats(view(x, shape), view(index, shape[:1] + shape[2:]), view(probs, shape))
     return RowStats(*(view(f, out_shape) for f in st))
+
+
+def _note_statistics(x: Array, lazy: bool, blocked: bool) -> None:
+    if blocked:
+        opts = _engine.options()
+        least = opts.get("min_elements", _policy.TABLE["definition_blocks_min_elements"].value)
+        why = f"eager {library_name(x)} array of {math.prod(x.shape)} elements " + (
+            "(xce.config(enabled=True))" if opts.get("enabled") else f">= min_elements {least}")
+        _policy.note(_policy.DEFINITION_BLOCKS, why)
+    else:
+        _policy.note(_policy.DEFINITION, "lazy array: one fused formula" if lazy else str(_engine.refusal(x)))
 
 
 def _symbolic_statistics(x: Array, ax: int, *, xp: Namespace, index: Array | None, weight: Array | None,
@@ -534,6 +548,9 @@ def cross_entropy(
         # The library's own kernel, before any namespace or argument work (see _registry).
         out = fast(input, target, weight, ignore_index, reduction, label_smoothing, axis, label_smoothing_mode, z_loss)
         if out is not None:
+            if _policy.ACTIVE:
+                _policy.note(_policy.NATIVE, "the library's kernel through the fast path (no class weight, "
+                             "int64 targets, float32/64, within the one-piece limit)")
             return out
     xp = namespace(_ALL_NAMES, input, target, weight, where, sample_weight, xp=xp)
     if softcap is not None or sample_weight is not None or normalizer is not None or return_stats is not False:
@@ -756,7 +773,7 @@ def _gradient_blocked(
 
 # Classes per row from which the target positions of a CPU block are assigned one row at a
 # time (a few µs each) rather than through a block-sized boolean mask (two passes over it).
-_LOOP_CLASSES = 4096
+_LOOP_CLASSES = _policy.TABLE["gradient_loop_classes"].value
 
 
 def gradient_rows(
