@@ -284,3 +284,137 @@ def test_blocks_reuse_one_buffer_per_thread(name, monkeypatch):
     assert len(bases) == 8 and len(set(bases)) == 1
     ref = _reference(xp.asarray(x_np), xp.asarray(index_np), None, None, 0.0, xp)
     np.testing.assert_array_equal(_np(stats.lse), _np(ref["lse"]))
+
+
+# --- settings are the calling thread's --------------------------------------------------------
+
+
+def _in_two_threads(inside, outside, **settings):
+    """``inside()`` in a thread inside ``config(**settings)`` and ``outside()`` in another
+    thread while that block is open; both results, or the first exception raised."""
+    import threading
+
+    opened, done = threading.Event(), threading.Event()
+    results, errors = {}, []
+
+    def holder():
+        try:
+            with config(**settings):
+                opened.set()
+                assert done.wait(120)
+                results["inside"] = inside()
+        except BaseException as e:  # re-raised in the test's thread
+            errors.append(e)
+        finally:
+            opened.set()
+
+    def other():
+        try:
+            assert opened.wait(120)
+            results["outside"] = outside()
+        except BaseException as e:
+            errors.append(e)
+        finally:
+            done.set()
+
+    threads = [threading.Thread(target=holder), threading.Thread(target=other)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(300)
+    if errors:
+        raise errors[0]
+    return results["inside"], results["outside"]
+
+
+def test_eager_threads_see_only_their_own_settings():
+    import array_api_compat.numpy as xp
+
+    x = np.zeros((4096, 1000), np.float32)
+    default = plan(x, xp=xp)
+    inside, outside = _in_two_threads(lambda: (plan(x, xp=xp), supports(x)), lambda: (plan(x, xp=xp), supports(x)),
+                                      block_rows=3, class_chunk=100, threads=1, enabled=False)
+    assert inside == ((3, 100, 1), False)
+    assert outside == (default, True)
+
+
+def _compiled_cross_entropy():
+    """``xce.cross_entropy`` under ``torch.compile(fullgraph=True)`` and the graphs it traced."""
+    torch = pytest.importorskip("torch")
+    import xce
+    from xce._registry import adapter_for
+
+    adapter_for(torch.zeros(()))  # the adapter's lazy import is no traceable first call (not tested here)
+    graphs = []
+
+    def backend(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    def loss(x, t):
+        return xce.cross_entropy(x, t)
+
+    return torch.compile(loss, backend=backend, fullgraph=True), graphs
+
+
+def _calls_pytorch_kernel(gm) -> bool:
+    return any("cross_entropy" in str(node.target) for node in gm.graph.nodes)
+
+
+@pytest.fixture
+def dynamo():
+    torch = pytest.importorskip("torch")
+    torch._dynamo.reset()
+    yield torch._dynamo
+    torch._dynamo.reset()
+
+
+def test_compiled_call_takes_the_calling_threads_delegate_setting(dynamo):
+    """One thread compiling inside ``config(delegate=False)`` changes nothing for a function
+    compiled by another thread meanwhile: that one still hands the call to PyTorch's kernel."""
+    import torch
+
+    x, t = torch.randn(8, 5), torch.tensor([0, 1, 2, 3, 4, 0, 1, 2])
+    compiled, graphs = _compiled_cross_entropy()
+    expected = torch.nn.functional.cross_entropy(x.double(), t).float()
+
+    def call():
+        before = len(graphs)
+        out = compiled(x, t)
+        return out, [_calls_pytorch_kernel(gm) for gm in graphs[before:]]
+
+    (out_in, kernel_in), (out_out, kernel_out) = _in_two_threads(call, call, delegate=False)
+    assert kernel_out == [True]  # traced with the defaults
+    assert kernel_in == [False]  # retraced (guarded on its thread's block): xce's definition
+    for out in (out_in, out_out):
+        torch.testing.assert_close(out, expected)
+
+
+def test_compiled_call_takes_the_calling_threads_check_values_setting(dynamo):
+    """``config(check_values=True)`` reads values (a graph break: fullgraph raises) only in the
+    thread whose block it is; another thread compiles meanwhile without reading any."""
+    import torch
+
+    x, t = torch.randn(8, 5), torch.tensor([0, 1, 2, 3, 4, 0, 1, 2])
+    compiled, _ = _compiled_cross_entropy()
+
+    def inside():
+        with pytest.raises(Exception, match=r"(?i)data-dependent|graph break|unsupported"):
+            compiled(x, t)
+
+    _, out = _in_two_threads(inside, lambda: compiled(x, t), check_values=True)
+    torch.testing.assert_close(out, torch.nn.functional.cross_entropy(x.double(), t).float())
+
+
+def test_compiled_function_is_recompiled_when_the_settings_change(dynamo):
+    import torch
+
+    x, t = torch.randn(8, 5), torch.tensor([0, 1, 2, 3, 4, 0, 1, 2])
+    compiled, graphs = _compiled_cross_entropy()
+    compiled(x, t)
+    with config(delegate=False):
+        compiled(x, t)
+    compiled(x, t)
+    with config(delegate=False):
+        compiled(x, t)
+    assert [_calls_pytorch_kernel(gm) for gm in graphs] == [True, False]  # the guards pick the graph

@@ -43,15 +43,15 @@ from ._namespace import (
     is_traced,
     known_size,
     library_name,
-    torch_tracing,
+    torch_compiling,
     write_into,
     writes_into,
 )
 from ._namespace import compute_dtype as default_compute_dtype
 from ._softmax import finite_max, finite_or_zero
 
-__all__ = ["OPEN_BLOCKS", "Plan", "SoftmaxSums", "Terms", "block_bytes", "config", "configured", "gradient_rows",
-           "map_rows", "on_accelerator", "options", "plan", "reads_values", "softmax_sums", "supports"]
+__all__ = ["THREAD_BLOCKS", "Plan", "SoftmaxSums", "Terms", "block_bytes", "config", "configured", "context_settings",
+           "gradient_rows", "map_rows", "on_accelerator", "options", "plan", "reads_values", "softmax_sums", "supports"]
 
 # Bytes of one compute-dtype block. A few such temporaries live at once per thread (the
 # upcast block, x - m, exp(x - m)). NumPy on the thread pool: 2 MiB. 512 KiB (sized for a
@@ -77,10 +77,21 @@ _EAGER = {"numpy", "torch", "cupy", "array_api_strict"}
 _POOLED = {"numpy"}  # torch parallelises each op with its own intra-op threads; cupy is async
 
 _CONFIG: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar("xce_engine_config", default=None)
-_LATEST: list[dict[str, Any]] = []  # config blocks in the order entered (read under torch.compile only)
-#: The open :func:`config` blocks of every thread (never rebound): a fast path that takes only
-#: the defaults tests this list's truth, one global read, instead of calling :func:`configured`.
-OPEN_BLOCKS = _LATEST
+
+
+class _ThreadBlocks(threading.local):
+    """The :func:`config` blocks open in one thread, in the order entered: what Dynamo reads
+    (it cannot read a ``ContextVar``, and it reads and guards a ``threading.local``'s
+    attributes in the calling thread, so one thread's blocks never reach another's graphs)."""
+
+    def __init__(self) -> None:
+        self.open: list[dict[str, Any]] = []
+
+
+#: Each thread's open :func:`config` blocks (``THREAD_BLOCKS.open``), read while Dynamo traces.
+THREAD_BLOCKS = _ThreadBlocks()
+#: The calling context's settings, None outside any block (one C call): the eager read.
+context_settings = _CONFIG.get
 _OPTIONS = ("enabled", "block_rows", "class_chunk", "threads", "min_elements", "delegate", "check_values")
 
 
@@ -125,7 +136,9 @@ def config(
     min_elements : int, optional
         Inputs smaller than this use the fused formulation (default 2**16).
 
-    Settings nest and are local to the current thread / asyncio task (``contextvars``).
+    Settings nest and are local to the current thread / asyncio task (``contextvars``); while
+    ``torch.compile`` traces, to the calling thread (a compiled function is guarded on them
+    and recompiled when they change).
 
     Examples
     --------
@@ -148,30 +161,33 @@ def config(
     merged = dict(options())
     merged.update({k: v for k, v in values.items() if v is not None})
     token = _CONFIG.set(merged)
-    _LATEST.append(merged)
+    blocks = THREAD_BLOCKS.open  # this thread's, even if the block is left from another one
+    blocks.append(merged)
     try:
         yield
     finally:
         _CONFIG.reset(token)
-        _LATEST.remove(merged)
+        for i in range(len(blocks) - 1, -1, -1):  # by identity: an equal block may be open too
+            if blocks[i] is merged:
+                del blocks[i]
+                break
 
 
 def configured() -> bool:
-    """Whether any thread is inside a :func:`config` block (False: every setting is its
-    default). One list read, for fast paths that take only the defaults."""
-    return bool(_LATEST)
+    """Whether the calling thread / asyncio task is inside a :func:`config` block (False:
+    every setting is its default)."""
+    return bool(options())
 
 
 def options() -> dict[str, Any]:
-    """The settings of the innermost :func:`config` block (empty outside any).
+    """The settings of the calling context's innermost :func:`config` block (empty outside any).
 
-    Under ``torch.compile`` (whose tracer cannot read a ``ContextVar``) the settings of the
-    innermost block entered by any thread are used instead.
+    While ``torch.compile`` traces (its tracer cannot read a ``ContextVar``), those of the
+    innermost block open in the calling thread: Dynamo guards the compiled code on them.
     """
-    if not _LATEST:  # no block entered anywhere: the defaults (and no tracer to ask about)
-        return {}
-    if torch_tracing():
-        return _LATEST[-1]
+    if torch_compiling():
+        blocks = THREAD_BLOCKS.open
+        return blocks[-1] if blocks else {}
     return _CONFIG.get() or {}
 
 
