@@ -418,3 +418,78 @@ def test_compiled_function_is_recompiled_when_the_settings_change(dynamo):
     with config(delegate=False):
         compiled(x, t)
     assert [_calls_pytorch_kernel(gm) for gm in graphs] == [True, False]  # the guards pick the graph
+
+
+# --- the thread count respects the process's limits ---------------------------------------------
+
+
+def _plan_threads(env: dict[str, str], setup: str = "") -> tuple[int, int]:
+    """(default threads, threads under ``config(threads=3)``) of a large NumPy input's plan in a
+    fresh interpreter whose environment has ``env`` from the start."""
+    import os
+    import subprocess
+    import sys
+
+    code = f"""
+import numpy as np, array_api_compat.numpy as xp
+from xce import _engine
+_engine._cpus = lambda: 8  # as on a machine with 8 CPUs or more
+{setup}
+x = np.zeros((4096, 32000), np.float32)  # 256 blocks: never touched, plan looks at shapes only
+with _engine.config(threads=3):
+    explicit = _engine.plan(x, xp=xp).threads
+print(_engine.plan(x, xp=xp).threads, explicit)
+"""
+    full = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+    full.update(env)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # this checkout's xce comes first
+    out = subprocess.run([sys.executable, "-c", code], env=full, cwd=root, capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr
+    default, explicit = out.stdout.split()
+    return int(default), int(explicit)
+
+
+@pytest.mark.parametrize(("omp", "most"), [("1", 1), ("2", 2), ("1,1", 1)])
+def test_default_threads_respect_omp_num_threads(omp, most):
+    """One thread per rank or per DataLoader worker (``OMP_NUM_THREADS=1``) starts no pool;
+    an explicit ``config(threads=)`` still wins."""
+    default, explicit = _plan_threads({"OMP_NUM_THREADS": omp})
+    assert 1 <= default <= most
+    assert explicit == 3
+
+
+def test_default_threads_without_limits():
+    assert _plan_threads({}) == (8, 3)
+
+
+def test_default_threads_respect_torchs_thread_count():
+    """PyTorch's DataLoader workers call ``torch.set_num_threads(1)``."""
+    pytest.importorskip("torch")
+    assert _plan_threads({}, "import torch; torch.set_num_threads(1)") == (1, 3)
+
+
+def test_default_threads_respect_threadpoolctl_limits(monkeypatch):
+    """Where threadpoolctl is imported, its current limit on the BLAS / OpenMP libraries (e.g.
+    inside ``threadpool_limits(1)``) caps the pool; a stand-in controller reports the limit."""
+    import sys
+    import types
+
+    import array_api_compat.numpy as xp
+
+    class Library:
+        def __init__(self, n):
+            self.num_threads = n
+
+    class Controller:
+        def __init__(self):
+            self.lib_controllers = [Library(4), Library(1)]
+
+    monkeypatch.setitem(sys.modules, "threadpoolctl", types.SimpleNamespace(ThreadpoolController=Controller))
+    monkeypatch.setattr(_engine, "_THREADPOOL", None)
+    monkeypatch.setattr(_engine, "_cpus", lambda: 8)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    x = np.zeros((4096, 32000), np.float32)
+    assert plan(x, xp=xp).threads == 1
+    with config(threads=3):
+        assert plan(x, xp=xp).threads == 3

@@ -28,6 +28,7 @@ import contextlib
 import contextvars
 import math
 import os
+import sys
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -51,7 +52,8 @@ from ._namespace import compute_dtype as default_compute_dtype
 from ._softmax import finite_max, finite_or_zero
 
 __all__ = ["THREAD_BLOCKS", "Plan", "SoftmaxSums", "Terms", "block_bytes", "config", "configured", "context_settings",
-           "gradient_rows", "map_rows", "on_accelerator", "options", "plan", "reads_values", "softmax_sums", "supports"]
+           "default_threads", "gradient_rows", "map_rows", "on_accelerator", "options", "plan", "reads_values",
+           "softmax_sums", "supports"]
 
 # Bytes of one compute-dtype block. A few such temporaries live at once per thread (the
 # upcast block, x - m, exp(x - m)). NumPy on the thread pool: 2 MiB. 512 KiB (sized for a
@@ -130,9 +132,13 @@ def config(
         Classes per chunk when one slice is too large (online logsumexp). Default: chunk
         only slices above 2**18 elements.
     threads : int, optional
-        Worker threads for backends that release the GIL (NumPy). Default: the CPUs this
-        process may run on, at most 8; ``1`` runs blocks in the calling thread. Calls made
-        from inside a worker never start more threads (no oversubscription).
+        Worker threads for backends that release the GIL (NumPy); wins over every limit below.
+        Default: the CPUs this process may run on, at most 8, and no more than
+        ``OMP_NUM_THREADS`` (where set), ``torch.get_num_threads()`` (where PyTorch is imported:
+        DataLoader workers set 1) or threadpoolctl's limit on the BLAS / OpenMP libraries
+        (where threadpoolctl is imported, e.g. inside ``threadpool_limits(1)``); ``1`` runs
+        blocks in the calling thread. Calls made from inside a worker never start more threads
+        (no oversubscription).
     min_elements : int, optional
         Inputs smaller than this use the fused formulation (default 2**16).
 
@@ -223,6 +229,48 @@ def _cpus() -> int:
         return os.cpu_count() or 1
 
 
+_MAX_THREADS = 8
+_THREADPOOL: Any = None  # threadpoolctl's controller, made once threadpoolctl has been imported
+
+
+def default_threads() -> int:
+    """The engine's thread count when :func:`config` sets none: the smallest of 8, the CPUs
+    this process may run on, ``OMP_NUM_THREADS`` (its first number, where set), PyTorch's
+    ``torch.get_num_threads()`` (where torch is imported: DataLoader workers set 1) and the
+    smallest thread limit threadpoolctl reports for the BLAS / OpenMP libraries (where
+    threadpoolctl is imported, e.g. inside ``threadpool_limits``). Nothing is imported here."""
+    n = min(_cpus(), _MAX_THREADS)
+    omp = os.environ.get("OMP_NUM_THREADS", "").split(",")[0].strip()
+    if omp.isdigit() and int(omp) > 0:
+        n = min(n, int(omp))
+    torch = sys.modules.get("torch")
+    get_num_threads = getattr(torch, "get_num_threads", None)
+    if get_num_threads is not None:
+        n = min(n, get_num_threads())
+    limit = _threadpool_limit()
+    if limit is not None:
+        n = min(n, limit)
+    return max(1, n)
+
+
+def _threadpool_limit() -> int | None:
+    """The smallest ``num_threads`` of the libraries threadpoolctl controls (None where it is
+    not imported or reports none). The controller is made once (finding the libraries takes
+    about a millisecond); reading each library's current count is a C call."""
+    global _THREADPOOL
+    threadpoolctl = sys.modules.get("threadpoolctl")
+    if threadpoolctl is None:
+        return None
+    try:
+        if _THREADPOOL is None:
+            _THREADPOOL = threadpoolctl.ThreadpoolController()
+        counts = [lib.num_threads for lib in _THREADPOOL.lib_controllers]
+    except Exception:  # an older or partial threadpoolctl: no limit known
+        return None
+    counts = [c for c in counts if isinstance(c, int) and c > 0]
+    return min(counts) if counts else None
+
+
 def plan(x: Array, *, xp: Namespace, compute_dtype: Any = None, use: str = "stats") -> Plan:
     """Block rows, class chunk and threads for ``x`` (``(A, C)`` or ``(A, C, B)``); ``use``
     as in :func:`block_bytes` sizes the rows (the class chunk is always the statistics')."""
@@ -241,7 +289,7 @@ def plan(x: Array, *, xp: Namespace, compute_dtype: Any = None, use: str = "stat
     block_rows = max(1, min(block_rows, rows))
     threads = 1
     if library_name(x) in _POOLED and not getattr(_IN_WORKER, "flag", False):
-        threads = opts.get("threads") or min(_cpus(), 8)
+        threads = opts.get("threads") or default_threads()
         threads = max(1, min(threads, math.ceil(rows / block_rows)))
     return Plan(block_rows, class_chunk, threads)
 
