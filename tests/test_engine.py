@@ -284,3 +284,212 @@ def test_blocks_reuse_one_buffer_per_thread(name, monkeypatch):
     assert len(bases) == 8 and len(set(bases)) == 1
     ref = _reference(xp.asarray(x_np), xp.asarray(index_np), None, None, 0.0, xp)
     np.testing.assert_array_equal(_np(stats.lse), _np(ref["lse"]))
+
+
+# --- settings are the calling thread's --------------------------------------------------------
+
+
+def _in_two_threads(inside, outside, **settings):
+    """``inside()`` in a thread inside ``config(**settings)`` and ``outside()`` in another
+    thread while that block is open; both results, or the first exception raised."""
+    import threading
+
+    opened, done = threading.Event(), threading.Event()
+    results, errors = {}, []
+
+    def holder():
+        try:
+            with config(**settings):
+                opened.set()
+                assert done.wait(120)
+                results["inside"] = inside()
+        except BaseException as e:  # re-raised in the test's thread
+            errors.append(e)
+        finally:
+            opened.set()
+
+    def other():
+        try:
+            assert opened.wait(120)
+            results["outside"] = outside()
+        except BaseException as e:
+            errors.append(e)
+        finally:
+            done.set()
+
+    threads = [threading.Thread(target=holder), threading.Thread(target=other)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(300)
+    if errors:
+        raise errors[0]
+    return results["inside"], results["outside"]
+
+
+def test_eager_threads_see_only_their_own_settings():
+    import array_api_compat.numpy as xp
+
+    x = np.zeros((4096, 1000), np.float32)
+    default = plan(x, xp=xp)
+    inside, outside = _in_two_threads(lambda: (plan(x, xp=xp), supports(x)), lambda: (plan(x, xp=xp), supports(x)),
+                                      block_rows=3, class_chunk=100, threads=1, enabled=False)
+    assert inside == ((3, 100, 1), False)
+    assert outside == (default, True)
+
+
+def _compiled_cross_entropy():
+    """``xce.cross_entropy`` under ``torch.compile(fullgraph=True)`` and the graphs it traced."""
+    torch = pytest.importorskip("torch")
+    import xce
+    from xce._registry import adapter_for
+
+    adapter_for(torch.zeros(()))  # the adapter's lazy import is no traceable first call (not tested here)
+    graphs = []
+
+    def backend(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    def loss(x, t):
+        return xce.cross_entropy(x, t)
+
+    return torch.compile(loss, backend=backend, fullgraph=True), graphs
+
+
+def _calls_pytorch_kernel(gm) -> bool:
+    return any("cross_entropy" in str(node.target) for node in gm.graph.nodes)
+
+
+@pytest.fixture
+def dynamo():
+    torch = pytest.importorskip("torch")
+    torch._dynamo.reset()
+    yield torch._dynamo
+    torch._dynamo.reset()
+
+
+def test_compiled_call_takes_the_calling_threads_delegate_setting(dynamo):
+    """One thread compiling inside ``config(delegate=False)`` changes nothing for a function
+    compiled by another thread meanwhile: that one still hands the call to PyTorch's kernel."""
+    import torch
+
+    x, t = torch.randn(8, 5), torch.tensor([0, 1, 2, 3, 4, 0, 1, 2])
+    compiled, graphs = _compiled_cross_entropy()
+    expected = torch.nn.functional.cross_entropy(x.double(), t).float()
+
+    def call():
+        before = len(graphs)
+        out = compiled(x, t)
+        return out, [_calls_pytorch_kernel(gm) for gm in graphs[before:]]
+
+    (out_in, kernel_in), (out_out, kernel_out) = _in_two_threads(call, call, delegate=False)
+    assert kernel_out == [True]  # traced with the defaults
+    assert kernel_in == [False]  # retraced (guarded on its thread's block): xce's definition
+    for out in (out_in, out_out):
+        torch.testing.assert_close(out, expected)
+
+
+def test_compiled_call_takes_the_calling_threads_check_values_setting(dynamo):
+    """``config(check_values=True)`` reads values (a graph break: fullgraph raises) only in the
+    thread whose block it is; another thread compiles meanwhile without reading any."""
+    import torch
+
+    x, t = torch.randn(8, 5), torch.tensor([0, 1, 2, 3, 4, 0, 1, 2])
+    compiled, _ = _compiled_cross_entropy()
+
+    def inside():
+        with pytest.raises(Exception, match=r"(?i)data-dependent|graph break|unsupported"):
+            compiled(x, t)
+
+    _, out = _in_two_threads(inside, lambda: compiled(x, t), check_values=True)
+    torch.testing.assert_close(out, torch.nn.functional.cross_entropy(x.double(), t).float())
+
+
+def test_compiled_function_is_recompiled_when_the_settings_change(dynamo):
+    import torch
+
+    x, t = torch.randn(8, 5), torch.tensor([0, 1, 2, 3, 4, 0, 1, 2])
+    compiled, graphs = _compiled_cross_entropy()
+    compiled(x, t)
+    with config(delegate=False):
+        compiled(x, t)
+    compiled(x, t)
+    with config(delegate=False):
+        compiled(x, t)
+    assert [_calls_pytorch_kernel(gm) for gm in graphs] == [True, False]  # the guards pick the graph
+
+
+# --- the thread count respects the process's limits ---------------------------------------------
+
+
+def _plan_threads(env: dict[str, str], setup: str = "") -> tuple[int, int]:
+    """(default threads, threads under ``config(threads=3)``) of a large NumPy input's plan in a
+    fresh interpreter whose environment has ``env`` from the start."""
+    import os
+    import subprocess
+    import sys
+
+    code = f"""
+import numpy as np, array_api_compat.numpy as xp
+from xce import _engine
+_engine._cpus = lambda: 8  # as on a machine with 8 CPUs or more
+{setup}
+x = np.zeros((4096, 32000), np.float32)  # 256 blocks: never touched, plan looks at shapes only
+with _engine.config(threads=3):
+    explicit = _engine.plan(x, xp=xp).threads
+print(_engine.plan(x, xp=xp).threads, explicit)
+"""
+    full = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+    full.update(env)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # this checkout's xce comes first
+    out = subprocess.run([sys.executable, "-c", code], env=full, cwd=root, capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr
+    default, explicit = out.stdout.split()
+    return int(default), int(explicit)
+
+
+@pytest.mark.parametrize(("omp", "most"), [("1", 1), ("2", 2), ("1,1", 1)])
+def test_default_threads_respect_omp_num_threads(omp, most):
+    """One thread per rank or per DataLoader worker (``OMP_NUM_THREADS=1``) starts no pool;
+    an explicit ``config(threads=)`` still wins."""
+    default, explicit = _plan_threads({"OMP_NUM_THREADS": omp})
+    assert 1 <= default <= most
+    assert explicit == 3
+
+
+def test_default_threads_without_limits():
+    assert _plan_threads({}) == (8, 3)
+
+
+def test_default_threads_respect_torchs_thread_count():
+    """PyTorch's DataLoader workers call ``torch.set_num_threads(1)``."""
+    pytest.importorskip("torch")
+    assert _plan_threads({}, "import torch; torch.set_num_threads(1)") == (1, 3)
+
+
+def test_default_threads_respect_threadpoolctl_limits(monkeypatch):
+    """Where threadpoolctl is imported, its current limit on the BLAS / OpenMP libraries (e.g.
+    inside ``threadpool_limits(1)``) caps the pool; a stand-in controller reports the limit."""
+    import sys
+    import types
+
+    import array_api_compat.numpy as xp
+
+    class Library:
+        def __init__(self, n):
+            self.num_threads = n
+
+    class Controller:
+        def __init__(self):
+            self.lib_controllers = [Library(4), Library(1)]
+
+    monkeypatch.setitem(sys.modules, "threadpoolctl", types.SimpleNamespace(ThreadpoolController=Controller))
+    monkeypatch.setattr(_engine, "_THREADPOOL", None)
+    monkeypatch.setattr(_engine, "_cpus", lambda: 8)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    x = np.zeros((4096, 32000), np.float32)
+    assert plan(x, xp=xp).threads == 1
+    with config(threads=3):
+        assert plan(x, xp=xp).threads == 3

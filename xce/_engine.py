@@ -28,6 +28,7 @@ import contextlib
 import contextvars
 import math
 import os
+import sys
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -43,7 +44,7 @@ from ._namespace import (
     is_traced,
     known_size,
     library_name,
-    torch_tracing,
+    torch_compiling,
     write_into,
     writes_into,
 )
@@ -51,8 +52,9 @@ from ._namespace import compute_dtype as default_compute_dtype
 from ._policy import TABLE
 from ._softmax import finite_max, finite_or_zero
 
-__all__ = ["OPEN_BLOCKS", "Plan", "SoftmaxSums", "Terms", "block_bytes", "config", "configured", "gradient_rows",
-           "map_rows", "on_accelerator", "options", "plan", "reads_values", "softmax_sums", "supports"]
+__all__ = ["THREAD_BLOCKS", "Plan", "SoftmaxSums", "Terms", "block_bytes", "config", "configured", "context_settings",
+           "default_threads", "gradient_rows", "map_rows", "on_accelerator", "options", "plan", "reads_values",
+           "softmax_sums", "supports"]
 
 # Bytes of one compute-dtype block. A few such temporaries live at once per thread (the
 # upcast block, x - m, exp(x - m)). NumPy on the thread pool: 2 MiB, the smallest block whose
@@ -77,10 +79,21 @@ _EAGER = {"numpy", "torch", "cupy", "array_api_strict"}
 _POOLED = {"numpy"}  # torch parallelises each op with its own intra-op threads; cupy is async
 
 _CONFIG: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar("xce_engine_config", default=None)
-_LATEST: list[dict[str, Any]] = []  # config blocks in the order entered (read under torch.compile only)
-#: The open :func:`config` blocks of every thread (never rebound): a fast path that takes only
-#: the defaults tests this list's truth, one global read, instead of calling :func:`configured`.
-OPEN_BLOCKS = _LATEST
+
+
+class _ThreadBlocks(threading.local):
+    """The :func:`config` blocks open in one thread, in the order entered: what Dynamo reads
+    (it cannot read a ``ContextVar``, and it reads and guards a ``threading.local``'s
+    attributes in the calling thread, so one thread's blocks never reach another's graphs)."""
+
+    def __init__(self) -> None:
+        self.open: list[dict[str, Any]] = []
+
+
+#: Each thread's open :func:`config` blocks (``THREAD_BLOCKS.open``), read while Dynamo traces.
+THREAD_BLOCKS = _ThreadBlocks()
+#: The calling context's settings, None outside any block (one C call): the eager read.
+context_settings = _CONFIG.get
 _OPTIONS = ("enabled", "block_rows", "class_chunk", "threads", "min_elements", "delegate", "check_values")
 
 
@@ -119,13 +132,19 @@ def config(
         Classes per chunk when one slice is too large (online logsumexp). Default: chunk
         only slices above 2**18 elements.
     threads : int, optional
-        Worker threads for backends that release the GIL (NumPy). Default: the CPUs this
-        process may run on, at most 8; ``1`` runs blocks in the calling thread. Calls made
-        from inside a worker never start more threads (no oversubscription).
+        Worker threads for backends that release the GIL (NumPy); wins over every limit below.
+        Default: the CPUs this process may run on, at most 8, and no more than
+        ``OMP_NUM_THREADS`` (where set), ``torch.get_num_threads()`` (where PyTorch is imported:
+        DataLoader workers set 1) or threadpoolctl's limit on the BLAS / OpenMP libraries
+        (where threadpoolctl is imported, e.g. inside ``threadpool_limits(1)``); ``1`` runs
+        blocks in the calling thread. Calls made from inside a worker never start more threads
+        (no oversubscription).
     min_elements : int, optional
         Inputs smaller than this use the fused formulation (default 2**16).
 
-    Settings nest and are local to the current thread / asyncio task (``contextvars``).
+    Settings nest and are local to the current thread / asyncio task (``contextvars``); while
+    ``torch.compile`` traces, to the calling thread (a compiled function is guarded on them
+    and recompiled when they change).
 
     Examples
     --------
@@ -148,30 +167,33 @@ def config(
     merged = dict(options())
     merged.update({k: v for k, v in values.items() if v is not None})
     token = _CONFIG.set(merged)
-    _LATEST.append(merged)
+    blocks = THREAD_BLOCKS.open  # this thread's, even if the block is left from another one
+    blocks.append(merged)
     try:
         yield
     finally:
         _CONFIG.reset(token)
-        _LATEST.remove(merged)
+        for i in range(len(blocks) - 1, -1, -1):  # by identity: an equal block may be open too
+            if blocks[i] is merged:
+                del blocks[i]
+                break
 
 
 def configured() -> bool:
-    """Whether any thread is inside a :func:`config` block (False: every setting is its
-    default). One list read, for fast paths that take only the defaults."""
-    return bool(_LATEST)
+    """Whether the calling thread / asyncio task is inside a :func:`config` block (False:
+    every setting is its default)."""
+    return bool(options())
 
 
 def options() -> dict[str, Any]:
-    """The settings of the innermost :func:`config` block (empty outside any).
+    """The settings of the calling context's innermost :func:`config` block (empty outside any).
 
-    Under ``torch.compile`` (whose tracer cannot read a ``ContextVar``) the settings of the
-    innermost block entered by any thread are used instead.
+    While ``torch.compile`` traces (its tracer cannot read a ``ContextVar``), those of the
+    innermost block open in the calling thread: Dynamo guards the compiled code on them.
     """
-    if not _LATEST:  # no block entered anywhere: the defaults (and no tracer to ask about)
-        return {}
-    if torch_tracing():
-        return _LATEST[-1]
+    if torch_compiling():
+        blocks = THREAD_BLOCKS.open
+        return blocks[-1] if blocks else {}
     return _CONFIG.get() or {}
 
 
@@ -217,6 +239,48 @@ def _cpus() -> int:
         return os.cpu_count() or 1
 
 
+_MAX_THREADS = 8
+_THREADPOOL: Any = None  # threadpoolctl's controller, made once threadpoolctl has been imported
+
+
+def default_threads() -> int:
+    """The engine's thread count when :func:`config` sets none: the smallest of 8, the CPUs
+    this process may run on, ``OMP_NUM_THREADS`` (its first number, where set), PyTorch's
+    ``torch.get_num_threads()`` (where torch is imported: DataLoader workers set 1) and the
+    smallest thread limit threadpoolctl reports for the BLAS / OpenMP libraries (where
+    threadpoolctl is imported, e.g. inside ``threadpool_limits``). Nothing is imported here."""
+    n = min(_cpus(), _MAX_THREADS)
+    omp = os.environ.get("OMP_NUM_THREADS", "").split(",")[0].strip()
+    if omp.isdigit() and int(omp) > 0:
+        n = min(n, int(omp))
+    torch = sys.modules.get("torch")
+    get_num_threads = getattr(torch, "get_num_threads", None)
+    if get_num_threads is not None:
+        n = min(n, get_num_threads())
+    limit = _threadpool_limit()
+    if limit is not None:
+        n = min(n, limit)
+    return max(1, n)
+
+
+def _threadpool_limit() -> int | None:
+    """The smallest ``num_threads`` of the libraries threadpoolctl controls (None where it is
+    not imported or reports none). The controller is made once (finding the libraries takes
+    about a millisecond); reading each library's current count is a C call."""
+    global _THREADPOOL
+    threadpoolctl = sys.modules.get("threadpoolctl")
+    if threadpoolctl is None:
+        return None
+    try:
+        if _THREADPOOL is None:
+            _THREADPOOL = threadpoolctl.ThreadpoolController()
+        counts = [lib.num_threads for lib in _THREADPOOL.lib_controllers]
+    except Exception:  # an older or partial threadpoolctl: no limit known
+        return None
+    counts = [c for c in counts if isinstance(c, int) and c > 0]
+    return min(counts) if counts else None
+
+
 def plan(x: Array, *, xp: Namespace, compute_dtype: Any = None, use: str = "stats") -> Plan:
     """Block rows, class chunk and threads for ``x`` (``(A, C)`` or ``(A, C, B)``); ``use``
     as in :func:`block_bytes` sizes the rows (the class chunk is always the statistics')."""
@@ -235,7 +299,7 @@ def plan(x: Array, *, xp: Namespace, compute_dtype: Any = None, use: str = "stat
     block_rows = max(1, min(block_rows, rows))
     threads = 1
     if library_name(x) in _POOLED and not getattr(_IN_WORKER, "flag", False):
-        threads = opts.get("threads") or min(_cpus(), 8)
+        threads = opts.get("threads") or default_threads()
         threads = max(1, min(threads, math.ceil(rows / block_rows)))
     return Plan(block_rows, class_chunk, threads)
 

@@ -35,6 +35,7 @@ __all__ = [
     "put_along_class_axis",
     "same_device",
     "take_along_class_axis",
+    "torch_compiling",
     "torch_tracing",
     "value_range",
     "write_into",
@@ -193,6 +194,12 @@ def is_traced(x: Array) -> bool:
     graph or fail, and ``out=`` writes have no batching rule. (JAX's tracers are lazy arrays:
     :func:`is_lazy`.)"""
     return library_name(x) == "torch" and torch_tracing()
+
+
+def torch_compiling() -> bool:
+    """Whether ``torch.compile`` (Dynamo) or ``torch.export`` is tracing (not ``torch.func``)."""
+    torch = sys.modules.get("torch")
+    return torch is not None and torch.compiler.is_compiling()
 
 
 def torch_tracing() -> bool:

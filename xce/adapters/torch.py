@@ -130,7 +130,7 @@ def dispatch_cross_entropy(input: Any, target: Any, weight: Any, options: ce.Opt
     if axis is not None and (type(axis) is not int or not -ndim <= axis < ndim or axis % ndim != (ndim > 1)):
         return None  # another layout, or an invalid axis (the definition names the problem)
     cpu = input.is_cpu
-    opts = _engine.options() if _OPEN_BLOCKS else _NO_SETTINGS
+    opts = _engine.options()
     if opts and not opts.get("delegate", True):
         return None
     # Large CPU inputs: blocks of rows where autograd does not need the engine's backward.
@@ -213,7 +213,6 @@ def _index_dtype(dtype: torch.dtype) -> bool:
 
 
 _INDEX_DTYPES: dict[torch.dtype, bool] = {}
-_NO_SETTINGS: dict[str, Any] = {}  # (never written: options() returns a fresh dict where blocks are open)
 
 
 def _blocked_native(input: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None, ignore_index: int,
@@ -342,7 +341,10 @@ _functorch_active = torch._C._are_functorch_transforms_active
 _INT64 = torch.int64
 # (ignore_index, reduction, ε, mode, z, options) of the last call served: compared by identity.
 _LAST_OPTIONS: tuple[Any, ...] = (object(),) * 5 + (None,)
-_OPEN_BLOCKS = _engine.OPEN_BLOCKS  # the open xce.config blocks (the list itself: one read per call)
+# The calling context's xce.config settings (eager: the ContextVar, one C call) and the calling
+# thread's open blocks (what Dynamo can read and guard per thread).
+_context_settings = _engine.context_settings
+_THREAD_BLOCKS = _engine.THREAD_BLOCKS
 
 
 def fast_cross_entropy(input: torch.Tensor, target: Any, weight: Any, ignore_index: Any, reduction: Any,
@@ -350,11 +352,15 @@ def fast_cross_entropy(input: torch.Tensor, target: Any, weight: Any, ignore_ind
     """:func:`xce.cross_entropy` as ``F.cross_entropy``, before any of xce's own work: the
     commonest delegated call (no class weight, int64 targets, float32/64 logits, PyTorch's
     class axis, uniform smoothing and z-loss 0 given as Python numbers, no :func:`xce.config`
-    block anywhere), so that it costs the kernel and a few attribute reads. None for every
-    other call, which takes the general path (:func:`dispatch_cross_entropy` or the
-    definition), and for every invalid one, so that the general path raises xce's error."""
+    setting in the calling thread / task), so that it costs the kernel and a few attribute
+    reads. None for every other call, which takes the general path
+    (:func:`dispatch_cross_entropy` or the definition), and for every invalid one, so that the
+    general path raises xce's error."""
     # (At small sizes every line here shows next to the kernel: module globals, no helpers.)
-    if weight is not None or axis is not None or type(target) is not _TENSOR or _OPEN_BLOCKS:
+    if weight is not None or axis is not None or type(target) is not _TENSOR:
+        return None
+    compiling = _is_compiling()
+    if _THREAD_BLOCKS.open if compiling else _context_settings():  # this thread's / task's xce.config
         return None
     last = _LAST_OPTIONS
     if ignore_index is last[0] and reduction is last[1] and label_smoothing is last[2] and mode is last[3] \
@@ -380,7 +386,7 @@ def fast_cross_entropy(input: torch.Tensor, target: Any, weight: Any, ignore_ind
             out = _KERNEL(input, target, None, enum, ignore, eps)  # type: ignore[arg-type]
     except (IndexError, RuntimeError, ValueError):
         return None  # out-of-range targets, shapes, devices: the definition names the problem
-    if not cpu or _functorch_active() or _is_compiling():
+    if not cpu or compiling or _functorch_active():
         return out  # values are not read (no sync, no graph break)
     if enum:
         return None if _isnan(out.item()) else out
