@@ -10,6 +10,7 @@ import importlib
 import importlib.util
 import math
 import random
+import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -193,7 +194,25 @@ def run_backend(b: Backend) -> tuple[int, int, float, float]:
     return passed, total, worst, time.perf_counter() - start
 
 
-def main() -> int:
+USAGE = """usage: python -m xce [--help]
+
+Runs xce's self-check: fixed cross-entropy cases (index and probability targets, class
+weights, ignore_index, label smoothing, every reduction) on every installed array library and
+device, against an exact float64 reference computed in pure Python, and prints one row per
+library. Exits 0 when every library agrees, 1 otherwise.
+
+  -h, --help  print this message and exit
+"""
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if args:
+        if args[0] in ("-h", "--help"):
+            print(USAGE, end="")
+            return 0
+        print(f"python -m xce: unknown argument {args[0]!r}\n\n{USAGE}", end="", file=sys.stderr)
+        return 2
     print(f"xce {xce.__version__} self-check: cross_entropy on every installed array library\n")
     rows, notes = [], []
     for b in backends():

@@ -1,8 +1,9 @@
-"""optax's own classification-loss tests, run against xce (issue 15, item 6).
+"""optax's own classification-loss tests, run against :mod:`xce.optax`.
 
 ``optax_classification_test.py`` is optax 0.2.8's ``optax/losses/_classification_test.py``
-with its losses import redirected to ``xce_optax_shims``: the names in ``shims.MAPPED`` run
-xce, the names in ``shims.NOT_MAPPED`` (losses xce does not have) run optax's own code.
+with its losses import redirected to ``xce_optax_shims``: the names in ``shims.MAPPED`` are
+:mod:`xce.optax`'s (run xce), the names in ``shims.NOT_MAPPED`` (losses xce does not have) run
+optax's own code.
 
 Its test classes are re-declared here (as subclasses, so pytest collects them in this
 module) with the methods listed in ``XFAIL`` marked as strict expected failures that must
@@ -34,6 +35,7 @@ import jax.numpy as jnp  # noqa: E402
 import optax  # noqa: E402
 
 import xce  # noqa: E402
+import xce.optax as xce_optax  # noqa: E402
 
 _HERE = Path(__file__).resolve().parent
 if str(_HERE) not in sys.path:  # the vendored file imports the shim by its plain name
@@ -161,7 +163,7 @@ def test_softmax_cross_entropy_runs_xce(monkeypatch: pytest.MonkeyPatch) -> None
         calls.append(kwargs)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(xce, "cross_entropy", counting)
+    monkeypatch.setattr(xce_optax, "cross_entropy", counting)
     out = shims.softmax_cross_entropy(_LOGITS, _PROBABILITIES)
     assert len(calls) == 1
     assert calls[0]["reduction"] == "none" and calls[0]["axis"] == -1
@@ -178,7 +180,11 @@ def test_every_mapped_name_runs_xce(name: str, monkeypatch: pytest.MonkeyPatch) 
         calls.append(1)
         return real(*a, **k)
 
-    monkeypatch.setattr(xce, target, counting)
+    # xce.optax calls the xce function by its module-level name (the focal loss's is private:
+    # optax's name is the wrapper's)
+    local = "_sigmoid_focal_loss" if target == "sigmoid_focal_loss" else target
+    assert getattr(xce_optax, local) is real
+    monkeypatch.setattr(xce_optax, local, counting)
     out = getattr(shims, name)(*args, **kwargs)
     assert calls == [1], f"shims.{name} did not call xce.{target} exactly once"
     assert isinstance(out, jax.Array)
@@ -190,7 +196,7 @@ def test_mapped_and_not_mapped_names() -> None:
     assert set(_CALLS) == set(shims.MAPPED)
     for name in shims.MAPPED:
         fn = getattr(shims, name)
-        assert fn.__module__ == shims.__name__, f"{name} is not the shim's own wrapper"
+        assert fn.__module__ == xce_optax.__name__, f"{name} is not xce.optax's own wrapper"
         assert fn is not getattr(optax.losses, name)
     for name, why in shims.NOT_MAPPED.items():
         assert getattr(shims, name) is getattr(optax.losses, name), name
@@ -298,3 +304,32 @@ def test_where_reaches_xce_for_kl_and_poly_indices() -> None:
     one_hot = jnp.asarray(xce.one_hot(_INDICES, 3), dtype=jnp.float32)
     want = optax.losses.poly_loss_cross_entropy(_LOGITS, one_hot, epsilon=2.0)
     np.testing.assert_allclose(poly, jnp.where(kept, want, 0.0), rtol=1e-5)
+
+
+def test_an_optax_training_step_with_xce_optax_equals_optax() -> None:
+    """xce.optax in optax's idiom: a jitted SGD step of a linear classifier, loss and updated
+    parameters equal to the same step with optax's own loss."""
+    jnp = jax.numpy
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.standard_normal((16, 5)), dtype=jnp.float32)
+    y = jnp.asarray(rng.integers(0, 3, size=16))
+    params = {"w": jnp.asarray(rng.standard_normal((5, 3)), dtype=jnp.float32), "b": jnp.zeros(3, jnp.float32)}
+    optimizer = optax.sgd(0.1)
+
+    def step(loss_fn: Any) -> Any:
+        def loss(p: Any) -> Any:
+            return loss_fn(x @ p["w"] + p["b"], y).mean()
+
+        @jax.jit
+        def update(p: Any, state: Any) -> Any:
+            value, grads = jax.value_and_grad(loss)(p)
+            updates, state = optimizer.update(grads, state, p)
+            return value, optax.apply_updates(p, updates), state
+
+        return update(params, optimizer.init(params))
+
+    got = step(xce_optax.softmax_cross_entropy_with_integer_labels)
+    want = step(optax.losses.softmax_cross_entropy_with_integer_labels)
+    np.testing.assert_allclose(got[0], want[0], rtol=1e-6)
+    for k in params:
+        np.testing.assert_allclose(got[1][k], want[1][k], rtol=1e-5, atol=1e-6)
