@@ -38,3 +38,14 @@ def test_optax_names_need_jax_but_import_xce_does_not_import_them() -> None:
     code = "import sys, xce; print('xce.optax' in sys.modules, 'jax' in sys.modules)"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.split() == ["False", "False"]
+
+
+@pytest.mark.parametrize("library", ["ndonnx", "marray"])
+def test_self_check_covers_the_symbolic_and_masked_libraries(library: str) -> None:
+    pytest.importorskip(library)
+    from xce import _selfcheck
+
+    backend = next(b for b in _selfcheck.backends() if not isinstance(b, str) and b.name == library)
+    passed, total, _, _ = _selfcheck.run_backend(backend)
+    assert total > 0
+    assert passed == total

@@ -23,7 +23,11 @@ ignore_index : int, default -100
     Index targets equal to it contribute nothing (index targets only). It may be a
     real class; that class still takes part in the softmax.
 reduction : {"mean", "sum", "none"}, default "mean"
+    ``"none"``: the per-position losses; ``"sum"``: their sum; ``"mean"``: the sum divided by
+    ``Σ w_y`` over the kept positions (index targets; their count without ``weight``) or by the
+    number of positions (probability targets), as above.
 label_smoothing : float in [0, 1], default 0.0
+    ε of the smoothing (see above and ``label_smoothing_mode``).
 axis : int, optional
     The class axis. ``None`` is PyTorch's rule: 0 for 1-D ``input``, else 1. Use
     ``axis=-1`` for ``(batch, time, vocab)`` logits.
@@ -42,9 +46,7 @@ sample_weight : array, optional
     by its weight and ``"mean"`` divides by ``Σ sample_weight · w_y`` over kept positions.
 normalizer : float or 0-d array, optional
     ``reduction="mean"`` only: the loss is the (weighted) sum over positions divided by it,
-    e.g. the token count of the whole accumulated batch. An array is never read (no sync).
-xp : namespace, optional
-    The array namespace, to skip inference."""
+    e.g. the token count of the whole accumulated batch. An array is never read (no sync)."""
 
 
 def fill_doc(parameters: str | None = None, /, **fragments: str) -> Callable[[F], F]:

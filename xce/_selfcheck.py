@@ -96,6 +96,10 @@ class Backend:
 
 
 def _tolist(a: Any) -> Any:
+    if hasattr(a, "unwrap_numpy"):  # ndonnx
+        a = a.unwrap_numpy()
+    if type(a).__name__ == "MArray":  # marray: the data (the check's results are never masked)
+        a = a.data
     if hasattr(a, "compute"):
         a = a.compute()
     if hasattr(a, "detach"):
@@ -160,6 +164,20 @@ def backends() -> Iterator[Backend | str]:
 
         yield Backend("dask", dask.__version__, "cpu",
                       lambda d, t: da.from_array(np.asarray(d, dtype=t), chunks=3), ("float32", "float64"))
+    if have("ndonnx"):
+        import ndonnx as ndx
+        import numpy as np
+
+        version = getattr(ndx, "__version__", "")
+        yield Backend("ndonnx", version, "cpu", lambda d, t: ndx.asarray(np.asarray(d, dtype=t)),
+                      ("float32", "float64"))
+    if have("marray") and have("numpy"):
+        import marray
+        import numpy as np
+
+        mxp = marray.masked_namespace(np)
+        yield Backend("marray", getattr(marray, "__version__", ""), "cpu",
+                      lambda d, t: mxp.asarray(np.asarray(d, dtype=t)), ("float32", "float64"))
 
 
 TOLERANCE = {"float64": 1e-9, "float32": 2e-5, "bfloat16": 2e-2}
@@ -213,7 +231,8 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         print(f"python -m xce: unknown argument {args[0]!r}\n\n{USAGE}", end="", file=sys.stderr)
         return 2
-    print(f"xce {xce.__version__} self-check: cross_entropy on every installed array library\n")
+    print(f"xce {xce.__version__} self-check: cross_entropy on every installed array library "
+          "(numpy, array_api_strict, torch, jax, cupy, dask, ndonnx, marray)\n")
     rows, notes = [], []
     for b in backends():
         if isinstance(b, str):

@@ -517,6 +517,8 @@ def cross_entropy(
     return_stats : bool, default False
         Return ``(loss, stats)``, ``stats`` an :class:`xce.LossStats` (per-position logsumexp,
         the z term alone, accuracy, per-position entropy), from the same pass over the logits.
+    xp : namespace, optional
+        The array namespace, to skip inference.
 
     Returns
     -------
@@ -989,6 +991,8 @@ def cross_entropy_grad(input: Array, target: Array, weight: Array | None, ignore
     {parameters}
     cotangent : array, optional
         The upstream gradient (see :mod:`xce.grad`).
+    xp : namespace, optional
+        The array namespace, to skip inference.
 
     Examples
     --------
