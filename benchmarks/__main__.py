@@ -16,6 +16,10 @@ if sys.argv[1:2] == ["linear_distill"]:  # python -m benchmarks linear_distill [
     from .linear_distill import main as linear_distill_main
 
     raise SystemExit(linear_distill_main(sys.argv[2:]))
+if sys.argv[1:2] == ["jax_linear"]:  # python -m benchmarks jax_linear [N D V repeats]: benchmarks/jax_linear.py
+    from .jax_linear import main as jax_linear_main
+
+    raise SystemExit(jax_linear_main(sys.argv[2:]))
 
 from .suite import main
 

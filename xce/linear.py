@@ -21,10 +21,11 @@ standard lacks, is summed over the rows sorted by target. For N = 8192, D = 1024
 the extra memory beyond the gradients is about a tenth of the logits
 (``benchmarks/linear_ce.py``).
 
-Eager arrays (NumPy, PyTorch, CuPy, array-api-strict) take the blocked path. JAX and Dask
-arrays take the unfused formula ``cross_entropy(h @ W.T + b, ...)``: under ``jax.jit`` a
-Python loop over blocks would unroll into the trace, and XLA and Dask schedule the fused
-expression themselves (XLA may still materialise the logits).
+Eager arrays (NumPy, PyTorch, CuPy, array-api-strict) take the blocked path. JAX arrays (eager
+and under ``jax.jit`` alike) take the JAX adapter's checkpointed ``lax.scan`` over vocabulary
+chunks (a Python loop over blocks would unroll into the trace): it gives the per-row sums
+(:class:`RowSums`), from which :func:`loss_from_row_sums` forms the loss, and JAX's autodiff
+its derivatives. Dask arrays take the unfused formula ``cross_entropy(h @ W.T + b, ...)``.
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ from ._namespace import (
     write_into,
 )
 from ._policy import TABLE
-from ._registry import adapter_for, register_value_and_grad
+from ._registry import adapter_for, adapter_hook, register_value_and_grad
 from ._signatures import derivative_of
 from ._softmax import finite_max
 from ._targets import IndexTarget, mask_loss, prepare_index
@@ -78,6 +79,8 @@ _VOCAB_CHUNK_ELEMENTS = TABLE["vocab_chunk_elements"].value
 _ALIASING: dict[int, bool] = {}
 _SCATTERS: dict[int, bool] = {}
 _MAX_BLOCK_FRACTION = 12
+# The smallest vocabulary chunk of a library's loop (fewer classes make each step's product thin).
+_MIN_VOCAB_CHUNK = 128
 _Fn = TypeVar("_Fn", bound=Callable[..., Any])
 
 
@@ -278,8 +281,10 @@ def linear_cross_entropy(
     tensors that require grad, ``.backward()`` goes through
     :func:`xce.adapters.torch.linear_cross_entropy` (blocked as well);
     ``xce.value_and_grad(xce.linear_cross_entropy)`` gives ``(d_input, d_linear_weight,
-    d_linear_bias)`` on any backend. JAX, Dask, traced PyTorch and probability targets use the
-    unfused formula.
+    d_linear_bias)`` on any backend. JAX arrays take a ``lax.scan`` over vocabulary chunks (one
+    ``(N, chunk)`` block of logits live, under ``jax.jit`` too; derivatives by JAX's autodiff
+    through the checkpointed scan: ``grad``, ``jvp``, ``vmap``, Hessian-vector products).
+    Dask, traced PyTorch and probability targets use the unfused formula.
 
     Parameters
     ----------
@@ -355,7 +360,10 @@ def linear_cross_entropy(
                            softcap=softcap, temperature=temperature, normalizer=normalizer, shift=shift,
                            block_rows=block_rows, xp=xp, return_stats=return_stats)
     h, t, sw = _prepare(input, target, sample_weight, args, xp=xp)
-    if args.probs or is_lazy(h) or is_traced(h):  # JAX, Dask, torch.compile / torch.func: one formula
+    row_sums = None if args.probs else adapter_hook(h, "linear_row_sums")
+    if row_sums is not None:  # JAX: the library's own loop over vocabulary chunks
+        out = loss_from_row_sums(h, linear_weight, t, linear_bias, weight, sw, args, row_sums, xp=xp)
+    elif args.probs or is_lazy(h) or is_traced(h):  # Dask, torch.compile / torch.func: one formula
         out = unfused_loss(h, linear_weight, t, linear_bias, weight, sw, args, xp=xp)
     else:
         adapter = adapter_for(h)
@@ -515,12 +523,16 @@ def _logits(hidden: Array, weight: Array, bias: Array | None, *, xp: Namespace) 
 
 def _capped(x: Array, args: LinearArgs, *, xp: Namespace) -> Array:
     """``cap(x) / T`` (no-op without softcap and temperature)."""
-    if args.softcap is not None:
-        c = args.softcap if isinstance(args.softcap, float) else as_dtype(args.softcap, x.dtype, xp=xp)
+    return cap_and_scale(x, args.softcap, args.temperature if args.scaled else None, xp=xp)
+
+
+def cap_and_scale(x: Array, softcap: Any, temperature: Any, *, xp: Namespace) -> Array:
+    """``cap(x) / T`` of logits in their compute dtype (``softcap`` / ``temperature`` None: not applied)."""
+    if softcap is not None:
+        c = softcap if isinstance(softcap, float) else as_dtype(softcap, x.dtype, xp=xp)
         x = c * xp.tanh(x / c)
-    if args.scaled:
-        x = x / (args.temperature if isinstance(args.temperature, float) else as_dtype(args.temperature, x.dtype,
-                                                                                             xp=xp))
+    if temperature is not None:
+        x = x / (temperature if isinstance(temperature, float) else as_dtype(temperature, x.dtype, xp=xp))
     return x
 
 
@@ -569,6 +581,84 @@ def unfused_value_and_grad(h: Array, lw: Array, t: Array, lb: Array | None, cw: 
     d_bias = None if lb is None else as_dtype(xp.sum(g2, axis=0), lb.dtype, xp=xp)
     d_h = as_dtype(xp.reshape(g2 @ as_dtype(lw, dtype, xp=xp), tuple(h.shape)), h.dtype, xp=xp)
     return loss, (d_h, as_dtype(xp.matrix_transpose(g2) @ h2, lw.dtype, xp=xp), d_bias)
+
+
+# --- per-row sums from a library's loop (JAX: a scan over vocabulary chunks) --------------------
+
+
+class RowSums(NamedTuple):
+    """Per-row sums of the scored logits ``y = cap(x)/T`` (``(N,)`` each): all the loss needs."""
+
+    log_z: Array  #: logsumexp of the row
+    target: Array  #: the target's scored logit (any class's at dropped rows)
+    class_sum: Array | None  #: Σ_c w_c y_c (label smoothing), else None
+    entropy: Array | None  #: -Σ p log p (``return_stats``), else None
+    hit: Array | None  #: 1.0 where the target's logit is a largest one (``return_stats``), else None
+
+
+def vocab_chunk(hidden: Array, n: int, vocab: int, dtype: Any, *, xp: Namespace) -> int:
+    """Classes per chunk of a loop over the vocabulary: an ``(n, chunk)`` block of the engine's
+    matmul block size (``xce.config(class_chunk=)`` overrides), never more than a twelfth of the
+    vocabulary (the block stays a small part of the logits it replaces), and a divisor of the
+    vocabulary where one is at least half that (padding to whole chunks copies the weight)."""
+    chunk = _engine.options().get("class_chunk")
+    if chunk is None:
+        chunk = _engine.block_bytes(hidden, "matmul") // (xp.finfo(dtype).bits // 8 * max(n, 1))
+        chunk = min(chunk, -(-vocab // _MAX_BLOCK_FRACTION))
+        chunk = _divisor_near(vocab, max(chunk, min(vocab, _MIN_VOCAB_CHUNK)))
+    return max(1, min(int(chunk), vocab))
+
+
+@functools.lru_cache(maxsize=64)
+def _divisor_near(vocab: int, chunk: int) -> int:
+    """The largest divisor of ``vocab`` in ``[chunk / 2, chunk]``, else ``chunk``."""
+    return next((k for k in range(min(chunk, vocab), max(1, chunk // 2) - 1, -1) if vocab % k == 0), chunk)
+
+
+def loss_from_row_sums(h: Array, lw: Array, t: Array, lb: Array | None, cw: Array | None, sw: Array | None,
+                       args: LinearArgs, row_sums: Callable[..., RowSums], *, xp: Namespace) -> Any:
+    """:func:`linear_cross_entropy` of checked, shift-prepared arguments from the per-row sums that
+    ``row_sums(h2, lw, lb, y, w, softcap, temperature, chunk=, class_sum=, moments=)`` returns
+    (``y`` the safe targets, ``w`` the class weights in the compute dtype, ``softcap`` and
+    ``temperature`` for :func:`cap_and_scale`, None where not applied): the loss, mask,
+    denominators and reduction of the blocked sweep, differentiable by the library's autodiff.
+    Every position's statistics are returned (as the unfused formula does), the accuracy over
+    kept ones."""
+    dtype, dev, vocab = compute_dtype(h.dtype, xp=xp), device_of(h), lw.shape[0]
+    shape = tuple(h.shape[:-1])
+    h2 = xp.reshape(h, (-1, h.shape[-1]))
+    index = prepare_index(xp.reshape(t, (-1,)), vocab, args.ignore_index, xp=xp, lazy=True)
+    w = None if cw is None else as_dtype(cw, dtype, xp=xp)
+    w_y = None if w is None else xp.take(w, index.safe)
+    s = None if sw is None else as_dtype(xp.reshape(sw, (-1,)), dtype, xp=xp)
+    kept = None if index.ignored is None else xp.astype(~index.ignored, dtype)
+    den, den_z = _denominators(s, w_y, kept, h2.shape[0], args, dtype, dev, xp=xp)
+
+    r = row_sums(h2, lw, lb, index.safe, w, args.softcap, args.temperature if args.scaled else None,
+                 chunk=vocab_chunk(h, h2.shape[0], vocab, dtype, xp=xp), class_sum=maybe_nonzero(args.eps),
+                 moments=args.return_stats)
+    ce = index_loss(r.log_z, r.target, r.class_sum, w_y, float(vocab) if w is None else xp.sum(w), args.eps, vocab)
+    z = mask_loss(args.z * r.log_z**2, index, xp=xp) if maybe_nonzero(args.z) else None
+    loss = _reduce(mask_loss(ce, index, xp=xp), z, s, den, den_z, args, xp=xp)
+    if args.reduction == "none":
+        loss = xp.reshape(loss, shape)
+    loss = as_dtype(loss, h.dtype, xp=xp)
+    if not args.return_stats:
+        return loss
+    assert r.entropy is not None and r.hit is not None  # (moments=True)
+    z_rows = args.z * r.log_z**2
+    if kept is not None:
+        z_rows = xp.where(kept != 0.0, z_rows, 0.0)
+    z_stat = _reduce(z_rows, None, s, den_z, den_z, args, xp=xp)
+    z_stat = xp.reshape(z_stat, shape) if args.reduction == "none" else z_stat
+    hits = r.hit if kept is None else r.hit * kept
+    n_kept: Any = float(h2.shape[0]) if kept is None else xp.sum(kept)
+
+    def out(v: Array) -> Array:
+        return as_dtype(v, h.dtype, xp=xp)
+
+    return loss, LossStats(out(xp.reshape(r.log_z, shape)), out(z_stat), out(xp.sum(hits) / n_kept),
+                           out(xp.reshape(r.entropy, shape)))
 
 
 # --- the blocked sweep (eager arrays, class indices) ---------------------------------------------

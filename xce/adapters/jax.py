@@ -8,6 +8,10 @@ and higher orders all work, and ``jit(grad)`` computes the analytic gradient
 flow to ``input``, to probability ``target`` s and to the class ``weight``.
 ``xce.config(delegate=False)`` runs the plain definition under JAX's autodiff instead.
 
+:func:`xce.linear_cross_entropy` on JAX arrays takes its per-row sums from
+:func:`xce.adapters.jax_scan.linear_row_sums`, a checkpointed ``lax.scan`` over vocabulary chunks
+(eager and under ``jit`` alike: the ``(N, V)`` logits are never whole).
+
 This module depends on the core and registers itself with it (:mod:`xce._registry`); no core
 module imports it.
 """
@@ -22,8 +26,9 @@ import jax.numpy as jnp
 
 from .. import _engine, _policy
 from ..losses import cross_entropy as ce
+from .jax_scan import linear_row_sums
 
-__all__ = ["cross_entropy", "dispatch_cross_entropy", "wants_cross_entropy"]
+__all__ = ["cross_entropy", "dispatch_cross_entropy", "linear_row_sums", "wants_cross_entropy"]
 
 
 def dispatch_cross_entropy(input: Any, target: Any, weight: Any, options: ce.Options, axis: int | None,
