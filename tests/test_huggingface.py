@@ -54,6 +54,19 @@ def _model(architecture: str, dtype: torch.dtype) -> torch.nn.Module:
             attn_pdrop=0.0,  # training mode, without randomness
         )
         model = transformers.GPT2LMHeadModel(config)
+    elif architecture == "gemma2":  # logits soft-capped after the head: c·tanh(x/c)
+        config = transformers.Gemma2Config(
+            vocab_size=256,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            head_dim=8,
+            max_position_embeddings=32,
+            final_logit_softcapping=0.5,  # small enough to bend these small random logits
+        )
+        model = transformers.Gemma2ForCausalLM(config)
     else:  # untied, under `model`
         config = transformers.LlamaConfig(
             vocab_size=256,
@@ -182,7 +195,7 @@ def _loss_and_grads(model, ids, labels, **kwargs):
 
 @pytest.mark.parametrize("num_items_in_batch", [None, 25])
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("architecture", ARCHITECTURES)
+@pytest.mark.parametrize("architecture", [*ARCHITECTURES, "gemma2"])
 def test_patched_loss_and_every_gradient_equal_the_unpatched_models(architecture, dtype, num_items_in_batch):
     model = _model(architecture, dtype)
     ids, labels = _batch(model.config.vocab_size)
