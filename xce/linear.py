@@ -51,6 +51,7 @@ from ._namespace import (
     write_into,
 )
 from ._registry import adapter_for, register_value_and_grad
+from ._scoring import scored_logits, scored_logits_gradient
 from ._signatures import derivative_of
 from ._softmax import finite_max
 from ._targets import IndexTarget, mask_loss, prepare_index
@@ -507,17 +508,6 @@ def _logits(hidden: Array, weight: Array, bias: Array | None, *, xp: Namespace) 
     return x if bias is None else x + bias
 
 
-def _capped(x: Array, args: LinearArgs, *, xp: Namespace) -> Array:
-    """``cap(x) / T`` (no-op without softcap and temperature)."""
-    if args.softcap is not None:
-        c = args.softcap if isinstance(args.softcap, float) else as_dtype(args.softcap, x.dtype, xp=xp)
-        x = c * xp.tanh(x / c)
-    if args.scaled:
-        x = x / (args.temperature if isinstance(args.temperature, float) else as_dtype(args.temperature, x.dtype,
-                                                                                             xp=xp))
-    return x
-
-
 def unfused_loss(h: Array, lw: Array, t: Array, lb: Array | None, cw: Array | None, sw: Array | None,
                  args: LinearArgs, *, xp: Namespace) -> Any:
     """The definition on the whole logits (checked, shift-prepared arguments): cross entropy's
@@ -536,7 +526,7 @@ def _scored(h: Array, lw: Array, lb: Array | None, args: LinearArgs, *, xp: Name
     x = _logits(h, lw, lb, xp=xp)
     if args.softcap is None and not args.scaled:
         return x
-    return _capped(as_dtype(x, compute_dtype(h.dtype, xp=xp), xp=xp), args, xp=xp)
+    return scored_logits(x, args.softcap, args.temperature, compute_dtype(h.dtype, xp=xp), xp=xp)
 
 
 def unfused_value_and_grad(h: Array, lw: Array, t: Array, lb: Array | None, cw: Array | None, sw: Array | None,
@@ -548,16 +538,11 @@ def unfused_value_and_grad(h: Array, lw: Array, t: Array, lb: Array | None, cw: 
     ``1 - tanh²``, then the three matrix products."""
     dtype = compute_dtype(h.dtype, xp=xp)
     raw = as_dtype(_logits(h, lw, lb, xp=xp), dtype, xp=xp)
-    x = _capped(raw, args, xp=xp)
+    x = scored_logits(raw, args.softcap, args.temperature, dtype, xp=xp)
     ce_args = dict(axis=-1, z_loss=args.z, sample_weight=sw, normalizer=args.normalizer, xp=xp)
     loss = as_dtype(cross_entropy(x, t, cw, args.ignore_index, args.reduction, args.eps, **ce_args), h.dtype, xp=xp)
     g = cross_entropy_grad(x, t, cw, args.ignore_index, args.reduction, args.eps, cotangent=cot, **ce_args)
-    if args.scaled:
-        temperature = args.temperature
-        g = g / (temperature if isinstance(temperature, float) else as_dtype(temperature, dtype, xp=xp))
-    if args.softcap is not None:
-        c = args.softcap if isinstance(args.softcap, float) else as_dtype(args.softcap, dtype, xp=xp)
-        g = g * (1.0 - xp.tanh(raw / c) ** 2)
+    g = scored_logits_gradient(g, raw, args.softcap, args.temperature, dtype, xp=xp)
     g2 = xp.reshape(g, (-1, g.shape[-1]))
     h2 = as_dtype(xp.reshape(h, (-1, h.shape[-1])), dtype, xp=xp)
     d_bias = None if lb is None else as_dtype(xp.sum(g2, axis=0), lb.dtype, xp=xp)
@@ -781,7 +766,8 @@ def _start_buffers(sw: _Sweep, hidden: Array, *, xp: Namespace) -> None:
 
 def _block_logits(sw: _Sweep, h: Array, r: int, w_t: Array, *, xp: Namespace) -> tuple[Array, Array | None]:
     """The block's scored logits ``cap(x)/T`` in the compute dtype (in the reused buffer where
-    there is one) and, with a soft cap and gradients, ``tanh²(x/c)``."""
+    there is one) and, with a soft cap and gradients, ``tanh²(x/c)``: :mod:`xce._scoring`'s
+    transform (upcast, then capped and tempered) written in place."""
     buf = sw.logits_buf
     x = h @ w_t if buf is None else write_into("matmul", buf[:r, ...], h, w_t, xp=xp)
     if sw.bias is not None:
