@@ -997,12 +997,21 @@ class LossStats(NamedTuple):
     r"""What the pass that computed the loss also gives (``return_stats=True``).
 
     * ``lse``: :math:`\log\sum_c e^{x_c}` of the (soft-capped) logits per position (the target's
-      shape; every position, ignored ones too);
+      shape; every position, ignored ones too; from :func:`xce.linear_cross_entropy`, 0 at the
+      ignored ones, whose logits are never formed). **Differentiable** from both losses, on
+      every library with autodiff, so a loss term of your own built from it (a z-loss
+      ``c·mean(lse²)`` over the kept positions, as Cut Cross-Entropy's users write) trains:
+      from ``linear_cross_entropy`` on PyTorch its gradient takes a sweep of its own in
+      ``backward`` (when it is used), still without the ``(N, V)`` logits;
     * ``z_loss``: the z term :math:`z\,\mathrm{lse}^2` alone, reduced like the loss (0 when
       ``z_loss=0``), for logging;
     * ``accuracy``: 0-d, the fraction of kept positions whose largest logit is the target's
       (probability targets: the target's largest entry); a tie with the target counts as a hit;
     * ``entropy``: per position, :math:`-\sum_c p_c \log p_c` of the softmax.
+
+    ``z_loss``, ``accuracy`` and ``entropy`` are for logging: from the fused sweep of
+    ``linear_cross_entropy`` on PyTorch they are non-differentiable outputs (``z_loss=`` puts
+    the z term in the loss itself).
 
     Examples
     --------
