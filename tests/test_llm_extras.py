@@ -320,14 +320,14 @@ def test_linear_return_stats_equal_cross_entropy_stats(backend, shift, reduction
 
 
 def test_linear_return_stats_under_torch_autograd():
-    """The torch Function returns the statistics as non-differentiable outputs; the loss's
-    gradients are unchanged."""
+    """The torch Function returns ``lse`` differentiable (tests/test_lse_gradient.py) and the
+    other statistics as non-differentiable outputs; the loss's gradients are unchanged."""
     h, w, b, t, _ = _linear_case()
     H = torch.tensor(h, requires_grad=True)
     W = torch.tensor(w, requires_grad=True)
     loss, stats = xce.linear_cross_entropy(H, W, torch.tensor(t), linear_bias=torch.tensor(b), z_loss=0.01,
                                            return_stats=True)
-    assert not stats.lse.requires_grad and not stats.entropy.requires_grad
+    assert stats.lse.requires_grad and not stats.entropy.requires_grad and not stats.z_loss.requires_grad
     loss.backward()
     H2, W2 = torch.tensor(h, requires_grad=True), torch.tensor(w, requires_grad=True)
     xce.linear_cross_entropy(H2, W2, torch.tensor(t), linear_bias=torch.tensor(b), z_loss=0.01).backward()
@@ -336,7 +336,7 @@ def test_linear_return_stats_under_torch_autograd():
     x = h @ w.T + b
     _, ref = xce.cross_entropy(x, t, axis=-1, z_loss=0.01, return_stats=True)
     assert float(stats.accuracy) == pytest.approx(float(ref.accuracy))
-    np.testing.assert_allclose(stats.lse.numpy()[t != IGNORE], ref.lse[t != IGNORE], rtol=1e-12)
+    np.testing.assert_allclose(stats.lse.detach().numpy()[t != IGNORE], ref.lse[t != IGNORE], rtol=1e-12)
 
 
 def test_jax_jvp_and_vmap_of_the_llm_arguments():

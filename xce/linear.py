@@ -55,6 +55,7 @@ from ._namespace import (
 )
 from ._policy import TABLE
 from ._registry import adapter_for, adapter_hook, register_value_and_grad
+from ._scoring import scored_logits, scored_logits_gradient
 from ._signatures import derivative_of
 from ._softmax import finite_max
 from ._targets import IndexTarget, mask_loss, prepare_index
@@ -330,7 +331,9 @@ def linear_cross_entropy(
         Return ``(loss, stats)``, ``stats`` an :class:`xce.LossStats` of the scored logits from
         the same sweep (no ``(N, V)`` logits): per-position logsumexp and entropy (0 at positions
         whose target is ignored: their logits are never formed), the z term alone reduced like
-        the loss, and the accuracy over kept positions.
+        the loss, and the accuracy over kept positions. ``stats.lse`` is differentiable (a z-loss
+        of your own from it trains, as from :func:`xce.cross_entropy`'s); the others are for
+        logging.
     block_rows : int, optional
         Rows per block on eager backends.
     xp : namespace, optional
@@ -521,19 +524,10 @@ def _logits(hidden: Array, weight: Array, bias: Array | None, *, xp: Namespace) 
     return x if bias is None else x + bias
 
 
-def _capped(x: Array, args: LinearArgs, *, xp: Namespace) -> Array:
-    """``cap(x) / T`` (no-op without softcap and temperature)."""
-    return cap_and_scale(x, args.softcap, args.temperature if args.scaled else None, xp=xp)
-
-
 def cap_and_scale(x: Array, softcap: Any, temperature: Any, *, xp: Namespace) -> Array:
-    """``cap(x) / T`` of logits in their compute dtype (``softcap`` / ``temperature`` None: not applied)."""
-    if softcap is not None:
-        c = softcap if isinstance(softcap, float) else as_dtype(softcap, x.dtype, xp=xp)
-        x = c * xp.tanh(x / c)
-    if temperature is not None:
-        x = x / (temperature if isinstance(temperature, float) else as_dtype(temperature, x.dtype, xp=xp))
-    return x
+    """``cap(x) / T`` of logits already in their compute dtype (``softcap`` / ``temperature``
+    None: not applied): the scoring transform (:func:`xce._scoring.scored_logits`)."""
+    return scored_logits(x, softcap, 1.0 if temperature is None else temperature, x.dtype, xp=xp)
 
 
 def unfused_loss(h: Array, lw: Array, t: Array, lb: Array | None, cw: Array | None, sw: Array | None,
@@ -554,7 +548,7 @@ def _scored(h: Array, lw: Array, lb: Array | None, args: LinearArgs, *, xp: Name
     x = _logits(h, lw, lb, xp=xp)
     if args.softcap is None and not args.scaled:
         return x
-    return _capped(as_dtype(x, compute_dtype(h.dtype, xp=xp), xp=xp), args, xp=xp)
+    return scored_logits(x, args.softcap, args.temperature, compute_dtype(h.dtype, xp=xp), xp=xp)
 
 
 def unfused_value_and_grad(h: Array, lw: Array, t: Array, lb: Array | None, cw: Array | None, sw: Array | None,
@@ -566,16 +560,11 @@ def unfused_value_and_grad(h: Array, lw: Array, t: Array, lb: Array | None, cw: 
     ``1 - tanh²``, then the three matrix products."""
     dtype = compute_dtype(h.dtype, xp=xp)
     raw = as_dtype(_logits(h, lw, lb, xp=xp), dtype, xp=xp)
-    x = _capped(raw, args, xp=xp)
+    x = scored_logits(raw, args.softcap, args.temperature, dtype, xp=xp)
     ce_args = dict(axis=-1, z_loss=args.z, sample_weight=sw, normalizer=args.normalizer, xp=xp)
     loss = as_dtype(cross_entropy(x, t, cw, args.ignore_index, args.reduction, args.eps, **ce_args), h.dtype, xp=xp)
     g = cross_entropy_grad(x, t, cw, args.ignore_index, args.reduction, args.eps, cotangent=cot, **ce_args)
-    if args.scaled:
-        temperature = args.temperature
-        g = g / (temperature if isinstance(temperature, float) else as_dtype(temperature, dtype, xp=xp))
-    if args.softcap is not None:
-        c = args.softcap if isinstance(args.softcap, float) else as_dtype(args.softcap, dtype, xp=xp)
-        g = g * (1.0 - xp.tanh(raw / c) ** 2)
+    g = scored_logits_gradient(g, raw, args.softcap, args.temperature, dtype, xp=xp)
     g2 = xp.reshape(g, (-1, g.shape[-1]))
     h2 = as_dtype(xp.reshape(h, (-1, h.shape[-1])), dtype, xp=xp)
     d_bias = None if lb is None else as_dtype(xp.sum(g2, axis=0), lb.dtype, xp=xp)
@@ -695,6 +684,7 @@ class _Sweep:
     den_z: Any = None
     s: Any = 0.0  # per-row scales of the two parts' gradients (cotangent, sample weight, 1/T, denominators)
     s_z: Any = 0.0
+    s_lse: Any = None  # (K,) the statistics' lse cotangent over T (its gradient: s_lse·p, the softmax term)
     class_sum: Any = None  # Σ_c w_c y_c per swept row (smoothing, forward, no soft cap)
     w_cols: Any = None  # Σ_c w_c W_c (smoothing, no soft cap)
     ce_rows: Any = None  # (K,) cross-entropy term (class-weighted)
@@ -724,10 +714,14 @@ def fused(
     cotangent: Array | None,
     want_grad: bool,
     want_loss: bool = True,
+    lse_cotangent: Array | None = None,
     xp: Namespace,
 ) -> Fused:
     """The blocked sweep (eager arrays, class indices, checked and shift-prepared arguments):
-    loss and/or the three gradients.
+    loss and/or the three gradients. ``lse_cotangent`` (the per-position shape, with
+    ``want_grad``): the gradients also carry that of ``Σ_i lse_cotangent_i·log Z_i``, the
+    statistics' ``lse`` (the scored logits' logsumexp) differentiated: its ``p_i/T`` joins the
+    softmax term of ``G`` (0 where the row is dropped: its ``lse`` is the constant 0).
 
     Rows whose target is ignored are dropped first: the sweep runs over the K kept rows only,
     gathered block by block (no copy of ``hidden``). Per block of ``rows`` rows the
@@ -743,7 +737,7 @@ def fused(
     uniform part included; the one-hot part still stays out (its factor is the target's).
     """
     sw = _start(hidden, weight, target, bias, class_weight, sample_weight, args, cotangent=cotangent,
-                want_grad=want_grad, want_loss=want_loss, xp=xp)
+                want_grad=want_grad, want_loss=want_loss, lse_cotangent=lse_cotangent, xp=xp)
     k = sw.y.shape[0]
     w_t = xp.matrix_transpose(weight)
     for i0 in range(0, k, sw.rows):
@@ -767,7 +761,7 @@ def _block_size(hidden: Array, n: int, vocab: int, dtype: Any, block_rows: int |
 
 def _start(hidden: Array, weight: Array, target: Array, bias: Array | None, class_weight: Array | None,
            sample_weight: Array | None, args: LinearArgs, *, cotangent: Array | None, want_grad: bool,
-           want_loss: bool, xp: Namespace) -> _Sweep:
+           want_loss: bool, xp: Namespace, lse_cotangent: Array | None = None) -> _Sweep:
     """Sizes, kept rows, coefficients and buffers of a sweep (see :class:`_Sweep`)."""
     n_features, vocab = hidden.shape[-1], weight.shape[0]
     h2 = xp.reshape(hidden, (-1, n_features))
@@ -799,7 +793,7 @@ def _start(hidden: Array, weight: Array, target: Array, bias: Array | None, clas
         sw.z_rows = xp.zeros((k,), dtype=dtype, device=dev) if maybe_nonzero(args.z) or args.return_stats else None
         sw.stat_rows = xp.zeros((3, k), dtype=dtype, device=dev) if args.return_stats else None
     if want_grad:
-        _start_gradient(sw, hidden, cotangent, xp=xp)
+        _start_gradient(sw, hidden, cotangent, xp=xp, lse_cotangent=lse_cotangent)
     _start_buffers(sw, hidden, xp=xp)
     return sw
 
@@ -829,7 +823,8 @@ def _start_weights(sw: _Sweep, class_weight: Array | None, sample_weight: Array 
         sw.class_sum = c_sum / args.temperature if args.scaled else c_sum
 
 
-def _start_gradient(sw: _Sweep, hidden: Array, cotangent: Array | None, *, xp: Namespace) -> None:
+def _start_gradient(sw: _Sweep, hidden: Array, cotangent: Array | None, *, xp: Namespace,
+                    lse_cotangent: Array | None = None) -> None:
     """Per-row gradient coefficients and the gradients' arrays and buffers."""
     args, dtype, dev = sw.args, sw.dtype, device_of(hidden)
     (n, n_features), vocab, k = sw.h2.shape, sw.weight.shape[0], sw.y.shape[0]
@@ -838,9 +833,14 @@ def _start_gradient(sw: _Sweep, hidden: Array, cotangent: Array | None, *, xp: N
         cot = _take_rows(xp.reshape(cot, (-1,)), sw.rows_of, xp=xp)
     sw.s, sw.s_z = _scales(cot, sw.sw, sw.den, sw.den_z, args, dtype, xp=xp)
     zeros = xp.zeros((k,), dtype=dtype, device=dev)
+    if lse_cotangent is not None:  # d lse / d cap(x) = p / T: a row scale of the softmax term
+        s_lse = _take_rows(as_dtype(xp.reshape(lse_cotangent, (-1,)), dtype, xp=xp), sw.rows_of, xp=xp)
+        sw.s_lse = s_lse / args.temperature if args.scaled else s_lse
     if sw.masked is not None:  # dropped rows: no gradient (a where: no 0·inf)
         drop = sw.masked.dropped
         sw.s, sw.s_z = xp.where(drop, 0.0, sw.s + zeros), xp.where(drop, 0.0, sw.s_z + zeros)
+        if sw.s_lse is not None:
+            sw.s_lse = xp.where(drop, 0.0, sw.s_lse)
     _, b, u = gradient_coefficients(sw.s + zeros, sw.s, None, 1.0 if sw.w_y is None else sw.w_y, sw.w_sum, args.eps,
                                     0.0, vocab)
     sw.b = b + zeros
@@ -877,7 +877,8 @@ def _start_buffers(sw: _Sweep, hidden: Array, *, xp: Namespace) -> None:
 
 def _block_logits(sw: _Sweep, h: Array, r: int, w_t: Array, *, xp: Namespace) -> tuple[Array, Array | None]:
     """The block's scored logits ``cap(x)/T`` in the compute dtype (in the reused buffer where
-    there is one) and, with a soft cap and gradients, ``tanh²(x/c)``."""
+    there is one) and, with a soft cap and gradients, ``tanh²(x/c)``: :mod:`xce._scoring`'s
+    transform (upcast, then capped and tempered) written in place."""
     buf = sw.logits_buf
     x = h @ w_t if buf is None else write_into("matmul", buf[:r, ...], h, w_t, xp=xp)
     if sw.bias is not None:
@@ -946,6 +947,8 @@ def _row_scale(sw: _Sweep, i0: int, i1: int, log_z: Array, total: Array, *, xp: 
     w_y = 1.0 if sw.w_y is None else sw.w_y[i0:i1]
     a, _, _ = gradient_coefficients(part(sw.s) + xp.zeros_like(log_z), part(sw.s_z), log_z, w_y, sw.w_sum,
                                     sw.args.eps, sw.args.z, sw.weight.shape[0])
+    if sw.s_lse is not None:
+        a = a + sw.s_lse[i0:i1]
     return a / xp.squeeze(total, axis=1)
 
 

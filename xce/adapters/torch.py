@@ -516,38 +516,59 @@ class _LinearCrossEntropy(torch.autograd.Function):
             out = _linear.fused(hidden, weight, target, bias, class_weight, sample_weight, args, cotangent=None,
                                 want_grad=want, xp=xp)
         ctx.args = args
+        inputs = (hidden, weight, target, bias, class_weight, sample_weight)
         if want:  # Liger's schedule: gradients for cotangent 1 now, scaled in backward
-            ctx.save_for_backward(out.d_hidden, out.d_weight, out.d_bias)
+            # (with the statistics, the inputs too: a gradient of stats.lse takes a sweep of its own)
+            ctx.save_for_backward(out.d_hidden, out.d_weight, out.d_bias, *(inputs if args.return_stats else ()))
         else:
-            ctx.save_for_backward(hidden, weight, target, bias, class_weight, sample_weight)
+            ctx.save_for_backward(*inputs)
         ctx.precomputed = want
         if out.stats is None:
             return out.loss
-        ctx.mark_non_differentiable(*out.stats)
+        # stats.lse is differentiable (a user's own z-loss, as with cross_entropy); the z term
+        # alone, the accuracy and the entropy are not. No zero-filled gradients: None where an
+        # output is not used (the usual loss.backward() leaves stats.lse out of the graph).
+        ctx.set_materialize_grads(False)
+        ctx.mark_non_differentiable(*out.stats[1:])
         return (out.loss, *out.stats)
 
     @staticmethod
-    def backward(ctx: Any, grad_output, *_grad_stats):
+    def backward(ctx: Any, grad_output, grad_lse=None, *_grad_stats):
+        args = ctx.args
+        saved = ctx.saved_tensors
+        grads: tuple[Any, ...] = (None, None, None)
         if ctx.precomputed:
-            d_hidden, d_weight, d_bias = ctx.saved_tensors
-            # loss.backward() passes 1: hand the saved gradients over without a copy of dW
-            # (asked only where values may be read: on a GPU the question is a host sync).
-            one = _engine.reads_values(grad_output) and bool(grad_output == 1)
-            grads = tuple(d if d is None or one else d * grad_output for d in (d_hidden, d_weight, d_bias))
-            return grads[0], grads[1], None, grads[2], None, None, None
-        hidden, weight, target, bias, class_weight, sample_weight = ctx.saved_tensors
+            if grad_output is not None:
+                # loss.backward() passes 1: hand the saved gradients over without a copy of dW
+                # (asked only where values may be read: on a GPU the question is a host sync).
+                one = _engine.reads_values(grad_output) and bool(grad_output == 1)
+                grads = tuple(d if d is None or one else d * grad_output for d in saved[:3])
+            if grad_lse is None:
+                return grads[0], grads[1], None, grads[2], None, None, None
+            inputs, grad_output = saved[3:], None  # the loss's part is in grads: the sweep adds stats.lse's
+        else:
+            inputs = saved
+        if grad_output is None and grad_lse is None:
+            return None, None, None, None, None, None, None
+        hidden, weight, target, bias, class_weight, sample_weight = inputs
+        if grad_output is None:  # only stats.lse is differentiated: the loss's cotangent is 0
+            shape = tuple(hidden.shape[:-1]) if args.reduction == "none" else ()
+            grad_output = torch.zeros(shape, dtype=hidden.dtype, device=hidden.device)
         xp = namespace(_LINEAR_NAMES, hidden, weight, target, bias, class_weight, sample_weight)
-        out = _linear.fused(hidden, weight, target, bias, class_weight, sample_weight, ctx.args, cotangent=grad_output,
-                            want_grad=True, want_loss=False, xp=xp)
-        return out.d_hidden, out.d_weight, None, out.d_bias, None, None, None
+        out = _linear.fused(hidden, weight, target, bias, class_weight, sample_weight, args, cotangent=grad_output,
+                            want_grad=True, want_loss=False, lse_cotangent=grad_lse, xp=xp)
+        swept = (out.d_hidden, out.d_weight, out.d_bias)
+        total = tuple(b if a is None else a + b for a, b in zip(grads, swept))
+        return total[0], total[1], None, total[2], None, None, None
 
 
 def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, target: torch.Tensor, bias: torch.Tensor | None,
                          class_weight: torch.Tensor | None, sample_weight: torch.Tensor | None,
                          args: _linear.LinearArgs) -> torch.Tensor | tuple[torch.Tensor, ce.LossStats]:
     """:func:`xce.linear_cross_entropy` (checked, shift-prepared arguments) whose ``.backward()``
-    never materialises the logits (with ``args.return_stats``, ``(loss, LossStats)``, the
-    statistics not differentiable).
+    never materialises the logits (with ``args.return_stats``, ``(loss, LossStats)``: its ``lse``
+    is differentiable, with a sweep of its own in backward when it is used; the z term alone,
+    the accuracy and the entropy are not).
 
     With ``"mean"``/``"sum"`` and inputs that require grad, the gradients are computed during
     the forward pass (one sweep over the vocabulary, as Liger-Kernel does) and scaled by the

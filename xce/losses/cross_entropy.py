@@ -50,6 +50,7 @@ from .._namespace import (
 from .._namespace import compute_dtype as default_compute_dtype
 from .._reduce import reduce_loss, reduction_scale
 from .._registry import adapter_for, fast_paths
+from .._scoring import scored_logits, scored_logits_gradient
 from .._signatures import derivative_of
 from .._softmax import logsumexp, softmax_and_lse
 from .._targets import IndexTarget, class_ids, gather_weight, mask_loss, mean_weights, prepare_index
@@ -1019,12 +1020,21 @@ class LossStats(NamedTuple):
     r"""What the pass that computed the loss also gives (``return_stats=True``).
 
     * ``lse``: :math:`\log\sum_c e^{x_c}` of the (soft-capped) logits per position (the target's
-      shape; every position, ignored ones too);
+      shape; every position, ignored ones too; from :func:`xce.linear_cross_entropy`, 0 at the
+      ignored ones, whose logits are never formed). **Differentiable** from both losses, on
+      every library with autodiff, so a loss term of your own built from it (a z-loss
+      ``c·mean(lse²)`` over the kept positions, as Cut Cross-Entropy's users write) trains:
+      from ``linear_cross_entropy`` on PyTorch its gradient takes a sweep of its own in
+      ``backward`` (when it is used), still without the ``(N, V)`` logits;
     * ``z_loss``: the z term :math:`z\,\mathrm{lse}^2` alone, reduced like the loss (0 when
       ``z_loss=0``), for logging;
     * ``accuracy``: 0-d, the fraction of kept positions whose largest logit is the target's
       (probability targets: the target's largest entry); a tie with the target counts as a hit;
     * ``entropy``: per position, :math:`-\sum_c p_c \log p_c` of the softmax.
+
+    ``z_loss``, ``accuracy`` and ``entropy`` are for logging: from the fused sweep of
+    ``linear_cross_entropy`` on PyTorch they are non-differentiable outputs (``z_loss=`` puts
+    the z term in the loss itself).
 
     Examples
     --------
@@ -1077,9 +1087,9 @@ def check_sample_weight(input: Array, ax: int, sample_weight: Array, *, xp: Name
 
 
 def softcap_logits(x: Array, cap: Any, *, xp: Namespace) -> Array:
-    """``cap·tanh(x/cap)`` (Gemma 2's soft-capping), in ``x``'s dtype."""
-    c = cap if isinstance(cap, float) else as_dtype(cap, x.dtype, xp=xp)
-    return c * xp.tanh(x / c)
+    """``cap·tanh(x/cap)`` (Gemma 2's soft-capping) in the compute dtype: half-precision ``x``
+    is upcast first (:func:`xce._scoring.scored_logits`), as every loss computes it."""
+    return scored_logits(x, cap, 1.0, compute_dtype(x.dtype, xp=xp), xp=xp)
 
 
 def _z_apart(args: CrossEntropyArgs, weight: Array | None, extras: Extras) -> bool:
@@ -1143,7 +1153,11 @@ class _Prepared(NamedTuple):
 def _prepare(input: Array, target: Array, weight: Array | None, options: tuple[Any, ...], where: Array | None,
              extras: Extras, *, xp: Namespace) -> _Prepared:
     ignore_index, reduction, label_smoothing, axis, mode, z_loss = options
-    x = input if extras.softcap is None else softcap_logits(input, extras.softcap, xp=xp)
+    if extras.softcap is None:
+        x = input
+    else:  # capped in the compute dtype (float32 for half precision), the loss computed there
+        check_floating(input, "input", xp=xp)
+        x = softcap_logits(input, extras.softcap, xp=xp)
     args = check_arguments(x, target, weight, ignore_index, reduction, label_smoothing, axis, mode, z_loss, where,
                            xp=xp)
     apart, z = _z_apart(args, weight, extras), args.z
@@ -1210,7 +1224,8 @@ def extras_gradient(input: Array, target: Array, weight: Array | None, options: 
     r"""The gradient of :func:`cross_entropy_extras` w.r.t. ``input``: the rule of
     :func:`gradient` for ``"none"`` with the weighted reduction's per-position scale as its
     cotangent, the z term's own scale where it is reduced apart, and the soft cap's chain
-    factor :math:`1 - 	anh^2(x/c) = 1 - (y/c)^2`."""
+    factor :math:`1 - \tanh^2(x/c)` (:func:`xce._scoring.scored_logits_gradient`), all in the compute
+    dtype."""
     pr = _prepare(input, target, weight, options, where, extras, xp=xp)
     s = weighted_scale(cotangent, options[1], pr.sw, pr.ce_w, pr.normalizer, xp=xp)
     g = gradient(pr.x, target, weight, pr.args, s, None, xp=xp)
@@ -1220,7 +1235,6 @@ def extras_gradient(input: Array, target: Array, weight: Array | None, options: 
         coef = xp.where(pr.kept != 0.0, s_z * (2.0 * pr.z) * xp.squeeze(lse, axis=pr.args.ax), 0.0)
         g = g + as_dtype(expand_at(coef, pr.args.ax, xp=xp) * p, g.dtype, xp=xp)
     if extras.softcap is not None:
-        c = extras.softcap if isinstance(extras.softcap, float) else as_dtype(extras.softcap, g.dtype, xp=xp)
-        g = g * (1.0 - (pr.x / c) ** 2)
+        g = scored_logits_gradient(g, input, extras.softcap, 1.0, g.dtype, xp=xp)
     return like_input(g, input, xp=xp)
 

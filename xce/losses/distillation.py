@@ -37,6 +37,7 @@ from .._docs import fill_doc
 from .._namespace import Array, Namespace, as_dtype, compute_dtype, device_of, is_lazy, namespace, on_input_device
 from .._reduce import per_count, reduce_loss, reduction_scale
 from .._registry import adapter_hook
+from .._scoring import scored_logits, scored_logits_gradient
 from .._signatures import derivative_of
 from .._softmax import finite_or_zero, shift_and_logsumexp
 from .._targets import IndexTarget, mask_loss, mean_weights
@@ -230,15 +231,8 @@ def log_probs_and_norm(x: Array, args: DistillationArgs, dtype: Any, *, xp: Name
 
 
 def _capped_scaled(x: Array, args: DistillationArgs, dtype: Any, *, xp: Namespace) -> Array:
-    """``cap(x) / T`` in ``dtype``."""
-    z = as_dtype(x, dtype, xp=xp)
-    if args.softcap is not None:
-        c = _scalar(args.softcap, dtype, xp=xp)
-        z = c * xp.tanh(z / c)
-    t = args.temperature
-    if not (isinstance(t, float) and t == 1.0):
-        z = z / _scalar(t, dtype, xp=xp)
-    return z
+    """``cap(x) / T`` in ``dtype`` (``x`` upcast first)."""
+    return scored_logits(x, args.softcap, args.temperature, dtype, xp=xp)
 
 
 def _xlog_ratio(w: Array, log_w: Array, log_other: Array, *, xp: Namespace) -> Array:
@@ -430,12 +424,7 @@ def logits_gradient(student: Array, log_p: Array, log_q: Array, args: Distillati
     and the soft cap; 0 at ``ignored`` positions (``log_m`` as in :func:`pointwise`). Also the
     rule of one block of rows of the fused linear loss (:mod:`xce.linear_distillation`)."""
     g = scale * _divergence_gradient(log_p, log_q, beta, args.ax, log_m, xp=xp)
-    t = args.temperature
-    if not (isinstance(t, float) and t == 1.0):
-        g = g / _scalar(t, dtype, xp=xp)
-    if args.softcap is not None:
-        c = _scalar(args.softcap, dtype, xp=xp)
-        g = g * (1.0 - xp.tanh(as_dtype(student, dtype, xp=xp) / c) ** 2)
+    g = scored_logits_gradient(g, student, args.softcap, args.temperature, dtype, xp=xp)
     if ignored is not None:  # a where, not a product: non-finite ignored rows cannot leak NaN
         g = xp.where(xp.expand_dims(ignored, axis=args.ax), 0.0, g)
     return g
