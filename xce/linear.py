@@ -21,7 +21,8 @@ standard lacks, is summed over the rows sorted by target. For N = 8192, D = 1024
 the extra memory beyond the gradients is about a tenth of the logits
 (``benchmarks/linear_ce.py``).
 
-Eager arrays (NumPy, PyTorch, CuPy, array-api-strict) take the blocked path. JAX and Dask
+Eager arrays (NumPy, PyTorch, CuPy, array-api-strict) take the blocked path, and so does
+PyTorch under ``torch.compile`` / ``torch.export`` (as custom ops, opaque to the compiler). JAX and Dask
 arrays take the unfused formula ``cross_entropy(h @ W.T + b, ...)``: under ``jax.jit`` a
 Python loop over blocks would unroll into the trace, and XLA and Dask schedule the fused
 expression themselves (XLA may still materialise the logits).
@@ -277,8 +278,10 @@ def linear_cross_entropy(
     tensors that require grad, ``.backward()`` goes through
     :func:`xce.adapters.torch.linear_cross_entropy` (blocked as well);
     ``xce.value_and_grad(xce.linear_cross_entropy)`` gives ``(d_input, d_linear_weight,
-    d_linear_bias)`` on any backend. JAX, Dask, traced PyTorch and probability targets use the
-    unfused formula.
+    d_linear_bias)`` on any backend. Under ``torch.compile`` and ``torch.export`` the same sweep
+    runs as the custom ops ``xce::linear_cross_entropy_fwd`` / ``_bwd``
+    (:mod:`xce.adapters.torch_ops`: one opaque graph node, the logits never whole). JAX, Dask,
+    ``torch.func`` transforms and probability targets use the unfused formula.
 
     Parameters
     ----------
@@ -354,16 +357,16 @@ def linear_cross_entropy(
                            softcap=softcap, temperature=temperature, normalizer=normalizer, shift=shift,
                            block_rows=block_rows, xp=xp, return_stats=return_stats)
     h, t, sw = _prepare(input, target, sample_weight, args, xp=xp)
-    if args.probs or is_lazy(h) or is_traced(h):  # JAX, Dask, torch.compile / torch.func: one formula
+    adapter = None if args.probs or is_lazy(h) else adapter_for(h)
+    if adapter is not None and adapter.wants_linear_cross_entropy(h, linear_weight, linear_bias, weight, sw,
+                                                                  args.normalizer):
+        # autograd, or torch.compile / torch.export: the fused sweep as the adapter registers it
+        out = adapter.linear_cross_entropy(h, linear_weight, t, linear_bias, weight, sw, args)
+    elif args.probs or is_lazy(h) or is_traced(h):  # JAX, Dask, torch.func: one formula
         out = unfused_loss(h, linear_weight, t, linear_bias, weight, sw, args, xp=xp)
     else:
-        adapter = adapter_for(h)
-        if adapter is not None and adapter.wants_linear_cross_entropy(h, linear_weight, linear_bias, weight, sw,
-                                                                      args.normalizer):
-            out = adapter.linear_cross_entropy(h, linear_weight, t, linear_bias, weight, sw, args)
-        else:
-            res = fused(h, linear_weight, t, linear_bias, weight, sw, args, cotangent=None, want_grad=False, xp=xp)
-            out = res.loss if res.stats is None else (res.loss, res.stats)
+        res = fused(h, linear_weight, t, linear_bias, weight, sw, args, cotangent=None, want_grad=False, xp=xp)
+        out = res.loss if res.stats is None else (res.loss, res.stats)
     if not args.return_stats:
         return _trim(out, args, xp=xp)
     loss, stats = out
