@@ -12,6 +12,10 @@ if sys.argv[1:2] == ["linear_distill"]:  # python -m benchmarks linear_distill [
     from .linear_distill import main as linear_distill_main
 
     raise SystemExit(linear_distill_main(sys.argv[2:]))
+if sys.argv[1:2] == ["compiled"]:  # python -m benchmarks compiled [...]: benchmarks/compiled.py
+    from .compiled import main as compiled_main
+
+    raise SystemExit(compiled_main(sys.argv[2:]))
 
 from .suite import main
 
