@@ -20,6 +20,10 @@ if sys.argv[1:2] == ["jax_linear"]:  # python -m benchmarks jax_linear [N D V re
     from .jax_linear import main as jax_linear_main
 
     raise SystemExit(jax_linear_main(sys.argv[2:]))
+if sys.argv[1:2] == ["compiled"]:  # python -m benchmarks compiled [...]: benchmarks/compiled.py
+    from .compiled import main as compiled_main
+
+    raise SystemExit(compiled_main(sys.argv[2:]))
 
 from .suite import main
 

@@ -158,9 +158,11 @@ def test_jax_analytic_backward_equals_definition(reduction, eps, weighted, z):
 
 
 def test_every_implementation_is_in_the_contract():
-    """A new implementation joins this file: each named one is forced by a test above (the
-    fused sweep of the linear losses by tests/test_linear*.py)."""
-    forced = {*TORCH, _policy.ANALYTIC_BACKWARD, _policy.FUSED_SWEEP}
+    """A new implementation joins this file: each named one is forced by a test above or, for
+    the linear losses, by their own contract tests (fused sweep: tests/test_linear*.py; custom
+    op: tests/test_linear_compiled.py; scan: tests/test_linear_jax.py), all against the
+    unfused definition."""
+    forced = {*TORCH, _policy.ANALYTIC_BACKWARD, _policy.FUSED_SWEEP, _policy.CUSTOM_OP, _policy.SCAN}
     assert set(_policy.IMPLEMENTATIONS) == forced
 
 

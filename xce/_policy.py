@@ -15,6 +15,11 @@ The implementations of a loss (each named once here):
 ``fused sweep``
     ``linear_cross_entropy`` / ``linear_distillation_loss``: the head's matmul and the loss
     in blocks of rows, never the whole ``(N, V)`` logits.
+``custom op``
+    The fused sweep as ``torch.library`` custom ops (fake and autograd rules): what
+    ``torch.compile`` and ``torch.export`` trace, one opaque graph node.
+``scan``
+    JAX: a checkpointed ``lax.scan`` over vocabulary chunks (eager and under ``jax.jit``).
 ``definition in blocks``
     xce's Array API definition over blocks of rows (the engine, eager arrays).
 ``definition``
@@ -33,12 +38,14 @@ from typing import Any, NamedTuple
 
 __all__ = [
     "ANALYTIC_BACKWARD",
+    "CUSTOM_OP",
     "DEFINITION",
     "DEFINITION_BLOCKS",
     "FUSED_SWEEP",
     "IMPLEMENTATIONS",
     "NATIVE",
     "NATIVE_BLOCKS",
+    "SCAN",
     "TABLE",
     "Explanation",
     "Served",
@@ -51,9 +58,12 @@ NATIVE = "native"
 NATIVE_BLOCKS = "native in blocks"
 ANALYTIC_BACKWARD = "analytic backward"
 FUSED_SWEEP = "fused sweep"
+CUSTOM_OP = "custom op"
+SCAN = "scan"
 DEFINITION_BLOCKS = "definition in blocks"
 DEFINITION = "definition"
-IMPLEMENTATIONS = (NATIVE, NATIVE_BLOCKS, ANALYTIC_BACKWARD, FUSED_SWEEP, DEFINITION_BLOCKS, DEFINITION)
+IMPLEMENTATIONS = (NATIVE, NATIVE_BLOCKS, ANALYTIC_BACKWARD, FUSED_SWEEP, CUSTOM_OP, SCAN, DEFINITION_BLOCKS,
+                   DEFINITION)
 
 
 class Threshold(NamedTuple):

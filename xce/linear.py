@@ -21,10 +21,11 @@ standard lacks, is summed over the rows sorted by target. For N = 8192, D = 1024
 the extra memory beyond the gradients is about a tenth of the logits
 (``benchmarks/linear_ce.py``).
 
-Eager arrays (NumPy, PyTorch, CuPy, array-api-strict) take the blocked path. JAX arrays (eager
-and under ``jax.jit`` alike) take the JAX adapter's checkpointed ``lax.scan`` over vocabulary
-chunks (a Python loop over blocks would unroll into the trace): it gives the per-row sums
-(:class:`RowSums`), from which :func:`loss_from_row_sums` forms the loss, and JAX's autodiff
+Eager arrays (NumPy, PyTorch, CuPy, array-api-strict) take the blocked path, and so does
+PyTorch under ``torch.compile`` / ``torch.export`` (as custom ops, opaque to the compiler). JAX
+arrays (eager and under ``jax.jit`` alike) take the JAX adapter's checkpointed ``lax.scan`` over
+vocabulary chunks (a Python loop over blocks would unroll into the trace): it gives the per-row
+sums (:class:`RowSums`), from which :func:`loss_from_row_sums` forms the loss, and JAX's autodiff
 its derivatives. Dask arrays take the unfused formula ``cross_entropy(h @ W.T + b, ...)``.
 """
 
@@ -36,7 +37,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, NamedTuple, TypeVar, cast
 
-from . import _engine
+from . import _engine, _policy
 from ._namespace import (
     Array,
     Namespace,
@@ -282,10 +283,13 @@ def linear_cross_entropy(
     tensors that require grad, ``.backward()`` goes through
     :func:`xce.adapters.torch.linear_cross_entropy` (blocked as well);
     ``xce.value_and_grad(xce.linear_cross_entropy)`` gives ``(d_input, d_linear_weight,
-    d_linear_bias)`` on any backend. JAX arrays take a ``lax.scan`` over vocabulary chunks (one
-    ``(N, chunk)`` block of logits live, under ``jax.jit`` too; derivatives by JAX's autodiff
-    through the checkpointed scan: ``grad``, ``jvp``, ``vmap``, Hessian-vector products).
-    Dask, traced PyTorch and probability targets use the unfused formula.
+    d_linear_bias)`` on any backend. Under ``torch.compile`` and ``torch.export`` the same sweep
+    runs as the custom ops ``xce::linear_cross_entropy_fwd`` / ``_bwd``
+    (:mod:`xce.adapters.torch_ops`: one opaque graph node, the logits never whole). JAX arrays
+    take a ``lax.scan`` over vocabulary chunks (one ``(N, chunk)`` block of logits live, under
+    ``jax.jit`` too; derivatives by JAX's autodiff through the checkpointed scan: ``grad``,
+    ``jvp``, ``vmap``, Hessian-vector products). Dask, ``torch.func`` transforms and probability
+    targets use the unfused formula.
 
     Parameters
     ----------
@@ -364,18 +368,25 @@ def linear_cross_entropy(
                            block_rows=block_rows, xp=xp, return_stats=return_stats)
     h, t, sw = _prepare(input, target, sample_weight, args, xp=xp)
     row_sums = None if args.probs else adapter_hook(h, "linear_row_sums")
+    adapter = None if row_sums is not None or args.probs or is_lazy(h) else adapter_for(h)
     if row_sums is not None:  # JAX: the library's own loop over vocabulary chunks
+        if _policy.ACTIVE:
+            _policy.note(_policy.SCAN, "JAX arrays: a checkpointed lax.scan over vocabulary chunks")
         out = loss_from_row_sums(h, linear_weight, t, linear_bias, weight, sw, args, row_sums, xp=xp)
-    elif args.probs or is_lazy(h) or is_traced(h):  # Dask, torch.compile / torch.func: one formula
+    elif adapter is not None and adapter.wants_linear_cross_entropy(h, linear_weight, linear_bias, weight, sw,
+                                                                    args.normalizer):
+        # autograd, or torch.compile / torch.export: the fused sweep as the adapter registers it
+        out = adapter.linear_cross_entropy(h, linear_weight, t, linear_bias, weight, sw, args)
+    elif args.probs or is_lazy(h) or is_traced(h):  # Dask, torch.func, probability targets: one formula
+        if _policy.ACTIVE:
+            _policy.note(_policy.DEFINITION, "the unfused formula: probability targets, a lazy array or a "
+                         "torch.func transform")
         out = unfused_loss(h, linear_weight, t, linear_bias, weight, sw, args, xp=xp)
     else:
-        adapter = adapter_for(h)
-        if adapter is not None and adapter.wants_linear_cross_entropy(h, linear_weight, linear_bias, weight, sw,
-                                                                      args.normalizer):
-            out = adapter.linear_cross_entropy(h, linear_weight, t, linear_bias, weight, sw, args)
-        else:
-            res = fused(h, linear_weight, t, linear_bias, weight, sw, args, cotangent=None, want_grad=False, xp=xp)
-            out = res.loss if res.stats is None else (res.loss, res.stats)
+        if _policy.ACTIVE:
+            _policy.note(_policy.FUSED_SWEEP, "eager, no autograd: the head's matmul and the loss in blocks of rows")
+        res = fused(h, linear_weight, t, linear_bias, weight, sw, args, cotangent=None, want_grad=False, xp=xp)
+        out = res.loss if res.stats is None else (res.loss, res.stats)
     if not args.return_stats:
         return _trim(out, args, xp=xp)
     loss, stats = out

@@ -14,6 +14,9 @@ forward in blocks of rows under ``no_grad`` saves the two logits and their per-p
 log-normalisers; the backward is :func:`xce.losses.distillation.gradients` in blocks, for the
 student and the teacher (whichever requires grad).
 
+Under ``torch.compile`` / ``torch.export`` the fused linear loss runs as the custom ops of
+:mod:`.torch_ops` (the same sweep; a traced Function would be unrolled and re-fused by Inductor).
+
 Gradients flow to ``input`` (and ``hidden``/``weight``/``bias`` for the linear loss). When
 a class ``weight`` or a probability ``target`` requires grad, :func:`wants_cross_entropy`
 says no and plain autograd through the definition serves the call. Double backward
@@ -52,6 +55,7 @@ from ..parallel import (
     shard_statistics,
     shard_statistics_gradient,
 )
+from . import torch_ops as _ops
 
 __all__ = [
     "cross_entropy",
@@ -432,10 +436,19 @@ def wants_linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, bias:
                                class_weight: torch.Tensor | None = None, sample_weight: torch.Tensor | None = None,
                                normalizer: Any = None) -> bool:
     """Whether autograd must see this call (the adapter then picks the Function or, where a
-    class weight, sample weight or normalizer requires grad, autograd through the definition)."""
+    class weight, sample weight or normalizer requires grad, autograd through the definition),
+    or ``torch.compile`` / ``torch.export`` traces it (the custom ops of :mod:`.torch_ops`)."""
+    if compiling():
+        return True
     tensors = (hidden, weight, bias, class_weight, sample_weight,
                normalizer if isinstance(normalizer, torch.Tensor) else None)
     return needs_autograd(*tensors) and not is_traced(hidden)
+
+
+def compiling() -> bool:
+    """``torch.compile`` or ``torch.export`` is tracing, outside any ``torch.func`` transform
+    (the custom ops have no vmap or forward-mode rule: there the formula serves)."""
+    return torch.compiler.is_compiling() and not torch._C._are_functorch_transforms_active()
 
 
 class _CrossEntropy(torch.autograd.Function):
@@ -577,8 +590,17 @@ def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, target: tor
     definition instead (the sweep treats them as constants).
     """
     normalizer = args.normalizer if isinstance(args.normalizer, torch.Tensor) else None
-    if needs_autograd(class_weight, sample_weight, normalizer):
+    if needs_autograd(class_weight, sample_weight, normalizer) or (compiling() and not _ops.serves(args)):
+        if _policy.ACTIVE:
+            _policy.note(_policy.DEFINITION, "the unfused formula under autograd: a class weight, sample weight or "
+                         "normalizer requires grad (the sweep holds them constant)")
         return _linear.unfused_loss(hidden, weight, target, bias, class_weight, sample_weight, args, xp=txp)
+    if compiling():  # one opaque graph node: Inductor cannot re-fuse the blocks into the logits
+        return _ops.linear_cross_entropy(hidden, weight, target, bias, class_weight, sample_weight, args,
+                                         want_grad=needs_autograd(hidden, weight, bias))
+    if _policy.ACTIVE:
+        _policy.note(_policy.FUSED_SWEEP, "under autograd: an autograd.Function whose forward sweeps the head in "
+                     "blocks of rows and keeps the gradients, not the logits")
     out = _LinearCrossEntropy.apply(hidden, weight, target, bias, class_weight, sample_weight, args)
     return (out[0], ce.LossStats(*out[1:])) if args.return_stats else out
 
