@@ -23,6 +23,10 @@ from array_api_extra.testing import lazy_xp_function, patch_lazy_xp_functions
 
 import xce
 
+# Worker scripts run in subprocesses with their own environment (a Keras backend, a torch
+# process group): never imported by the collection of doctests.
+collect_ignore_glob = ["*_workers/*.py"]
+
 # Every public function (not the loss classes) runs under jax.jit / stays lazy on dask.
 for _name in xce.__all__:
     if inspect.isfunction(getattr(xce, _name)) and _name not in ("config", "value_and_grad"):
