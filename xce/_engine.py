@@ -350,7 +350,7 @@ def block_bytes(x: Array, use: str = "stats") -> int:
         # process holds a core, every region waits for a descheduled thread, so: fewer, larger
         # blocks as the input grows, still a small fraction of it. A kernel's block needs less
         # work to pay for its region: 1/32 of the input from 1 MiB (docs/performance.md).
-        total = math.prod(x.shape) * max(4, x.dtype.itemsize)  # in the compute dtype
+        total: int = math.prod(x.shape) * max(4, x.dtype.itemsize)  # in the compute dtype
         floor = _BLOCK_BYTES_KERNEL if use == "kernel" else _BLOCK_BYTES_INTRA_OP
         return min(_BLOCK_BYTES_INTRA_OP_MAX, max(floor, total // 32))
     return _BLOCK_BYTES
@@ -367,8 +367,8 @@ def gradient_rows(x: Array, ax: int, *, xp: Namespace) -> int | None:
     rows = opts.get("block_rows")
     if rows is not None:
         return int(rows)
-    per_row = x.shape[-1] if ax == x.ndim - 1 else math.prod(x.shape[1:])
-    itemsize = xp.finfo(default_compute_dtype(x.dtype, xp=xp)).bits // 8
+    per_row: int = x.shape[-1] if ax == x.ndim - 1 else math.prod(x.shape[1:])
+    itemsize: int = xp.finfo(default_compute_dtype(x.dtype, xp=xp)).bits // 8
     return max(1, block_bytes(x, "gradient") // (itemsize * max(per_row, 1)))
 
 

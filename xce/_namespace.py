@@ -91,7 +91,8 @@ def on_input_device(fn: Any) -> Any:
 
 
 def _library(ns: Namespace) -> str:
-    return ns.__name__.removeprefix("array_api_compat.").partition(".")[0]
+    name: str = ns.__name__
+    return name.removeprefix("array_api_compat.").partition(".")[0]
 
 
 def namespace(names: tuple[str, ...], *arrays: Array | None, xp: Namespace | None = None) -> Namespace:

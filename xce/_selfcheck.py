@@ -21,7 +21,8 @@ import xce
 Rows = list[list[float]]
 
 
-def _reference(logits: Rows, target: list, weight: list | None, ignore_index: int, reduction: str, eps: float):
+def _reference(logits: Rows, target: list[Any], weight: list[float] | None, ignore_index: int, reduction: str,
+               eps: float) -> float | list[float]:
     """PyTorch's cross_entropy over rows of (N, C) logits, in exact-ish float64."""
     n_classes = len(logits[0])
     w = weight or [1.0] * n_classes
@@ -52,8 +53,8 @@ def _reference(logits: Rows, target: list, weight: list | None, ignore_index: in
 class Case:
     name: str
     logits: Rows
-    target: list
-    kwargs: dict
+    target: list[Any]
+    kwargs: dict[str, Any]
 
 
 def cases() -> list[Case]:
@@ -91,8 +92,8 @@ class Backend:
     device: str
     make: Callable[[Any, str], Any]  # (nested lists, dtype name) -> array
     dtypes: tuple[str, ...]
-    wrap: Callable[[Callable], Callable] = lambda f: f
-    to_float: Callable[[Any], list] = lambda a: a
+    wrap: Callable[[Callable[..., Any]], Callable[..., Any]] = lambda f: f
+    to_float: Callable[[Any], list[Any]] = lambda a: a
 
 
 def _tolist(a: Any) -> Any:
@@ -116,7 +117,7 @@ def _tolist(a: Any) -> Any:
 
 def backends() -> Iterator[Backend | str]:
     """Every importable library and device; a string explains one that is skipped."""
-    have = lambda m: importlib.util.find_spec(m) is not None  # noqa: E731
+    have: Callable[[str], bool] = lambda m: importlib.util.find_spec(m) is not None  # noqa: E731
     if have("numpy"):
         import numpy as np
 

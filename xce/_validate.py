@@ -21,7 +21,7 @@ REDUCTIONS = ("none", "mean", "sum")
 def check_reduction(reduction: object, allowed: tuple[str, ...] = REDUCTIONS) -> str:
     if reduction not in allowed:
         raise ValueError(f"reduction must be one of {', '.join(map(repr, allowed))}; got {reduction!r}.")
-    return reduction  # type: ignore[return-value]
+    return reduction
 
 
 def _as_float(value: object, name: str, what: str, traced: bool = False) -> Any:
@@ -31,7 +31,7 @@ def _as_float(value: object, name: str, what: str, traced: bool = False) -> Any:
     if isinstance(value, bool) or (not isinstance(value, (int, float)) and not hasattr(value, "__float__")):
         raise TypeError(f"{name} must be a float{what}; got {type(value).__name__} {value!r}.")
     try:
-        return float(value)  # type: ignore[arg-type]
+        return float(value)
     except TypeError as e:  # a traced array
         if traced and getattr(value, "ndim", None) == 0:
             return value
@@ -77,7 +77,7 @@ def check_integer(value: object, name: str) -> int:
 
 def class_axis(x: Array, axis: int | None, name: str = "input") -> int:
     """Normalise the class axis: ``None`` is PyTorch's rule (0 for 1-D input, else 1)."""
-    ndim = x.ndim
+    ndim: int = x.ndim
     if ndim == 0:
         raise ValueError(
             f"{name} must have a class axis; got a 0-d array. Pass logits of shape (C,), (N, C) or "
@@ -100,7 +100,7 @@ def check_floating(x: Array, name: str, *, xp: Namespace) -> None:
 
 
 def check_classes(x: Array, axis: int, name: str = "input") -> int:
-    n_classes = x.shape[axis]
+    n_classes: int | None = x.shape[axis]
     if n_classes is None or n_classes != n_classes:  # a symbolic dimension (None; NaN in Dask)
         raise ValueError(
             f"{name}'s class axis {axis} has no known length (shape {tuple(x.shape)}); xce needs the number of "
@@ -241,7 +241,7 @@ def check_axes(x: Array, axis: object, name: str = "axis") -> int | tuple[int, .
     ndim = x.ndim
     span = max(ndim, 1)
     single = not isinstance(axis, tuple)
-    axes = (axis,) if single else cast(tuple, axis)
+    axes = (axis,) if single else cast("tuple[object, ...]", axis)
     out = []
     for a in axes:
         a = check_integer(a, name)
@@ -313,7 +313,7 @@ def check_normalizer(normalizer: Any, reduction: str) -> Any:
 def check_choice(value: object, name: str, allowed: tuple[str, ...]) -> str:
     if value not in allowed:
         raise ValueError(f"{name} must be one of {', '.join(map(repr, allowed))}; got {value!r}.")
-    return value  # type: ignore[return-value]
+    return value
 
 
 def check_same_shape(target: Array, x: Array, name: str = "target") -> None:

@@ -44,7 +44,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 from ._namespace import Array, on_input_device
 from ._registry import gradient_of, register_gradient, registered_losses
@@ -118,8 +118,8 @@ def value_and_grad(loss_fn: Callable[..., Any]) -> Callable[..., tuple[Any, Any]
         return loss_fn(*args, **kwargs), fn(*args, cotangent=cotangent, **kwargs)
 
     with contextlib.suppress(TypeError, ValueError):  # a registered callable may have no signature
-        value_and_grad_fn.__signature__ = inspect.signature(fn).replace(  # type: ignore[attr-defined]
+        value_and_grad_fn.__signature__ = inspect.signature(fn).replace(
             return_annotation="tuple[Array, Array]")
     value_and_grad_fn.__name__ = f"value_and_grad_{loss_fn.__name__}"
     value_and_grad_fn.__doc__ = f"``(xce.{loss_fn.__name__}(...), its gradient w.r.t. input)``."
-    return value_and_grad_fn
+    return cast("Callable[..., tuple[Any, Any]]", value_and_grad_fn)

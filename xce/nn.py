@@ -198,5 +198,6 @@ class LinearCrossEntropyLoss(_Module):
                 normalizer: Any = None) -> torch.Tensor:
         """The loss of ``input @ linear_weight.T + linear_bias`` against ``target``, never
         materialising the logits; the per-batch arrays as in :func:`xce.linear_cross_entropy`."""
-        return linear_cross_entropy(input, linear_weight, target, linear_bias=linear_bias,
-                                    sample_weight=sample_weight, normalizer=normalizer, **self._config)
+        loss: torch.Tensor = linear_cross_entropy(input, linear_weight, target, linear_bias=linear_bias,
+                                                  sample_weight=sample_weight, normalizer=normalizer, **self._config)
+        return loss

@@ -117,7 +117,7 @@ label_smoothing_mode='uniform', z_loss=0.0)
                          label_smoothing=opts.label_smoothing, axis=axis, label_smoothing_mode=opts.mode, z_loss=opts.z,
                          **cap)
 
-    def __call__(self, input: Array, target: Array, *, sample_weight: Array | None = None,  # type: ignore[override]
+    def __call__(self, input: Array, target: Array, *, sample_weight: Array | None = None,
                  normalizer: Any = None, where: Array | None = None, return_stats: bool = False) -> Any:
         """The loss of one batch; the per-batch arrays (``sample_weight``, ``normalizer``,
         ``where``) and ``return_stats`` as in :func:`xce.cross_entropy`."""
@@ -128,7 +128,7 @@ label_smoothing_mode='uniform', z_loss=0.0)
 class _IndexLoss(_Loss):
     """A loss of class-index targets that takes per-position weights per batch."""
 
-    def __call__(self, input: Array, target: Array, *, sample_weight: Array | None = None) -> Array:  # type: ignore[override]
+    def __call__(self, input: Array, target: Array, *, sample_weight: Array | None = None) -> Array:
         """The loss of one batch; ``sample_weight`` (the target's shape) as in the function."""
         return type(self)._function(input, target, **self._config, sample_weight=sample_weight)
 

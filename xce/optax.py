@@ -23,7 +23,7 @@ sparsemax, CTC and generalised-KL losses) are not here.
 from __future__ import annotations
 
 import numbers
-from typing import Any
+from typing import Any, cast
 
 import jax
 import jax.numpy as jnp
@@ -85,7 +85,7 @@ def _per_position_where(fn: str, where: Any, logits: jax.Array) -> jax.Array | N
             f"optax.losses.{fn}(where= of the logits' rank) with class-index labels: xce masks positions, "
             "not classes, for class-index targets"
         )
-    return where
+    return cast("jax.Array", where)
 
 
 def _masked(where: Any, logits: jax.Array, labels: jax.Array | None, axis: int) -> tuple[Any, Any, Any]:
@@ -156,7 +156,8 @@ def softmax_cross_entropy(logits: Any, labels: Any, axis: Any = -1, where: Any =
     if empty is not None:
         return empty
     logits, labels, where = _masked(where, logits, labels, axis)
-    return cross_entropy(logits, labels, reduction="none", axis=axis, where=where)
+    loss: jax.Array = cross_entropy(logits, labels, reduction="none", axis=axis, where=where)
+    return loss
 
 
 def safe_softmax_cross_entropy(logits: Any, labels: Any) -> jax.Array:
@@ -164,20 +165,23 @@ def safe_softmax_cross_entropy(logits: Any, labels: Any) -> jax.Array:
     labels = _floating_like(labels, logits)
     _same_shape("safe_softmax_cross_entropy", "labels", labels, logits)
     # xce counts 0 * log(0) as 0 already: no separate "safe" variant.
-    return cross_entropy(logits, labels, reduction="none", axis=-1)
+    loss: jax.Array = cross_entropy(logits, labels, reduction="none", axis=-1)
+    return loss
 
 
 def softmax_cross_entropy_with_integer_labels(logits: Any, labels: Any, axis: Any = -1, where: Any = None) -> jax.Array:
     axis = _class_axis("softmax_cross_entropy_with_integer_labels", axis)
     logits, _, where = _masked(where, jnp.asarray(logits), None, axis)
-    return cross_entropy(logits, jnp.asarray(labels), reduction="none", axis=axis, where=where)
+    loss: jax.Array = cross_entropy(logits, jnp.asarray(labels), reduction="none", axis=axis, where=where)
+    return loss
 
 
 def sigmoid_binary_cross_entropy(logits: Any, labels: Any) -> jax.Array:
     logits, labels = jnp.asarray(logits), jnp.asarray(labels)
     labels = _floating_like(labels, logits)
     _same_shape("sigmoid_binary_cross_entropy", "labels", labels, logits)
-    return binary_cross_entropy_with_logits(logits, labels, reduction="none")
+    loss: jax.Array = binary_cross_entropy_with_logits(logits, labels, reduction="none")
+    return loss
 
 
 def sigmoid_focal_loss(logits: Any, labels: Any, *, alpha: Any = None, gamma: Any = 2.0) -> jax.Array:
@@ -194,7 +198,8 @@ def sigmoid_focal_loss(logits: Any, labels: Any, *, alpha: Any = None, gamma: An
     logits, labels = jnp.asarray(logits), jnp.asarray(labels)
     labels = _floating_like(labels, logits)
     _same_shape("sigmoid_focal_loss", "labels", labels, logits)
-    return _sigmoid_focal_loss(logits, labels, alpha=alpha, gamma=gamma, reduction="none")
+    loss: jax.Array = _sigmoid_focal_loss(logits, labels, alpha=alpha, gamma=gamma, reduction="none")
+    return loss
 
 
 def poly_loss_cross_entropy(
@@ -204,7 +209,9 @@ def poly_loss_cross_entropy(
     logits, labels = jnp.asarray(logits), jnp.asarray(labels)
     if jnp.issubdtype(labels.dtype, jnp.integer) and labels.shape != logits.shape:  # class indices
         where = _per_position_where("poly_loss_cross_entropy", where, logits)
-        return poly1_cross_entropy(logits, labels, epsilon=epsilon, reduction="none", axis=axis, where=where)
+        loss: jax.Array = poly1_cross_entropy(logits, labels, epsilon=epsilon, reduction="none", axis=axis,
+                                              where=where)
+        return loss
     labels = _floating_like(labels, logits)
     _same_shape("poly_loss_cross_entropy", "labels", labels, logits)
     empty = _no_classes(logits, axis)

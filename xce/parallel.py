@@ -31,7 +31,7 @@ on every backend (it is not raised, unlike :func:`xce.cross_entropy` on eager ar
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any, NamedTuple
 
 from ._namespace import (
@@ -277,7 +277,7 @@ def shard_statistics_gradient(
     return xp.where(index == ignore_index, 0.0, grad)
 
 
-def _add(arrays) -> Array:
+def _add(arrays: Iterable[Array]) -> Array:
     it = iter(arrays)
     total = next(it)
     for a in it:

@@ -59,20 +59,22 @@ def cross_entropy(*args: Any, **kwargs: Any) -> Any:
 cross_entropy.__signature__ = ce.SIGNATURE  # type: ignore[attr-defined]
 
 
-def _args(input, target, weight, where, ignore_index, reduction, label_smoothing, axis, mode,
-          z_loss) -> ce.CrossEntropyArgs:
+def _args(input: Any, target: Any, weight: Any, where: Any, ignore_index: int, reduction: str,
+          label_smoothing: float, axis: int | None, mode: str, z_loss: float) -> ce.CrossEntropyArgs:
     return ce.check_arguments(input, target, weight, ignore_index, reduction, label_smoothing, axis, mode, z_loss,
                               where, xp=jnp)
 
 
 @partial(jax.custom_jvp, nondiff_argnums=(4, 5, 6, 7, 8, 9))
-def _ce(input, target, weight, where, ignore_index, reduction, label_smoothing, axis, mode, z_loss):
+def _ce(input: Any, target: Any, weight: Any, where: Any, ignore_index: int, reduction: str, label_smoothing: float,
+        axis: int | None, mode: str, z_loss: float) -> Any:
     args = _args(input, target, weight, where, ignore_index, reduction, label_smoothing, axis, mode, z_loss)
     return ce.cross_entropy_with_stats(input, target, weight, args, xp=jnp)[0]
 
 
 @_ce.defjvp
-def _ce_jvp(ignore_index, reduction, label_smoothing, axis, mode, z_loss, primals, tangents):
+def _ce_jvp(ignore_index: int, reduction: str, label_smoothing: float, axis: int | None, mode: str, z_loss: float,
+            primals: tuple[Any, ...], tangents: tuple[Any, ...]) -> Any:
     input, target, weight, where = primals
     args = _args(input, target, weight, where, ignore_index, reduction, label_smoothing, axis, mode, z_loss)
     dx, dt, dw, _ = tangents  # the mask's tangent is float0

@@ -250,7 +250,7 @@ def _blocked_native(input: torch.Tensor, target: torch.Tensor, weight: torch.Ten
     ignored = target == ignore_index
     index = IndexTarget(torch.where(ignored, 0, target), ignored, None)
     w_y = None if weight is None else gather_weight(weight, index.safe, xp=txp)
-    denominator = mean_weights(w_y, index, xp=txp)
+    denominator: torch.Tensor | None = mean_weights(w_y, index, xp=txp)
     assert denominator is not None  # (``ignored`` is given)
     return total / denominator.sum(dtype=input.dtype)
 
@@ -387,7 +387,7 @@ def fast_cross_entropy(input: torch.Tensor, target: Any, weight: Any, ignore_ind
             out = _F.cross_entropy(input, target, None, None, ignore, None, ("none", "mean", "sum")[enum], eps)
         else:
             # (The stub says str; the binding takes get_enum's int, as F.cross_entropy passes it.)
-            out = _KERNEL(input, target, None, enum, ignore, eps)  # type: ignore[arg-type]
+            out = _KERNEL(input, target, None, enum, ignore, eps)
     except (IndexError, RuntimeError, ValueError):
         return None  # out-of-range targets, shapes, devices: the definition names the problem
     if not cpu or compiling or _functorch_active():
@@ -453,7 +453,7 @@ def compiling() -> bool:
 
 class _CrossEntropy(torch.autograd.Function):
     @staticmethod
-    def forward(*inputs):
+    def forward(*inputs: Any) -> tuple[torch.Tensor, torch.Tensor, Any]:
         # (*inputs): torch binds a setup_context Function's arguments with inspect.signature on
         # every call; a bare *args signature makes that ~10x cheaper than nine named ones.
         input, target, weight, ignore_index, reduction, label_smoothing, axis, mode, z_loss, where = inputs
@@ -485,7 +485,8 @@ class _CrossEntropy(torch.autograd.Function):
         ctx.args = args
 
     @staticmethod
-    def backward(ctx: Any, grad_output, _grad_lse=None, _grad_args=None):
+    def backward(ctx: Any, grad_output: torch.Tensor, _grad_lse: Any = None,
+                 _grad_args: Any = None) -> tuple[torch.Tensor | None, ...]:
         input, target, weight, lse = ctx.saved_tensors
         args = ctx.args
         # Under create_graph the saved (detached) lse would cut the second derivative.
@@ -505,10 +506,12 @@ def cross_entropy(*args: Any, **kwargs: Any) -> torch.Tensor:
         # xce.cross_entropy, which would route here again).
         xp = namespace(_CE_NAMES, input, target, weight)
         checked = ce.check_arguments(*values, xp=xp)
-        return ce.cross_entropy_with_stats(input, target, weight, checked, xp=xp)[0]
+        result: torch.Tensor = ce.cross_entropy_with_stats(input, target, weight, checked, xp=xp)[0]
+        return result
     if _policy.ACTIVE:
         _policy.note(_policy.ANALYTIC_BACKWARD, f"input requires grad, {input.numel()} logits: an autograd.Function "
                      "saving the O(N) logsumexp; the backward is xce's gradient rule in blocks")
+    loss: torch.Tensor
     loss, _, _ = _CrossEntropy.apply(*values)
     return loss
 
@@ -521,7 +524,9 @@ _LINEAR_NAMES = ("input", "linear_weight", "target", "linear_bias", "weight", "s
 
 class _LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
-    def forward(ctx: Any, hidden, weight, target, bias, class_weight, sample_weight, args):
+    def forward(ctx: Any, hidden: torch.Tensor, weight: torch.Tensor, target: torch.Tensor,
+                bias: torch.Tensor | None, class_weight: torch.Tensor | None, sample_weight: torch.Tensor | None,
+                args: _linear.LinearArgs) -> Any:
         xp = namespace(_LINEAR_NAMES, hidden, weight, target, bias, class_weight, sample_weight)
         needs = ctx.needs_input_grad
         want = (needs[0] or needs[1] or needs[3]) and args.reduction != "none"
@@ -546,7 +551,8 @@ class _LinearCrossEntropy(torch.autograd.Function):
         return (out.loss, *out.stats)
 
     @staticmethod
-    def backward(ctx: Any, grad_output, grad_lse=None, *_grad_stats):
+    def backward(ctx: Any, grad_output: torch.Tensor | None, grad_lse: torch.Tensor | None = None,
+                 *_grad_stats: Any) -> tuple[torch.Tensor | None, ...]:
         args = ctx.args
         saved = ctx.saved_tensors
         grads: tuple[Any, ...] = (None, None, None)
@@ -589,20 +595,24 @@ def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, target: tor
     weight, sample weight or normalizer that requires grad takes autograd through the unfused
     definition instead (the sweep treats them as constants).
     """
+    result: torch.Tensor | tuple[torch.Tensor, ce.LossStats]
     normalizer = args.normalizer if isinstance(args.normalizer, torch.Tensor) else None
     if needs_autograd(class_weight, sample_weight, normalizer) or (compiling() and not _ops.serves(args)):
         if _policy.ACTIVE:
             _policy.note(_policy.DEFINITION, "the unfused formula under autograd: a class weight, sample weight or "
                          "normalizer requires grad (the sweep holds them constant)")
-        return _linear.unfused_loss(hidden, weight, target, bias, class_weight, sample_weight, args, xp=txp)
+        result = _linear.unfused_loss(hidden, weight, target, bias, class_weight, sample_weight, args, xp=txp)
+        return result
     if compiling():  # one opaque graph node: Inductor cannot re-fuse the blocks into the logits
-        return _ops.linear_cross_entropy(hidden, weight, target, bias, class_weight, sample_weight, args,
-                                         want_grad=needs_autograd(hidden, weight, bias))
+        result = _ops.linear_cross_entropy(hidden, weight, target, bias, class_weight, sample_weight, args,
+                                           want_grad=needs_autograd(hidden, weight, bias))
+        return result
     if _policy.ACTIVE:
         _policy.note(_policy.FUSED_SWEEP, "under autograd: an autograd.Function whose forward sweeps the head in "
                      "blocks of rows and keeps the gradients, not the logits")
     out = _LinearCrossEntropy.apply(hidden, weight, target, bias, class_weight, sample_weight, args)
-    return (out[0], ce.LossStats(*out[1:])) if args.return_stats else out
+    result = (out[0], ce.LossStats(*out[1:])) if args.return_stats else out
+    return result
 
 
 # --- vocabulary-parallel cross entropy over torch.distributed --------------------------------
@@ -641,19 +651,21 @@ def _torch_all_reduce_statistics(
 
 class _VocabParallelCrossEntropy(torch.autograd.Function):
     @staticmethod
-    def forward(ctx: Any, x, target, vocab_start, group, ignore_index, eps, ax, vocab_size):
+    def forward(ctx: Any, x: torch.Tensor, target: torch.Tensor, vocab_start: int, group: Any, ignore_index: int,
+                eps: float, ax: int, vocab_size: int | None) -> torch.Tensor:
         local = shard_statistics(
             x, target, vocab_start=vocab_start, axis=ax, ignore_index=ignore_index, with_logit_sum=eps > 0.0, xp=txp
         )
         full = _torch_all_reduce_statistics(local, group, xp=txp, n_classes=vocab_size)
-        loss = mask_positions(position_loss(full, eps, xp=txp), full.in_shard, target == ignore_index, xp=txp)
+        loss: torch.Tensor = mask_positions(position_loss(full, eps, xp=txp), full.in_shard, target == ignore_index,
+                                            xp=txp)
         log_z = torch.log(full.sumexp) + torch.where(torch.isfinite(full.max), full.max, 0.0)
         ctx.save_for_backward(x, target, log_z)
         ctx.config = (vocab_start, full.n_classes, ax, ignore_index, eps)
         return loss
 
     @staticmethod
-    def backward(ctx: Any, grad_loss):
+    def backward(ctx: Any, grad_loss: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         x, target, log_z = ctx.saved_tensors
         vocab_start, n_classes, ax, ignore_index, eps = ctx.config
         grad = shard_statistics_gradient(x, target, log_z, vocab_start=vocab_start, n_classes=n_classes, axis=ax,
@@ -666,8 +678,9 @@ def vocab_parallel_loss(local_logits: torch.Tensor, target: torch.Tensor, vocab_
                         ignore_index: int, eps: float, ax: int, vocab_size: int | None) -> torch.Tensor:
     """Per-position vocab-parallel cross entropy (checked arguments; see
     :func:`xce.parallel.vocab_parallel_cross_entropy`), differentiable, backward local."""
-    return _VocabParallelCrossEntropy.apply(local_logits, target, vocab_start, group, ignore_index, eps, ax,
-                                            vocab_size)
+    loss: torch.Tensor = _VocabParallelCrossEntropy.apply(local_logits, target, vocab_start, group, ignore_index,
+                                                          eps, ax, vocab_size)
+    return loss
 
 
 # --- the fused linear distillation loss ------------------------------------------------------
@@ -689,7 +702,7 @@ class _LinearDistillation(torch.autograd.Function):
     detached), the checked arguments, which student gradients are wanted, ``block_rows``."""
 
     @staticmethod
-    def forward(*inputs):
+    def forward(*inputs: Any) -> tuple[Any, ...]:
         *arrays, checked, wants, block_rows = inputs
         # Reductions to a scalar: the gradients for cotangent 1 now, in the loss's sweep
         # (Liger's schedule), scaled in backward. "none": a second sweep with the cotangent.
@@ -712,7 +725,7 @@ class _LinearDistillation(torch.autograd.Function):
 
     @staticmethod
     @torch.autograd.function.once_differentiable
-    def backward(ctx: Any, grad_loss, *_grad_gradients):
+    def backward(ctx: Any, grad_loss: torch.Tensor, *_grad_gradients: Any) -> tuple[torch.Tensor | None, ...]:
         if ctx.early:
             grads = ctx.saved_tensors
             # loss.backward() passes 1: then hand the saved gradients over without a copy (the
@@ -731,6 +744,7 @@ def linear_distillation_loss(heads: Any, checked: Any, block_rows: int | None) -
     """:func:`xce.linear_distillation_loss` (checked arguments, :class:`~xce.linear_distillation.Heads`)
     whose ``.backward()`` fills the student's gradients without either model's logits."""
     wants = tuple(needs_autograd(t) for t in heads[:3])
+    loss: torch.Tensor
     loss, *_ = _LinearDistillation.apply(*heads, checked, wants, block_rows)
     return loss
 
@@ -751,7 +765,7 @@ class _Distillation(torch.autograd.Function):
     hyper-parameters given as eager tensors were read by the checks)."""
 
     @staticmethod
-    def forward(student, teacher, args, beta):
+    def forward(student: torch.Tensor, teacher: torch.Tensor, args: Any, beta: Any) -> tuple[torch.Tensor, ...]:
         with torch.no_grad():  # blocks of rows: no (N, C) temporary outlives its block
             loss, norms = _distillation.divergence_and_norms(student, teacher, args, beta, xp=txp, blocked=True)
         return loss, *norms
@@ -765,7 +779,7 @@ class _Distillation(torch.autograd.Function):
         ctx.config = (args, beta)
 
     @staticmethod
-    def backward(ctx: Any, grad_loss, *_grad_norms):
+    def backward(ctx: Any, grad_loss: torch.Tensor, *_grad_norms: Any) -> tuple[torch.Tensor | None, ...]:
         student, teacher, *norms = ctx.saved_tensors
         args, beta = ctx.config
         # Under create_graph the rule runs on whole tensors and recomputes the normalisers (in-place
@@ -784,7 +798,8 @@ def distillation(student: torch.Tensor, teacher: torch.Tensor, args: Any, beta: 
     (:func:`xce.losses.distillation.gradients`, for the student and, when it requires grad, the
     teacher): autograd keeps the two logits, not the forward's temporaries, and both passes go a
     block of rows at a time."""
-    return _Distillation.apply(student, teacher, args, beta)[0]
+    loss: torch.Tensor = _Distillation.apply(student, teacher, args, beta)[0]
+    return loss
 
 
 fast_paths("cross_entropy")[torch.Tensor] = fast_cross_entropy

@@ -70,12 +70,15 @@ def _forward(hidden: torch.Tensor, weight: torch.Tensor, target: torch.Tensor, b
     stats = tuple(_empty(hidden) for _ in range(4)) if out.stats is None else tuple(out.stats)
     grads = tuple(_empty(hidden) if g is None else g for g in (out.d_hidden, out.d_weight, out.d_bias))
     # Fresh outputs: never an input itself (a custom op's outputs may not alias its inputs).
-    return out.loss, *stats, *grads  # type: ignore[return-value]
+    return out.loss, *stats, *grads
 
 
 @_forward.register_fake
-def _forward_fake(hidden, weight, target, bias, class_weight, sample_weight, normalizer, normalizer_value, reduction,
-                  ignore_index, label_smoothing, z_loss, softcap, temperature, return_stats, block_rows, want_grad):
+def _forward_fake(hidden: torch.Tensor, weight: torch.Tensor, target: torch.Tensor, bias: torch.Tensor | None,
+                  class_weight: torch.Tensor | None, sample_weight: torch.Tensor | None,
+                  normalizer: torch.Tensor | None, normalizer_value: float | None, reduction: str, ignore_index: int,
+                  label_smoothing: float, z_loss: float, softcap: float | None, temperature: float,
+                  return_stats: bool, block_rows: int | None, want_grad: bool) -> tuple[torch.Tensor, ...]:
     positions = tuple(hidden.shape[:-1])
     reduced = positions if reduction == "none" else ()
     loss = hidden.new_empty(reduced)
@@ -110,9 +113,11 @@ def _backward(grad_loss: torch.Tensor, hidden: torch.Tensor, weight: torch.Tenso
 
 
 @_backward.register_fake
-def _backward_fake(grad_loss, hidden, weight, target, bias, class_weight, sample_weight, normalizer,
-                   normalizer_value, reduction, ignore_index, label_smoothing, z_loss, softcap, temperature,
-                   block_rows):
+def _backward_fake(grad_loss: torch.Tensor, hidden: torch.Tensor, weight: torch.Tensor, target: torch.Tensor,
+                   bias: torch.Tensor | None, class_weight: torch.Tensor | None, sample_weight: torch.Tensor | None,
+                   normalizer: torch.Tensor | None, normalizer_value: float | None, reduction: str,
+                   ignore_index: int, label_smoothing: float, z_loss: float, softcap: float | None,
+                   temperature: float, block_rows: int | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     d_bias = _empty(hidden) if bias is None else torch.empty_like(bias)
     return torch.empty_like(hidden), torch.empty_like(weight), d_bias
 
