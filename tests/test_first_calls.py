@@ -81,7 +81,8 @@ def first_call_processes(request: pytest.FixtureRequest) -> dict[tuple[str, tupl
     wanted = []
     for item in request.session.items:
         params = getattr(getattr(item, "callspec", None), "params", {})
-        if item.module is not None and item.module.__name__ == __name__ and "transform" in params:
+        module = getattr(item, "module", None)
+        if module is not None and module.__name__ == __name__ and "transform" in params:
             run = RUNS[params["transform"], params["case"]]
             if importlib.util.find_spec(_needs(run[0])) is not None and run not in wanted:
                 wanted.append(run)

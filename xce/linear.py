@@ -367,7 +367,8 @@ def linear_cross_entropy(
                            softcap=softcap, temperature=temperature, normalizer=normalizer, shift=shift,
                            block_rows=block_rows, xp=xp, return_stats=return_stats)
     h, t, sw = _prepare(input, target, sample_weight, args, xp=xp)
-    row_sums = None if args.probs else adapter_hook(h, "linear_row_sums")
+    scan = None if args.probs else adapter_hook(h, "linear_scan")
+    row_sums = None if scan is None else scan(h)
     adapter = None if row_sums is not None or args.probs or is_lazy(h) else adapter_for(h)
     if row_sums is not None:  # JAX: the library's own loop over vocabulary chunks
         if _policy.ACTIVE:

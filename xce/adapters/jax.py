@@ -28,7 +28,14 @@ from .. import _engine, _policy
 from ..losses import cross_entropy as ce
 from .jax_scan import linear_row_sums
 
-__all__ = ["cross_entropy", "dispatch_cross_entropy", "linear_row_sums", "wants_cross_entropy"]
+__all__ = ["cross_entropy", "dispatch_cross_entropy", "linear_row_sums", "linear_scan", "wants_cross_entropy"]
+
+
+def linear_scan(h: Any) -> Any:
+    """:func:`linear_row_sums` (the scan over vocabulary chunks) where it serves, else None: a
+    process with several devices keeps the formula, which GSPMD shards over a vocabulary-sharded
+    head without gathering it (the scan would all-gather the head; its ``shard_map`` form is to come)."""
+    return linear_row_sums if jax.device_count() == 1 else None
 
 
 def dispatch_cross_entropy(input: Any, target: Any, weight: Any, options: ce.Options, axis: int | None,
