@@ -536,12 +536,6 @@ def _logits(hidden: Array, weight: Array, bias: Array | None, *, xp: Namespace) 
     return x if bias is None else x + bias
 
 
-def cap_and_scale(x: Array, softcap: Any, temperature: Any, *, xp: Namespace) -> Array:
-    """``cap(x) / T`` of logits already in their compute dtype (``softcap`` / ``temperature``
-    None: not applied): the scoring transform (:func:`xce._scoring.scored_logits`)."""
-    return scored_logits(x, softcap, 1.0 if temperature is None else temperature, x.dtype, xp=xp)
-
-
 def unfused_loss(h: Array, lw: Array, t: Array, lb: Array | None, cw: Array | None, sw: Array | None,
                  args: LinearArgs, *, xp: Namespace) -> Any:
     """The definition on the whole logits (checked, shift-prepared arguments): cross entropy's
@@ -621,7 +615,7 @@ def loss_from_row_sums(h: Array, lw: Array, t: Array, lb: Array | None, cw: Arra
     """:func:`linear_cross_entropy` of checked, shift-prepared arguments from the per-row sums that
     ``row_sums(h2, lw, lb, y, w, softcap, temperature, chunk=, class_sum=, moments=)`` returns
     (``y`` the safe targets, ``w`` the class weights in the compute dtype, ``softcap`` and
-    ``temperature`` for :func:`cap_and_scale`, None where not applied): the loss, mask,
+    ``temperature`` for the scoring transform, None where not applied): the loss, mask,
     denominators and reduction of the blocked sweep, differentiable by the library's autodiff.
     Every position's statistics are returned (as the unfused formula does), the accuracy over
     kept ones."""

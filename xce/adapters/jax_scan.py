@@ -20,7 +20,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from ..linear import RowSums, cap_and_scale
+from .._scoring import scored_logits
+from ..linear import RowSums
 
 __all__ = ["linear_row_sums"]
 
@@ -51,7 +52,8 @@ def linear_row_sums(h2: Any, weight: Any, bias: Any, y: Any, class_weight: Any, 
         m, total, x_y, c_sum, moment = carry
         w, b, cw, v0 = part
         x = h2 @ w.T
-        x = cap_and_scale((x if b is None else x + b).astype(dtype), softcap, temperature, xp=jnp)
+        x = scored_logits(x if b is None else x + b, softcap, 1.0 if temperature is None else temperature, dtype,
+                          xp=jnp)
         # The running max is a constant of differentiation (logsumexp does not depend on it).
         m_new = jnp.maximum(m, lax.stop_gradient(jnp.max(x, axis=1)))
         e = jnp.exp(x - jnp.expand_dims(m_new, 1))
